@@ -31,6 +31,9 @@ test-fast: install
 bench: install
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/shared_memory.py
+	$(PY) benchmarks/sft_throughput.py
+	$(PY) benchmarks/reward_throughput.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

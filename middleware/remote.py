@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import random
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
@@ -20,7 +21,7 @@ import tenacity
 
 from .errors import BackendError
 from .llm import LLM, ModelStages
-from .types import ChatChunk, ChatRequest, ChatResponse, Usage
+from .types import ChatChunk, ChatRequest, ChatResponse, Usage, new_reply_id
 
 litellm.suppress_debug_info = True  # errors are reported through BackendError, not litellm's banner
 
@@ -157,9 +158,12 @@ def _usage(raw: Any) -> Usage | None:
     if raw is None:
         return None
     get = raw.get if isinstance(raw, dict) else lambda k: getattr(raw, k, None)
-    prompt = get("prompt_tokens") or 0
-    completion = get("completion_tokens") or 0
-    total = get("total_tokens") or (prompt + completion)
+    prompt = get("prompt_tokens")
+    completion = get("completion_tokens")
+    prompt = prompt if isinstance(prompt, int) else 0
+    completion = completion if isinstance(completion, int) else 0
+    total = get("total_tokens")
+    total = total if isinstance(total, int) and total else prompt + completion
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total)
 
 
@@ -330,19 +334,18 @@ class LiteLLMBackend(LLM):
         choice = choices[0]
         message = getattr(choice, "message", None)
         text = getattr(message, "content", None) if message is not None else None
-        fields: dict[str, Any] = {}
         provider_id = getattr(raw, "id", None)
-        if isinstance(provider_id, str) and provider_id:
-            fields["id"] = provider_id  # the provider's id, so a reply can be traced in its logs
         created = getattr(raw, "created", None)
-        if isinstance(created, int):
-            fields["created"] = created
+        finish = getattr(choice, "finish_reason", None)
+        model = getattr(raw, "model", None)
         return ChatResponse(
-            text=text or "",
-            finish_reason=getattr(choice, "finish_reason", None) or "stop",
-            model=getattr(raw, "model", None) or target.model,
+            # the provider's id, so a reply can be traced in its logs
+            id=provider_id if isinstance(provider_id, str) and provider_id else new_reply_id(),
+            created=created if isinstance(created, int) else int(time.time()),
+            text=text if isinstance(text, str) else "",
+            finish_reason=finish if isinstance(finish, str) and finish else "stop",
+            model=model if isinstance(model, str) and model else target.model,
             usage=_usage(getattr(raw, "usage", None)) or Usage(),
-            **fields,
         )
 
     @staticmethod

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Sequence, Union
 
@@ -15,6 +15,13 @@ from .errors import InputError
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 Verdict = Literal["passed", "modified", "skipped", "failed"]
+
+_ids = random.Random()  # private generator, seeded from the OS: reply ids stay unique whatever the app seeds
+
+
+def new_reply_id() -> str:
+    """A fresh OpenAI-style completion id (``chatcmpl-`` and 24 hex digits)."""
+    return f"chatcmpl-{_ids.getrandbits(96):024x}"
 
 
 def _text_from_content(content: Any) -> str:
@@ -168,7 +175,7 @@ class StageTrace(BaseModel):
 class ChatResponse(BaseModel):
     """A reply, with the trace of every stage it went through."""
 
-    id: str = Field(default_factory=lambda: "chatcmpl-" + uuid.uuid4().hex[:24])
+    id: str = Field(default_factory=new_reply_id)
     created: int = Field(default_factory=lambda: int(time.time()))
     text: str
     finish_reason: Literal["stop", "length"] | str = "stop"

@@ -1,0 +1,150 @@
+"""Evaluation harness: win rates, gains, stage statistics, pairwise accuracy, CLI (tiny models)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from middleware.evaluate import evaluate_pipeline, main, pairwise_accuracy
+from middleware.llm import FunctionLLM
+from middleware.pipeline import Pipeline
+from middleware.stages import IdentityPromptStage, IdentityResponseStage, ResponseStage
+from middleware.types import ChatRequest, ChatResponse, PreferencePair
+from steering.reward import RewardConfig, RewardModel
+
+PROMPTS = ["What is the capital of France?", "How can I help you today?", "Please improve this prompt.", "Hello!"]
+
+
+@pytest.fixture(scope="module")
+def judge_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An (untrained) reward model on the tiny backbone, saved as a folder."""
+    rm = RewardModel.create(RewardConfig(backbone=str(tiny_model_dir), max_length=64, train="head"))
+    return rm.save(tmp_path_factory.mktemp("judge"))
+
+
+def echo(messages: list[dict]) -> str:
+    return "You asked: " + messages[-1]["content"]
+
+
+class LengthJudge:
+    """A transparent judge: longer answers are better."""
+
+    def score_batch(self, items):
+        return [float(len(r)) for _, r in items]
+
+
+class Longer(ResponseStage):
+    def process(self, request: ChatRequest, response: ChatResponse) -> ChatResponse:
+        return response.model_copy(update={"text": response.text + " Here is more detail."})
+
+
+class Broken(ResponseStage):
+    def process(self, request: ChatRequest, response: ChatResponse) -> ChatResponse:
+        raise RuntimeError("model unavailable")
+
+
+class Noisy(ResponseStage):
+    def process(self, request: ChatRequest, response: ChatResponse) -> ChatResponse:
+        return response.model_copy(update={"text": response.text + "!" * random.randint(0, 5)})
+
+
+def test_noop_stages_give_exactly_half_and_zero_gain(judge_dir: Path, tmp_path: Path) -> None:
+    pipe = Pipeline(FunctionLLM(echo), [IdentityPromptStage(name="noop_prompt"), IdentityResponseStage(name="noop_response")])
+    report = evaluate_pipeline(pipe, PROMPTS, judge_dir, progress=False)
+    assert [v.name for v in report.variants] == ["noop_prompt", "noop_response", "pipeline"]
+    for v in report.variants:
+        assert v.win_rate == 0.5 and v.mean_gain == 0.0 and v.ties == len(PROMPTS)
+    chain = report.variant("pipeline")
+    assert [(s.stage, s.passed, s.modified) for s in chain.stage_stats] == [("noop_prompt", 4, 0), ("noop_response", 4, 0)]
+    paths = report.write(tmp_path / "out")
+    data = json.loads(paths["json"].read_text())
+    assert data["variants"][2]["win_rate"] == 0.5 and len(data["samples"]) == 4
+    assert "| pipeline |" in paths["markdown"].read_text() and paths["png"].stat().st_size > 0
+
+
+def test_noop_pipeline_on_local_backend(tiny_model_dir: Path, judge_dir: Path) -> None:
+    from middleware.local import LocalBackend
+
+    pipe = Pipeline(LocalBackend(str(tiny_model_dir), max_tokens=6), [IdentityResponseStage()])
+    report = evaluate_pipeline(pipe, PROMPTS[:3], judge_dir, progress=False)
+    assert all(v.win_rate == 0.5 and v.mean_gain == 0.0 for v in report.variants)
+
+
+def test_wins_failures_skips_and_latency() -> None:
+    longer = Longer(skip_if=lambda r: "Hello" in r.last_user_message)
+    pipe = Pipeline(FunctionLLM(echo), [longer, Broken()])
+    report = evaluate_pipeline(pipe, PROMPTS, LengthJudge(), progress=False)
+    alone = report.variant("Longer")
+    assert (alone.wins, alone.ties, alone.losses) == (3, 1, 0) and alone.win_rate == pytest.approx(3.5 / 4)
+    assert alone.mean_gain == pytest.approx(3 * len(" Here is more detail.") / 4)
+    (stats,) = alone.stage_stats
+    assert (stats.modified, stats.skipped, stats.failed) == (3, 1, 0) and stats.mean_latency_ms >= 0
+    broken = report.variant("Broken")
+    assert broken.win_rate == 0.5 and broken.stage_stats[0].failed == 4
+    assert "model unavailable" in broken.stage_stats[0].failures[0]
+    chain = report.variant("pipeline")
+    assert chain.wins == 3 and [s.stage for s in chain.stage_stats] == ["Longer", "Broken"]
+    md = report.to_markdown()
+    assert "| Longer | Longer | 87.5% | 3 / 1 / 0 |" in md
+
+
+def test_deterministic_given_seed() -> None:
+    pipe = Pipeline(FunctionLLM(echo), [Noisy(), Noisy(name="Noisy2")])
+    a = evaluate_pipeline(pipe, PROMPTS, LengthJudge(), seed=7, progress=False).to_dict()
+    b = evaluate_pipeline(pipe, PROMPTS, LengthJudge(), seed=7, progress=False).to_dict()
+    strip = lambda d: [(v["name"], v["wins"], v["mean_gain"]) for v in d["variants"]]  # noqa: E731
+    assert strip(a) == strip(b)
+    texts = lambda d: [{k: v["text"] for k, v in s["answers"].items()} for s in d["samples"]]  # noqa: E731
+    assert texts(a) == texts(b)
+    assert texts(a) != texts(evaluate_pipeline(pipe, PROMPTS, LengthJudge(), seed=8, progress=False).to_dict())
+
+
+def test_duplicate_stage_names_and_limit() -> None:
+    pipe = Pipeline(FunctionLLM(echo), [Longer(), Longer()])
+    report = evaluate_pipeline(pipe, PROMPTS, LengthJudge(), limit=2, progress=False)
+    assert [v.name for v in report.variants] == ["Longer", "Longer#2", "pipeline"] and report.n_prompts == 2
+
+
+def test_pairwise_accuracy(judge_dir: Path, tmp_path: Path) -> None:
+    pairs = [PreferencePair(prompt=p, chosen="A long and helpful answer.", rejected="No.") for p in PROMPTS]
+    assert pairwise_accuracy(LengthJudge(), pairs) == 1.0
+    flipped = [PreferencePair(prompt=p.prompt, chosen=p.rejected, rejected=p.chosen) for p in pairs]
+    assert pairwise_accuracy(LengthJudge(), flipped) == 0.0
+    acc = pairwise_accuracy(judge_dir, pairs)
+    assert 0.0 <= acc <= 1.0
+
+
+def test_cli_pipeline_and_pairs_modes(tiny_model_dir: Path, judge_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "pipe.yaml"
+    cfg.write_text(
+        f"llm: {tiny_model_dir}\ndefaults: {{max_tokens: 5}}\nstages:\n  - type: identity_prompt\n  - type: identity_response\n"
+    )
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": p}]}) + "\n" for p in PROMPTS))
+    out = tmp_path / "report"
+    assert main(["--pipeline", str(cfg), "--prompts", str(prompts), "--judge", str(judge_dir), "--limit", "3", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "| pipeline | IdentityPromptStage, IdentityResponseStage | 50.0% | 0 / 3 / 0 | +0.000 |" in printed
+    assert {p.name for p in out.iterdir()} >= {"report.json", "report.md", "report.png"}
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(PreferencePair(prompt=p, chosen="Yes, gladly.", rejected="No.").model_dump_json() + "\n" for p in PROMPTS))
+    assert main(["--judge", str(judge_dir), "--pairs", str(pairs), "--out", str(out), "--quiet"]) == 0
+    assert "pairwise accuracy" in capsys.readouterr().out
+    assert json.loads((out / "pairwise.json").read_text())["n"] == 4
+
+    assert main(["--judge", str(tmp_path / "nope"), "--pairs", str(pairs), "--quiet"]) == 1
+    assert "no such reward model folder" in capsys.readouterr().err
+    assert main(["--pipeline", str(cfg), "--prompts", str(tmp_path / "missing.jsonl"), "--judge", str(judge_dir), "--quiet"]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_demo_skips_stages_that_cannot_be_built(capsys: pytest.CaptureFixture[str]) -> None:
+    from middleware.demo import build_stages
+
+    stages = build_stages([{"type": "no_such_package.module:Stage"}, {"type": "identity_response", "name": "kept"}])
+    assert [s.name for s in stages] == ["kept"]
+    assert "stage no_such_package.module:Stage: skipped" in capsys.readouterr().out
