@@ -185,7 +185,10 @@ def split_chunks(text: str, min_chars: int = 40) -> list[str]:
 
 # -- safeguards -----------------------------------------------------------------------------------
 _WORD_RE = re.compile(r"\S+")
-_TEMPLATE_MARKERS = ("BEGINNING OF CONVERSATION", "##Question:", "##Answer:", "##Correction:", "ASSISTANT:", "USER:")
+#: Pieces of the prompt templates a correction must not contain: the wrapper's turn markers as upper-case
+#: words (with or without the colon: a model that leaks them often writes "... ASSISTANT." or "USER"), and
+#: the ``##`` section headers.
+_TEMPLATE_MARKERS = re.compile(r"BEGINNING OF CONVERSATION|##\s*(?:Question|Answer|Correction)\s*:|\b(?:ASSISTANT|USER)\b")
 _LOOP = re.compile(r"(.{4,80}?)\1{3,}", re.DOTALL)
 
 
@@ -271,9 +274,10 @@ def check_correction(
     if check.reject_truncated and finish_reason == "length":
         return "correction cut off at the token limit"
     if check.check_template_leak:
-        for marker in _TEMPLATE_MARKERS:
-            if marker in correction and marker not in original:
-                return f"correction contains the prompt template marker {marker!r}"
+        in_original = {m.group(0) for m in _TEMPLATE_MARKERS.finditer(original)}
+        for m in _TEMPLATE_MARKERS.finditer(correction):
+            if m.group(0) not in in_original:
+                return f"correction contains the prompt template marker {m.group(0)!r}"
     if check.check_degenerate:
         reason = degeneration(correction, original, check)
         if reason:

@@ -146,6 +146,8 @@ DEGENERATE = {
     "repeated phrase": (" ".join(f"the capital of france is paris {w}" for w in ["and", "so", "yes", "ok", "then"]), "stop", "phrase"),
     "low diversity": (" ".join(f"paris is nice {w} indeed" for w in ["a", "b", "a", "b"] * 6), "stop", "degenerate"),
     "template leak": ("Paris. ASSISTANT: anything else? USER: no", "stop", "template marker"),
+    "bare turn marker": ("The capital of France is Paris, a city of museums ASSISTANT.", "stop", "'ASSISTANT'"),
+    "section header": ("Paris.\n## Correction: Paris is the capital.", "stop", "Correction"),
     "dropped tail": ("The capital of France is Paris.", "stop", "drops the end"),
 }
 
@@ -374,3 +376,11 @@ def test_constructor_errors() -> None:
         ResponseCorrector.from_config(mode="model")
     with pytest.raises(TypeError, match="unknown option"):
         ResponseCorrector.from_config(llm="openai/x", stream="yes")
+
+
+def test_template_markers_already_in_the_answer_do_not_count() -> None:
+    answer = "Type USER and then your password at the prompt."
+    assert check_correction(answer, "Type USER, then your password, at the login prompt.") is None
+    assert "ASSISTANT" in (check_correction(answer, "Type USER at the prompt. ASSISTANT") or "")
+    assert check_correction("Paris.", "The assistant said the user was right: Paris.") is None  # ordinary words
+
