@@ -269,3 +269,21 @@ def plot_history(history: Iterable[dict[str, Any]], path: str | Path, *, title: 
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def set_threads(n: int | None) -> None:
+    """Use ``n`` torch threads on CPU (``None``: leave torch's default, one per core).
+
+    On a CPU that other processes share, fewer threads than cores avoids oversubscription, which can
+    slow small-model training and decoding several times over.
+    """
+    if n is None:
+        return
+    if n < 1:
+        from .errors import InputError
+
+        raise InputError(f"--threads must be 1 or more, got {n}")
+    import torch
+
+    torch.set_num_threads(n)
+

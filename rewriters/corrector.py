@@ -692,6 +692,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def train_main(argv: Sequence[str]) -> int:
     """``alignware train corrector --data PAIRS --out DIR [SFT flags]``."""
+    from middleware.training import set_threads
+
     from .sft import config_from_args, train_sft
 
     args = build_parser().parse_args(list(argv))
@@ -701,9 +703,10 @@ def train_main(argv: Sequence[str]) -> int:
     if not examples:
         raise InputError(f"{args.data}: no training examples (every pair has an empty chosen answer)")
     print(f"{len(pairs)} pairs: {len(examples)} correction examples, {len(warmup)} identity warm-up examples")
+    set_threads(args.threads)
     result = train_sft(
         examples, config, Path(args.out), warmup_examples=warmup or None, resume=args.resume, progress=sys.stderr.isatty()
     )
     print(_result_line(result))
-    return 0
+    return 130 if result.interrupted else 0
 

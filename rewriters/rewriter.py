@@ -837,6 +837,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def train_main(argv: Sequence[str]) -> int:
     """``alignware train rewriter --data PAIRS --out DIR [--teacher MODEL] [SFT flags]``."""
+    from middleware.training import set_threads
+
     from .sft import config_from_args, train_sft
 
     args = build_parser().parse_args(list(argv))
@@ -862,9 +864,10 @@ def train_main(argv: Sequence[str]) -> int:
                 f.write(json.dumps({"source": ex.source, "target": ex.target}, ensure_ascii=False) + "\n")
         print(f"wrote {len(examples)} examples to {out / 'rewriter_data.jsonl'}")
         return 0
+    set_threads(args.threads)
     result = train_sft(examples, config, out, resume=args.resume, progress=sys.stderr.isatty())
     print(_result_line(result))
-    return 0
+    return 130 if result.interrupted else 0
 
 
 def _result_line(result: Any) -> str:
@@ -873,7 +876,20 @@ def _result_line(result: Any) -> str:
     def f(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.4f}"
 
-    return (
-        f"trained {result.steps} steps; held-out loss {f(result.eval_loss_untrained)} -> {f(result.eval_loss_final)}; "
-        f"adapter in {result.out_dir}"
+    speed = ""
+    if result.train_seconds:
+        speed = (
+            f"; {result.tokens_per_second:.1f} target tok/s ({result.total_tokens_per_second:.1f} tok/s in all) "
+            f"over {result.train_seconds:.0f} s of training"
+        )
+    line = (
+        f"trained {result.steps} steps; held-out loss {f(result.eval_loss_untrained)} -> {f(result.eval_loss_final)}"
+        f"{speed}; adapter in {result.out_dir}"
     )
+    if result.steps < result.total_steps:
+        why = "interrupted" if result.interrupted else "stopped"
+        line += (
+            f"\n{why} at step {result.steps} of {result.total_steps}: the adapter holds the weights so far; "
+            f"rerun the same command to continue"
+        )
+    return line

@@ -147,6 +147,9 @@ class SFTResult:
         total_tokens_per_second: all non-padding tokens per second of training in this call.
         train_seconds: seconds spent in training steps in this call (no evaluation, no saving).
         resumed_from: the step of the checkpoint this call resumed from, if any.
+        stopped_early: training stopped before ``total_steps`` (callback, or Ctrl-C).
+        total_steps: the steps the whole run plans.
+        interrupted: Ctrl-C stopped it; the adapter holds the weights of the last finished step.
     """
 
     out_dir: Path
@@ -160,6 +163,8 @@ class SFTResult:
     target_tokens: int = 0
     resumed_from: int | None = None
     stopped_early: bool = False
+    total_steps: int = 0
+    interrupted: bool = False
 
 
 # -- tokenisation --------------------------------------------------------------------------------
@@ -567,6 +572,9 @@ def train_sft(
     target_tokens = 0
     all_tokens = 0
     stopped = False
+    interrupted = False
+    updating = False  # inside optimizer.step(): the weights may be half-updated
+    saved_at = step
     last_eval: float | None = None
     bar = tqdm(total=plan.total, initial=step, desc=f"train {config.kind}", unit="step", disable=not progress, dynamic_ncols=True)
     try:
@@ -582,13 +590,15 @@ def train_sft(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
+            updating = True
             optimizer.step()
+            step += 1
+            updating = False
             value = float(loss.detach())
             train_seconds += time.perf_counter() - t0
             n_all = int(batch["attention_mask"].sum())
             target_tokens += n
             all_tokens += n_all
-            step += 1
             row: dict[str, Any] = {
                 "step": step, "loss": value, "lr": lr, "epoch": round(epoch, 4), "target_tokens": n, "tokens": n_all,
             }
@@ -605,8 +615,19 @@ def train_sft(
                 stopped = True
             if step % config.save_every == 0 or step == plan.total or stopped:
                 checkpoint(step)
+                saved_at = step
             if stopped:
                 break
+    except KeyboardInterrupt:
+        # Ctrl-C: keep what was learnt. Between two optimizer steps the weights are those of ``step``:
+        # save them as a checkpoint and export the adapter below, then stop. During an update they may
+        # be half-written: keep the last checkpoint and stop without exporting.
+        interrupted = stopped = True
+        if updating:
+            raise
+        if step > saved_at:
+            checkpoint(step)
+            saved_at = step
     finally:
         bar.close()
 
@@ -619,8 +640,10 @@ def train_sft(
             history.append({"step": step, "eval_loss": last_eval})
 
     manifest = _manifest(
-        config, steps=step, examples=len(examples), warmup_examples=len(warmup),
+        config, steps=step, total_steps=plan.total, finished=step >= plan.total,
+        examples=len(examples), warmup_examples=len(warmup),
         eval_loss_untrained=eval_untrained, eval_loss_final=last_eval,
+        tokens_per_second=round(target_tokens / train_seconds, 2) if train_seconds else None,
     )
     _save_adapter(model, out_dir, manifest)
     write_json_atomic(out_dir / "history.json", history)
@@ -642,6 +665,8 @@ def train_sft(
         target_tokens=target_tokens,
         resumed_from=resumed_from,
         stopped_early=stopped,
+        total_steps=plan.total,
+        interrupted=interrupted,
     )
 
 
@@ -671,6 +696,7 @@ def add_train_args(parser: Any) -> None:
     g.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in all")
     g.add_argument("--no-resume", dest="resume", action="store_false", help="start over instead of resuming from checkpoints")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core)")
 
 
 def config_from_args(args: Any, *, kind: str | None = None) -> SFTConfig:

@@ -989,6 +989,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--stop-after", type=int, help="stop after N steps in total (rerun to continue)")
     r.add_argument("--fresh", action="store_true", help="ignore existing checkpoints in --out and start over")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -997,6 +998,9 @@ def train_main(argv: list[str] | None = None) -> int:
     """``alignware train reward ...``: returns the process exit status."""
     args = _parser().parse_args(argv)
     try:
+        from middleware.training import set_threads
+
+        set_threads(args.threads)
         mcfg = RewardConfig(
             backbone=args.backbone,
             max_length=args.max_length,

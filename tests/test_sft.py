@@ -132,6 +132,32 @@ def test_resume_equals_uninterrupted(tiny_model_dir: Path, tmp_path: Path) -> No
     assert resumed.eval_loss_final == full.eval_loss_final
 
 
+def test_ctrl_c_exports_the_adapter_so_far_and_a_rerun_finishes(tiny_model_dir: Path, tmp_path: Path) -> None:
+    cfg = _config(tiny_model_dir)
+    full = train_sft(_examples(), cfg, tmp_path / "full", progress=False)
+
+    def ctrl_c(row: dict) -> None:
+        if row["step"] == 5:  # between two steps, as when the user presses Ctrl-C during the next forward pass
+            raise KeyboardInterrupt
+
+    cut = train_sft(_examples(), cfg, tmp_path / "cut", progress=False, callback=ctrl_c)
+    assert cut.interrupted and cut.stopped_early and cut.steps == 5 and cut.total_steps == full.steps
+    manifest = json.loads((tmp_path / "cut" / "alignware.json").read_text())
+    assert manifest["training"]["steps"] == 5 and manifest["training"]["finished"] is False
+    assert CheckpointManager(tmp_path / "cut").latest().name == "step-0000005"  # not the step-3 one
+    exported, saved = _adapter_tensors(tmp_path / "cut"), load_checkpoint(CheckpointManager(tmp_path / "cut").latest()).model
+    assert len(exported) == len(saved) > 0
+    for v in exported.values():  # the exported adapter is the step-5 checkpoint's weights
+        assert any(v.shape == w.shape and (v == w).all() for w in saved.values())
+
+    resumed = train_sft(_examples(), cfg, tmp_path / "cut", progress=False)
+    assert resumed.resumed_from == 5 and resumed.steps == full.steps and not resumed.interrupted
+    a, b = _adapter_tensors(tmp_path / "full"), _adapter_tensors(tmp_path / "cut")
+    for k in a:
+        assert (a[k] == b[k]).all(), k
+    assert json.loads((tmp_path / "cut" / "alignware.json").read_text())["training"]["finished"] is True
+
+
 def test_corrupt_checkpoint_falls_back_and_failed_run_keeps_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
     cfg = _config(tiny_model_dir, save_every=2, epochs=2)  # 8 steps: checkpoints 6 and 8 kept
     out = tmp_path / "run"
@@ -192,3 +218,23 @@ def test_cli_flags_round_trip() -> None:
     assert cfg.lora_r == 4 and cfg.target_modules == ("q_proj", "v_proj") and cfg.learning_rate == 1e-3
     assert cfg.epochs == 2.5 and cfg.max_steps == 7 and args.resume is False
     assert config_from_args(parser.parse_args([])) == SFTConfig()
+
+
+def test_threads_flag_sets_torch_threads_and_rejects_zero() -> None:
+    import torch
+
+    from middleware.training import set_threads
+
+    parser = argparse.ArgumentParser()
+    add_train_args(parser)
+    assert parser.parse_args(["--threads", "1"]).threads == 1 and parser.parse_args([]).threads is None
+    before = torch.get_num_threads()
+    try:
+        set_threads(1)
+        assert torch.get_num_threads() == 1
+        set_threads(None)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(InputError, match="--threads must be 1 or more, got 0"):
+        set_threads(0)
