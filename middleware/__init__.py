@@ -7,7 +7,7 @@ from typing import Any
 from .errors import AlignwareError, BackendError, CheckpointError, InputError, StageError
 from .llm import LLM, FunctionLLM, make_llm
 from .pipeline import Pipeline
-from .stages import ModelStage, PromptStage, ResponseStage, Stage, is_title_request, note
+from .stages import ModelStage, PromptStage, ResponseStage, Stage, batch_item, is_title_request, note
 from .types import (
     ChatChunk,
     ChatRequest,
@@ -43,7 +43,7 @@ def __getattr__(name: str) -> Any:  # heavy backends import torch / litellm only
 __all__ = [
     "AlignwareError", "BackendError", "CheckpointError", "InputError", "StageError",
     "LLM", "FunctionLLM", "make_llm", "Pipeline",
-    "ModelStage", "PromptStage", "ResponseStage", "Stage", "is_title_request", "note",
+    "ModelStage", "PromptStage", "ResponseStage", "Stage", "batch_item", "is_title_request", "note",
     "ChatChunk", "ChatRequest", "ChatResponse", "Message", "PreferencePair", "PromptRecord", "StageTrace",
     "Usage", "load_pairs", "load_prompts", "save_pairs", "LocalBackend", "LiteLLMBackend", "load_pipeline",
     "register_stage",

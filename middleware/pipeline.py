@@ -139,22 +139,23 @@ class Pipeline:
 
     # -- many requests ------------------------------------------------------------------
     def batch(self, conversations: Sequence["MessagesLike | ChatRequest"], **params: Any) -> list[ChatResponse]:
-        """Answer many conversations; the LLM sees them as one batch (local models pad and batch)."""
+        """Answer many conversations. The LLM sees them as one batch (local models pad and batch), and
+        so does each stage that implements ``process_batch`` (the model-mode rewriter and corrector);
+        the others process them one by one."""
         requests = [self._request(c, params) for c in conversations]
         traces: list[list[StageTrace]] = [[] for _ in requests]
         for st in self.prompt_stages:
-            for i, r in enumerate(requests):
-                requests[i], t = st.run(r)
+            for i, (r, t) in enumerate(st.run_batch(requests)):
+                requests[i] = r
                 traces[i].append(t)
-        responses = self.llm.batch(requests, **self._kw())
-        out = []
-        for req, resp, tr in zip(requests, responses, traces):
+        responses = list(self.llm.batch(requests, **self._kw()))
+        for tr, resp in zip(traces, responses):
             tr.extend(resp.trace)
-            for st in self.response_stages:
-                resp, t = st.run(req, resp)
-                tr.append(t)
-            out.append(resp.model_copy(update={"trace": tr}))
-        return out
+        for st in self.response_stages:
+            for i, (r, t) in enumerate(st.run_batch(requests, responses)):
+                responses[i] = r
+                traces[i].append(t)
+        return [resp.model_copy(update={"trace": tr}) for resp, tr in zip(responses, traces)]
 
     async def abatch(self, conversations: Sequence["MessagesLike | ChatRequest"], **params: Any) -> list[ChatResponse]:
         return list(await asyncio.gather(*(self.achat(c, **params) for c in conversations)))

@@ -27,11 +27,28 @@ _notes: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("align
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
 
 
+_batch_notes: contextvars.ContextVar[list[list[str]] | None] = contextvars.ContextVar("alignware_batch_notes", default=None)
+
+
 def note(reason: str) -> None:
     """Called from inside a stage: record why it did what it did (shown in the trace)."""
     holder = _notes.get()
     if holder is not None:
         holder.append(reason)
+
+
+@contextlib.contextmanager
+def batch_item(index: int) -> Iterator[None]:
+    """Inside ``process_batch``: ``note()`` calls in this block are about request ``index`` of the batch."""
+    batch = _batch_notes.get()
+    if batch is None:
+        yield
+        return
+    token = _notes.set(batch[index])
+    try:
+        yield
+    finally:
+        _notes.reset(token)
 
 
 def _executor() -> concurrent.futures.ThreadPoolExecutor:
@@ -126,6 +143,51 @@ class Stage:
             return await coro
         return await asyncio.wait_for(coro, self.timeout)
 
+    def _run_batch(
+        self,
+        requests: Sequence[ChatRequest],
+        inputs: Sequence[Any],
+        call: Callable[[list[int]], Any],
+        check: Callable[[Any], Any],
+        describe: Callable[[Any], str],
+        done: Callable[[Any, Any, float, list[str]], StageTrace],
+    ) -> list[tuple[Any, StageTrace]]:
+        """The failure policy around one ``process_batch`` call over the requests not skipped.
+
+        ``inputs[i]`` is what passes through for request ``i`` when the stage is skipped or fails. Each
+        request gets its own trace; the latency is the batch's wall time shared equally.
+        """
+        results: list[tuple[Any, StageTrace] | None] = [None] * len(requests)
+        todo: list[int] = []
+        for i, r in enumerate(requests):
+            skipped = self._skipped(r)
+            if skipped is not None:
+                results[i] = (inputs[i], skipped)
+            else:
+                todo.append(i)
+        if todo:
+            notes: list[list[str]] = [[] for _ in todo]
+            token = _batch_notes.set(notes)
+            t0 = time.perf_counter()
+            try:
+                outs = self._call(call, todo)
+                if not isinstance(outs, (list, tuple)) or len(outs) != len(todo):
+                    got = f"{len(outs)} results" if isinstance(outs, (list, tuple)) else type(outs).__name__
+                    raise TypeError(f"process_batch() returned {got} for {len(todo)} requests")
+                outs = [check(o) for o in outs]
+            except Exception as e:
+                share = (time.perf_counter() - t0) / len(todo)
+                for i in todo:
+                    trace = self._failed(e, time.perf_counter() - share, describe(inputs[i]))  # raises if on_error="raise"
+                    results[i] = (inputs[i], trace)
+                return results  # type: ignore[return-value]
+            finally:
+                _batch_notes.reset(token)
+            share = (time.perf_counter() - t0) / len(todo)
+            for j, i in enumerate(todo):
+                results[i] = (outs[j], done(inputs[i], outs[j], share, notes[j]))
+        return results  # type: ignore[return-value]
+
 
 def _verdict(changed: bool, notes: list[str]) -> tuple[str, str | None]:
     return ("modified" if changed else "passed"), ("; ".join(notes) if notes else None)
@@ -182,10 +244,37 @@ class PromptStage(Stage):
         return out
 
     def _done(self, request: ChatRequest, out: ChatRequest, t0: float, before: str, notes: list[str]) -> StageTrace:
+        return self._done_in(request, out, time.perf_counter() - t0, before, notes)
+
+    def _done_in(self, request: ChatRequest, out: ChatRequest, latency_s: float, before: str, notes: list[str]) -> StageTrace:
         same = out is request
         verdict, reason = _verdict(not same and out != request, notes)
         after = before if same else out.last_user_message
-        return self._trace(verdict, time.perf_counter() - t0, before=before, after=after, reason=reason)
+        return self._trace(verdict, latency_s, before=before, after=after, reason=reason)
+
+    # -- batches ------------------------------------------------------------------------
+    def process_batch(self, requests: list[ChatRequest]) -> list[ChatRequest]:
+        """Optional: process many requests at once (one batched generation). Return one request per
+        input, in order; ``note()`` about request ``i`` inside ``with batch_item(i):``. Stages that do
+        not override it process a batch one request at a time."""
+        raise NotImplementedError
+
+    def run_batch(self, requests: Sequence[ChatRequest]) -> list[tuple[ChatRequest, StageTrace]]:
+        """``run`` for many requests: one ``process_batch`` call where the stage has one, else ``run`` each.
+
+        With ``process_batch``, an error fails the whole batch: every request passes through unchanged
+        with a ``failed`` trace (or ``StageError`` is raised when ``on_error="raise"``).
+        """
+        if len(requests) < 2 or type(self).process_batch is PromptStage.process_batch:
+            return [self.run(r) for r in requests]
+        return self._run_batch(
+            requests,
+            requests,
+            lambda todo: self.process_batch([requests[i] for i in todo]),
+            self._check,
+            lambda r: r.last_user_message,
+            lambda r, out, latency, notes: self._done_in(r, out, latency, r.last_user_message, notes),
+        )
 
 
 class ResponseStage(Stage):
@@ -246,8 +335,39 @@ class ResponseStage(Stage):
         return out
 
     def _done(self, response: ChatResponse, out: ChatResponse, t0: float, notes: list[str]) -> StageTrace:
+        return self._done_in(response, out, time.perf_counter() - t0, notes)
+
+    def _done_in(self, response: ChatResponse, out: ChatResponse, latency_s: float, notes: list[str]) -> StageTrace:
         verdict, reason = _verdict(out.text != response.text, notes)
-        return self._trace(verdict, time.perf_counter() - t0, before=response.text, after=out.text, reason=reason)
+        return self._trace(verdict, latency_s, before=response.text, after=out.text, reason=reason)
+
+    # -- batches ------------------------------------------------------------------------
+    def process_batch(self, requests: list[ChatRequest], responses: list[ChatResponse]) -> list[ChatResponse]:
+        """Optional: process many replies at once (one batched generation). Return one reply per input,
+        in order; ``note()`` about reply ``i`` inside ``with batch_item(i):``. Stages that do not override
+        it process a batch one reply at a time."""
+        raise NotImplementedError
+
+    def run_batch(
+        self, requests: Sequence[ChatRequest], responses: Sequence[ChatResponse]
+    ) -> list[tuple[ChatResponse, StageTrace]]:
+        """``run`` for many replies: one ``process_batch`` call where the stage has one, else ``run`` each.
+
+        With ``process_batch``, an error fails the whole batch: every reply passes through unchanged
+        with a ``failed`` trace (or ``StageError`` is raised when ``on_error="raise"``).
+        """
+        if len(requests) != len(responses):
+            raise ValueError(f"{len(requests)} requests but {len(responses)} responses")
+        if len(requests) < 2 or type(self).process_batch is ResponseStage.process_batch:
+            return [self.run(q, r) for q, r in zip(requests, responses)]
+        return self._run_batch(
+            requests,
+            responses,
+            lambda todo: self.process_batch([requests[i] for i in todo], [responses[i] for i in todo]),
+            self._check,
+            lambda r: r.text,
+            lambda r, out, latency, notes: self._done_in(r, out, latency, notes),
+        )
 
     def run_stream(self, request: ChatRequest, upstream: Iterator[str], traces: list[StageTrace]) -> Iterator[str]:
         """Apply ``process_stream`` with the failure policy; appends this stage's trace when done.

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Iterat
 
 from middleware.errors import InputError
 from middleware.llm import LLM
-from middleware.stages import ResponseStage, note
+from middleware.stages import ResponseStage, batch_item, note
 from middleware.types import ChatRequest, ChatResponse, Message, PreferencePair, load_pairs
 
 from .rewriter import (
@@ -60,6 +60,7 @@ from .rewriter import (
     _resolve_llm,
     _result_line,
     _run_generator,
+    _run_llm,
     _skip_if,
 )
 
@@ -491,6 +492,12 @@ class ResponseCorrector(ResponseStage):
         resp = self.llm.complete(_llm_request(prompt, params, seed))
         return _Out(resp.text, str(resp.finish_reason))
 
+    def _complete_many(self, prompts: list[str], params: dict[str, Any], seed: int | None) -> list[_Out]:
+        if self.generator is not None:
+            return _run_generator(self.generator, prompts, params, seed)
+        assert self.llm is not None
+        return _run_llm(self.llm, prompts, params, seed)
+
     def _whole_prompt(self, question: str, answer: str) -> str:
         return self.template.render(question=question, answer=answer)
 
@@ -565,6 +572,37 @@ class ResponseCorrector(ResponseStage):
         if text == response.text:
             return response
         return response.model_copy(update={"text": text})
+
+    def process_batch(self, requests: list[ChatRequest], responses: list[ChatResponse]) -> list[ChatResponse]:
+        """Correct many replies with one batched generation (model mode) or one ``LLM.batch`` call
+        (prompted mode); each reply gets the result ``process`` would give it. Chunked correction works
+        sentence group by sentence group, so it corrects a batch one reply at a time."""
+        seeds = {self._seed(r) for r in requests}
+        if self.streaming == "chunked" or len(seeds) > 1:
+            out = []
+            for i, (q, r) in enumerate(zip(requests, responses)):
+                with batch_item(i):
+                    out.append(self.process(q, r))
+            return out
+        result = list(responses)
+        todo = []
+        for i, r in enumerate(responses):
+            if r.text.strip():
+                todo.append(i)
+            else:
+                with batch_item(i):
+                    note("empty answer: nothing to correct")
+        if todo:
+            prompts = [self._whole_prompt(flatten_question(requests[i].messages), responses[i].text) for i in todo]
+            outs = self._complete_many(prompts, self.params, seeds.pop())
+            for i, o in zip(todo, outs):
+                text, reason = self._decide(responses[i].text, o, "kept the original answer")
+                with batch_item(i):
+                    if reason:
+                        note(reason)
+                if text != responses[i].text:
+                    result[i] = responses[i].model_copy(update={"text": text})
+        return result
 
     def process_stream(self, request: ChatRequest, chunks: Iterator[str]) -> Iterator[str]:
         """Buffer: yield the checked correction of the whole answer. Chunked: yield each group's checked

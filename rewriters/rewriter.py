@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from middleware.errors import BackendError, InputError
 from middleware.llm import LLM
-from middleware.stages import PromptStage, is_title_request, note
+from middleware.stages import PromptStage, batch_item, is_title_request, note
 from middleware.types import ChatRequest, Message, PreferencePair, load_pairs
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -241,6 +241,14 @@ def _run_generator(generator: "TextGenerator", prompts: list[str], params: dict[
     return [_Out(g.text, g.finish_reason) for g in gens]
 
 
+def _run_llm(llm: LLM, prompts: list[str], params: dict[str, Any], seed: int | None) -> list[_Out]:
+    """One request per prompt; several go to the backend as one batch (padded batch locally, concurrent
+    requests remotely)."""
+    requests = [_llm_request(p, params, seed) for p in prompts]
+    responses = [llm.complete(requests[0])] if len(requests) == 1 else llm.batch(requests)
+    return [_Out(r.text, str(r.finish_reason)) for r in responses]
+
+
 def _llm_request(content: str, params: dict[str, Any], seed: int | None) -> ChatRequest:
     return ChatRequest(
         messages=[Message(role="user", content=content)],
@@ -408,11 +416,7 @@ class PromptRewriter(PromptStage):
         if self.generator is not None:
             return _run_generator(self.generator, rendered, self.params, seed)
         assert self.llm is not None
-        outs = []
-        for text in rendered:
-            resp = self.llm.complete(_llm_request(text, self.params, seed))
-            outs.append(_Out(resp.text, str(resp.finish_reason)))
-        return outs
+        return _run_llm(self.llm, rendered, self.params, seed)
 
     def _decide(self, prompt: str, out: _Out) -> tuple[str, str | None]:
         if out.finish_reason == "length":
@@ -441,6 +445,29 @@ class PromptRewriter(PromptStage):
             note("empty prompt: nothing to rewrite")
             return request
         return self._apply(request, self._generate([prompt], self._seed(request))[0])
+
+    def process_batch(self, requests: list[ChatRequest]) -> list[ChatRequest]:
+        """Rewrite many requests with one batched generation (model mode) or one ``LLM.batch`` call
+        (prompted mode); each request gets the result ``process`` would give it."""
+        seeds = {self._seed(r) for r in requests}
+        if len(seeds) > 1:  # one generation has one seed: requests asking for different ones go one by one
+            out = []
+            for i, r in enumerate(requests):
+                with batch_item(i):
+                    out.append(self.process(r))
+            return out
+        prompts = [r.last_user_message for r in requests]
+        todo = [i for i, p in enumerate(prompts) if p.strip()]
+        result = list(requests)
+        for i in sorted(set(range(len(requests))) - set(todo)):
+            with batch_item(i):
+                note("empty prompt: nothing to rewrite")
+        if todo:
+            outs = self._generate([prompts[i] for i in todo], seeds.pop())
+            for i, o in zip(todo, outs):
+                with batch_item(i):
+                    result[i] = self._apply(requests[i], o)
+        return result
 
     async def aprocess(self, request: ChatRequest) -> ChatRequest:
         """Async twin; prompted mode awaits the backend's native ``acomplete``."""
