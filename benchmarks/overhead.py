@@ -181,21 +181,24 @@ def main() -> None:
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(30)
 
+    empty = Pipeline(backend)
     arms: dict[str, Callable[[], object]] = {
         "direct": direct,
         "backend": lambda: backend.complete(request),
+        "empty": lambda: empty.chat(QUESTION),
         "pipeline": lambda: pipe.chat(QUESTION),
     }
     wall, cpu = interleaved(arms, args.iterations, args.warmup, drain)
     bare_us, instant_us = own_code_us()
 
     load = f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs" if hasattr(os, "getloadavg") else ""
-    print(f"{args.iterations} rounds, the three arms interleaved in rotating order, after {args.warmup} warm-up rounds{load}")
+    print(f"{args.iterations} rounds, the four arms interleaved in rotating order, after {args.warmup} warm-up rounds{load}")
     print(f"litellm's background logging {'NOT drained' if args.no_drain else 'drained between calls, outside the timing'}")
     print(f"{'':46s} {'wall median':>12s} {'added':>9s} {'paired':>9s} {'cpu median':>11s} {'paired':>9s}")
     labels = {
         "direct": "direct litellm.completion(mock_response)",
         "backend": "LiteLLMBackend.complete(ChatRequest)",
+        "empty": "Pipeline(no stages, LiteLLMBackend).chat",
         "pipeline": "Pipeline(3 no-op stages, LiteLLMBackend).chat",
     }
     for name, label in labels.items():
@@ -209,6 +212,9 @@ def main() -> None:
     direct_us, pipe_us = median_us(wall["direct"]), median_us(wall["pipeline"])
     overhead = paired_median_us(wall["pipeline"], wall["direct"])
     verdict = "met" if overhead < TARGET_US else "NOT met"
+    per_stage = (paired_median_us(wall["pipeline"], wall["direct"]) - paired_median_us(wall["empty"], wall["direct"])) / 3
+    print(f"of which: backend {paired_median_us(wall['backend'], wall['direct']):.1f} µs, pipeline without stages "
+          f"{paired_median_us(wall['empty'], wall['backend']):.1f} µs more, each no-op stage about {per_stage:.1f} µs")
     print(f"target < {TARGET_US:.0f} µs added per call (median of paired wall-clock differences): {verdict}")
     print(f"overhead: {overhead:.1f} µs per call ({pipe_us / direct_us:.2f}x direct litellm)")
 
