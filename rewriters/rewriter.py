@@ -95,6 +95,18 @@ _LABEL = re.compile(
     r"(?:optimi[sz]ed|improved|rewritten|revised)\s+(?:prompt|instruction)|prompt)\s*(?:\*\*|__)?\s*[:：]\s*(?:\*\*|__)?\s*",
     re.IGNORECASE,
 )
+#: Words that make a sentence a request ("Explain...", "Can you...", "Please..."): a rewrite of a question
+#: that is neither a question nor contains one of these is a statement, i.e. an answer. (On the BPO pairs,
+#: none of the 105 optimized prompts of questions is flagged by this rule.)
+_REQUEST_WORD = re.compile(
+    r"\b(?:please|explain|describe|provide|give|list|write|tell|suggest|recommend|help|create|compare|discuss|"
+    r"outline|summari[sz]e|identify|analy[sz]e|share|offer|generate|design|develop|draft|compose|calculate|"
+    r"determine|find|make|plan|prepare|propose|rewrite|translate|evaluate|assess|consider|imagine|pretend|"
+    r"show|teach|guide|answer|respond|define|clarify|elaborate|name|brainstorm|convert|classify|rank|choose|"
+    r"select|edit|correct|improve|fix|solve|compute|estimate|predict|review|i\s+need|i\s+want|i'd\s+like|"
+    r"i\s+would\s+like|can\s+you|could\s+you|would\s+you)\b",
+    re.IGNORECASE,
+)
 _QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’", "«": "»", "`": "`"}
 
 
@@ -151,7 +163,8 @@ def check_rewrite(original: str, rewrite: str, check: RewriteCheck = RewriteChec
     3. ``too long``: more than ``max(max_ratio × words, words + slack_words)`` words (BPO: at most six
        times the words; the slack lets a two-word prompt grow into a sentence).
     4. ``answers the prompt``: the rewrite opens like an answer ("Sure", "Here is", "I'm sorry", "As an
-       AI"...) while the original does not open with the same word.
+       AI"...) while the original does not open with the same word; or the original is a question and
+       the rewrite is a statement (no question mark, no request word such as "explain" or "please").
     5. ``lost the request's key content``: the original has 3+ content words (no stopwords) and fewer than
        ``min_key_overlap`` of them (compared by their first five letters) remain in the rewrite.
     """
@@ -168,6 +181,8 @@ def check_rewrite(original: str, rewrite: str, check: RewriteCheck = RewriteChec
     m = _ANSWER_OPENING.match(rewrite)
     if m and _first_word(m.group(0)) != _first_word(original):
         return f"rewrite answers the prompt instead of rewriting it (opens with {m.group(0).strip()!r})"
+    if original.rstrip().endswith("?") and "?" not in rewrite and not _REQUEST_WORD.search(rewrite):
+        return "rewrite answers the prompt instead of rewriting it (a statement, neither a question nor a request)"
     key = _stems(original)
     if len(key) >= 3:
         kept = len(key & _stems(rewrite)) / len(key)

@@ -115,6 +115,7 @@ FALLBACKS = {
     "answers (Sure)": ("Sure! Photosynthesis is how plants turn light into sugar.", "answers the prompt"),
     "answers (Here is)": ("Here is how photosynthesis works: light is absorbed by chlorophyll.", "answers the prompt"),
     "answers (refusal)": ("I'm sorry, but I cannot help with photosynthesis questions.", "answers the prompt"),
+    "answers (statement)": ("Photosynthesis is the process by which plants turn light into sugar.", "a statement"),
     "lost key content": ("Describe your favourite holiday destination and why you like it.", "key content"),
 }
 
@@ -437,3 +438,28 @@ def test_prompted_example_runs_offline(monkeypatch: pytest.MonkeyPatch, capsys: 
     assert module.main([]) == 0
     out = capsys.readouterr().out
     assert "modified" in out and "kept the original prompt: rewrite answers the prompt" in out
+
+
+@pytest.mark.parametrize(
+    "rewrite",
+    [
+        "What are the main steps of photosynthesis in plants, and why does each matter?",
+        "Explain how photosynthesis works in plants, with the chemical equation.",
+        "In plants, photosynthesis turns light into sugar. Could you describe each stage in detail?",
+    ],
+)
+def test_questions_and_requests_pass_the_statement_rule(rewrite: str) -> None:
+    assert check_rewrite(PROMPT, rewrite) is None
+
+
+def test_the_statement_rule_only_applies_to_questions() -> None:
+    assert check_rewrite("Photosynthesis in plants", "Photosynthesis in plants, from light to sugar, step by step.") is None
+
+
+def test_no_optimized_prompt_of_a_bpo_question_is_taken_for_an_answer(shared_data: Path) -> None:
+    from middleware.types import load_pairs
+
+    questions = [p for p in load_pairs(shared_data / "bpo_pairs.jsonl") if p.question.rstrip().endswith("?")]
+    assert len(questions) > 50
+    flagged = [p.optimized_prompt for p in questions if "statement" in (check_rewrite(p.question, p.optimized_prompt) or "")]
+    assert flagged == []
