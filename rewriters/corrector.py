@@ -743,7 +743,7 @@ def train_main(argv: Sequence[str]) -> int:
     print(f"{len(pairs)} pairs: {len(examples)} correction examples, {len(warmup)} identity warm-up examples")
     set_threads(args.threads)
     result = train_sft(
-        examples, config, Path(args.out), warmup_examples=warmup or None, resume=args.resume, progress=sys.stderr.isatty()
+        examples, config, Path(args.out), warmup_examples=warmup or None, resume=args.resume, progress=not args.quiet
     )
     print(_result_line(result))
     return 130 if result.interrupted else 0

@@ -907,7 +907,7 @@ def train_main(argv: Sequence[str]) -> int:
         print(f"wrote {len(examples)} examples to {out / 'rewriter_data.jsonl'}")
         return 0
     set_threads(args.threads)
-    result = train_sft(examples, config, out, resume=args.resume, progress=sys.stderr.isatty())
+    result = train_sft(examples, config, out, resume=args.resume, progress=not args.quiet)
     print(_result_line(result))
     return 130 if result.interrupted else 0
 

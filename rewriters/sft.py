@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -576,7 +577,12 @@ def train_sft(
     updating = False  # inside optimizer.step(): the weights may be half-updated
     saved_at = step
     last_eval: float | None = None
-    bar = tqdm(total=plan.total, initial=step, desc=f"train {config.kind}", unit="step", disable=not progress, dynamic_ncols=True)
+    # in a terminal the bar redraws in place; in a log file (nohup, CI) it writes a line every 30 s instead
+    tty = sys.stderr.isatty()
+    bar = tqdm(
+        total=plan.total, initial=step, desc=f"train {config.kind}", unit="step", disable=not progress,
+        dynamic_ncols=tty, mininterval=0.1 if tty else 30.0, ascii=not tty,
+    )
     try:
         while step < plan.total:
             t0 = time.perf_counter()
@@ -697,6 +703,7 @@ def add_train_args(parser: Any) -> None:
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in all")
     g.add_argument("--no-resume", dest="resume", action="store_false", help="start over instead of resuming from checkpoints")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def config_from_args(args: Any, *, kind: str | None = None) -> SFTConfig:
