@@ -36,7 +36,7 @@ from .errors import AlignwareError, CheckpointError, InputError
 from .llm import LLM
 from .pipeline import Pipeline
 from .stages import Stage
-from .types import ChatResponse, Message, MessagesLike, PreferencePair, PromptRecord, load_pairs, load_prompts, to_messages
+from .types import ChatResponse, Message, MessagesLike, PreferencePair, PromptRecord, StageTrace, load_pairs, load_prompts, to_messages
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import PipelineConfig
@@ -255,6 +255,15 @@ def _run_variant(pipe: Pipeline, msgs: list[list[Message]], params: dict[str, An
     return out, time.perf_counter() - t0
 
 
+def _trace_row(t: StageTrace) -> dict[str, Any]:
+    """A trace entry for the report: what a prompt stage made of the prompt is kept (it explains the
+    answer); a response stage's before/after are the answers already in the report."""
+    row = t.model_dump(exclude={"before", "after"})
+    if t.kind == "prompt" and t.verdict == "modified" and t.after is not None:
+        row["rewritten_prompt"] = t.after
+    return row
+
+
 def _stage_stats(responses: Sequence[ChatResponse], stages: Sequence[Stage]) -> list[StageStats]:
     by_name: dict[str, list[Any]] = {}
     kinds: dict[str, str] = {}
@@ -397,7 +406,7 @@ def evaluate_pipeline(
         row: dict[str, Any] = {"prompt": [x.model_dump() for x in m], "answers": {}}
         for name, _ in variants:
             r = answers[name][i]
-            row["answers"][name] = {"text": r.text, "reward": reward[(i, r.text)], "trace": [t.model_dump(exclude={"before", "after"}) for t in r.trace]}
+            row["answers"][name] = {"text": r.text, "reward": reward[(i, r.text)], "trace": [_trace_row(t) for t in r.trace]}
         samples.append(row)
     return EvalReport(
         variants=results,

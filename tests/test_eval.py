@@ -11,7 +11,7 @@ import pytest
 from middleware.evaluate import evaluate_pipeline, main, pairwise_accuracy
 from middleware.llm import FunctionLLM
 from middleware.pipeline import Pipeline
-from middleware.stages import IdentityPromptStage, IdentityResponseStage, ResponseStage
+from middleware.stages import IdentityPromptStage, IdentityResponseStage, PromptStage, ResponseStage
 from middleware.types import ChatRequest, ChatResponse, PreferencePair
 from steering.reward import RewardConfig, RewardModel
 
@@ -148,3 +148,15 @@ def test_demo_skips_stages_that_cannot_be_built(capsys: pytest.CaptureFixture[st
     stages = build_stages([{"type": "no_such_package.module:Stage"}, {"type": "identity_response", "name": "kept"}])
     assert [s.name for s in stages] == ["kept"]
     assert "stage no_such_package.module:Stage: skipped" in capsys.readouterr().out
+
+
+def test_report_samples_keep_what_a_prompt_stage_made_of_the_prompt() -> None:
+    class Polite(PromptStage):
+        def process(self, request: ChatRequest) -> ChatRequest:
+            return request.with_last_user_message("Please answer in detail: " + request.last_user_message)
+
+    report = evaluate_pipeline(Pipeline(FunctionLLM(echo), [Polite()]), PROMPTS[:2], LengthJudge(), progress=False, per_stage=False)
+    for prompt, sample in zip(PROMPTS, report.to_dict()["samples"]):
+        (row,) = sample["answers"]["pipeline"]["trace"]
+        assert row["verdict"] == "modified" and row["rewritten_prompt"] == "Please answer in detail: " + prompt
+        assert "before" not in row and "after" not in row
