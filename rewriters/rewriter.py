@@ -107,6 +107,21 @@ _REQUEST_WORD = re.compile(
     r"i\s+would\s+like|can\s+you|could\s+you|would\s+you)\b",
     re.IGNORECASE,
 )
+_NUMBER = re.compile(r"(?<![\w.])[-+−]?(\d+(?:,\d{3})*(?:\.\d+)?)")
+#: A prompt that sets a role ("As a pirate captain, ...", "Imagine you are a time traveller ...").
+_ROLE = re.compile(
+    r"^\W*(?:as an? |imagine (?:that )?(?:you are|you're) (?:an? )?|pretend (?:to be|you are|you're) (?:an? )?|"
+    r"you are an? |act as (?:an? )?)([^,.?!:;]{3,80})",
+    re.IGNORECASE,
+)
+
+_ROLE_QUALIFIER = re.compile(r"\s+(?:from|in|on|at|with|who|that|of|for|during|living|working)\s+", re.IGNORECASE)
+
+
+def _numbers(text: str) -> set[str]:
+    return {m.replace(",", "") for m in _NUMBER.findall(text)}
+
+
 _QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’", "«": "»", "`": "`"}
 
 
@@ -150,6 +165,8 @@ class RewriteCheck:
     slack_words: int = DEFAULT_SLACK_WORDS
     min_key_overlap: float = 0.25
     check_answer: bool = True
+    keep_numbers: bool = True
+    keep_role: bool = True
 
 
 def check_rewrite(original: str, rewrite: str, check: RewriteCheck = RewriteCheck()) -> str | None:
@@ -165,7 +182,10 @@ def check_rewrite(original: str, rewrite: str, check: RewriteCheck = RewriteChec
     4. ``answers the prompt``: the rewrite opens like an answer ("Sure", "Here is", "I'm sorry", "As an
        AI"...) while the original does not open with the same word; or the original is a question and
        the rewrite is a statement (no question mark, no request word such as "explain" or "please").
-    5. ``lost the request's key content``: the original has 3+ content words (no stopwords) and fewer than
+    5. ``drops numbers``: a number of the original is missing from the rewrite (``keep_numbers``).
+    6. ``drops the role``: the original sets a role ("As a pirate captain, ...", "Imagine you are ...")
+       and none of the role's words remain (``keep_role``).
+    7. ``lost the request's key content``: the original has 3+ content words (no stopwords) and fewer than
        ``min_key_overlap`` of them (compared by their first five letters) remain in the rewrite.
     """
     if not rewrite.strip():
@@ -183,6 +203,17 @@ def check_rewrite(original: str, rewrite: str, check: RewriteCheck = RewriteChec
         return f"rewrite answers the prompt instead of rewriting it (opens with {m.group(0).strip()!r})"
     if original.rstrip().endswith("?") and "?" not in rewrite and not _REQUEST_WORD.search(rewrite):
         return "rewrite answers the prompt instead of rewriting it (a statement, neither a question nor a request)"
+    if check.keep_numbers:
+        lost = sorted(_numbers(original) - _numbers(rewrite), key=lambda n: original.find(n))
+        if lost:
+            return f"rewrite drops numbers the prompt gives ({', '.join(lost[:5])})"
+    if check.keep_role:
+        m = _ROLE.match(original)
+        # the role itself, without what qualifies it ("a time traveler from the year 3000" -> "time traveler")
+        role_text = _ROLE_QUALIFIER.split(m.group(1))[0].strip() if m else ""
+        role = _stems(role_text)
+        if role and not role & _stems(rewrite):
+            return f"rewrite drops the role the prompt sets ({role_text!r})"
     key = _stems(original)
     if len(key) >= 3:
         kept = len(key & _stems(rewrite)) / len(key)

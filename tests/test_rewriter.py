@@ -463,3 +463,38 @@ def test_no_optimized_prompt_of_a_bpo_question_is_taken_for_an_answer(shared_dat
     assert len(questions) > 50
     flagged = [p.optimized_prompt for p in questions if "statement" in (check_rewrite(p.question, p.optimized_prompt) or "")]
     assert flagged == []
+
+
+@pytest.mark.parametrize(
+    "original, rewrite, reason",
+    [
+        (
+            "If the endpoints of a line segment are (2, -2) and (10, 4), what is the length of the segment?",
+            "Please provide a detailed explanation of the segment's length based on the given endpoints.",
+            "drops numbers the prompt gives (2, 10, 4)",
+        ),
+        ("Summarize the article in 1-2 sentences.", "Summarize the article briefly and clearly.", "drops numbers"),
+        (
+            "As a pirate captain, what would you say to your crew to motivate them to search for hidden treasure?",
+            "What would you say to your crew to motivate them to search for hidden treasure?",
+            "drops the role the prompt sets ('pirate captain')",
+        ),
+        (
+            "Imagine you are a time traveler from the year 3000. What would you tell people?",
+            "What would you tell people in the year 3000 about technology? Explain in detail.",
+            "drops the role",
+        ),
+    ],
+)
+def test_rewrites_that_drop_details_keep_the_original(original: str, rewrite: str, reason: str) -> None:
+    assert reason in (check_rewrite(original, rewrite) or "")
+
+
+def test_details_kept_in_another_form_pass() -> None:
+    assert check_rewrite("How far is 3,000 km in miles?", "Convert 3000 km to miles and show the calculation.") is None
+    assert check_rewrite(
+        "As a pirate captain, what would you say to motivate your crew?",
+        "You are a pirate captain. Write a rousing speech that motivates your crew to find the treasure.",
+    ) is None
+    assert check_rewrite("Summarize it in 1-2 sentences.", "Summarize it in 2 sentences.", RewriteCheck(keep_numbers=False)) is None
+
