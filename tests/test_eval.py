@@ -160,3 +160,8 @@ def test_report_samples_keep_what_a_prompt_stage_made_of_the_prompt() -> None:
         (row,) = sample["answers"]["pipeline"]["trace"]
         assert row["verdict"] == "modified" and row["rewritten_prompt"] == "Please answer in detail: " + prompt
         assert "before" not in row and "after" not in row
+
+
+def test_cli_rejects_zero_threads(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--judge", "unused", "--pairs", "unused.jsonl", "--threads", "0"]) == 2
+    assert "--threads must be 1 or more, got 0" in capsys.readouterr().err
