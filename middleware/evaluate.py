@@ -25,6 +25,7 @@ import contextlib
 import inspect
 import json
 import random
+import re
 import sys
 import time
 from collections import Counter
@@ -126,6 +127,7 @@ class VariantResult:
     mean_reward: float
     ms_per_prompt: float
     stage_stats: list[StageStats] = field(default_factory=list)
+    mean_words: float = 0.0
 
 
 @dataclass
@@ -142,6 +144,11 @@ class EvalReport:
     pipeline: str
     judge: str
     samples: list[dict[str, Any]] = field(default_factory=list)
+    plain_mean_words: float = 0.0
+    #: Baselines computed from the plain answers without generating: ``first sentence`` keeps each plain
+    #: answer's first sentence. A judge that rewards brevity gives it a win rate for free; a stage that
+    #: shortens answers should beat it before its own win rate means much.
+    controls: list[VariantResult] = field(default_factory=list)
 
     def variant(self, name: str) -> VariantResult:
         for v in self.variants:
@@ -155,15 +162,16 @@ class EvalReport:
     def to_markdown(self) -> str:
         lines = [
             f"Judge: `{self.judge}` · LLM: `{self.llm}` · {self.n_prompts} prompts · seed {self.seed} · "
-            f"plain answer: mean reward {self.plain_mean_reward:+.3f}, {self.plain_ms_per_prompt:.0f} ms/prompt",
+            f"plain answer: mean reward {self.plain_mean_reward:+.3f}, {self.plain_mean_words:.0f} words, "
+            f"{self.plain_ms_per_prompt:.0f} ms/prompt",
             "",
-            "| variant | stages | win rate vs plain | W / T / L | mean reward gain | mean reward | ms/prompt |",
-            "| --- | --- | ---: | :---: | ---: | ---: | ---: |",
+            "| variant | stages | win rate vs plain | W / T / L | mean reward gain | mean reward | words | ms/prompt |",
+            "| --- | --- | ---: | :---: | ---: | ---: | ---: | ---: |",
         ]
-        for v in self.variants:
+        for v in self.variants + self.controls:
             lines.append(
                 f"| {v.name} | {', '.join(v.stages) or '(none)'} | {v.win_rate:.1%} | {v.wins} / {v.ties} / {v.losses} | "
-                f"{v.mean_gain:+.3f} | {v.mean_reward:+.3f} | {v.ms_per_prompt:.0f} |"
+                f"{v.mean_gain:+.3f} | {v.mean_reward:+.3f} | {v.mean_words:.0f} | {v.ms_per_prompt:.0f} |"
             )
         lines += [
             "",
@@ -185,13 +193,14 @@ class EvalReport:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        names = [v.name for v in self.variants]
+        rows = self.variants + self.controls
+        names = [v.name for v in rows]
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(names) + 4), 4))
-        a1.bar(names, [100 * v.win_rate for v in self.variants], color="tab:blue")
+        a1.bar(names, [100 * v.win_rate for v in rows], color=["tab:gray" if v in self.controls else "tab:blue" for v in rows])
         a1.axhline(50, color="gray", linestyle="--", linewidth=1)
         a1.set_ylim(0, 100)
         a1.set_ylabel("judge win rate vs plain (%)")
-        gains = [v.mean_gain for v in self.variants]
+        gains = [v.mean_gain for v in rows]
         a2.bar(names, gains, color=["tab:green" if g >= 0 else "tab:red" for g in gains])
         a2.axhline(0, color="gray", linewidth=1)
         a2.set_ylabel("mean reward gain")
@@ -257,6 +266,62 @@ def _run_variant(
     return out, time.perf_counter() - t0
 
 
+CONTROL = "control: first sentence"
+_FIRST_SENTENCE = re.compile(r"\s*(.+?[.!?])(?=\s|$)", re.DOTALL)
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of ``text`` (up to the first ``.``, ``!`` or ``?`` followed by a space or the end);
+    the whole text when it has no such end."""
+    m = _FIRST_SENTENCE.match(text)
+    return m.group(1) if m else text
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _compare(
+    name: str,
+    stages: list[str],
+    texts: list[str],
+    rewards: list[float],
+    plain_texts: list[str],
+    plain_rewards: list[float],
+    epsilon: float,
+    *,
+    ms_per_prompt: float = 0.0,
+    stage_stats: list[StageStats] | None = None,
+) -> VariantResult:
+    """Wins, ties (the same text, or rewards within ``epsilon``) and losses of ``texts`` against the plain answers."""
+    n = len(texts)
+    wins = ties = losses = 0
+    gains = []
+    for t, r, pt, pr in zip(texts, rewards, plain_texts, plain_rewards):
+        d = 0.0 if t == pt else r - pr
+        gains.append(d)
+        if t == pt or abs(d) <= epsilon:
+            ties += 1
+        elif d > 0:
+            wins += 1
+        else:
+            losses += 1
+    return VariantResult(
+        name=name,
+        stages=stages,
+        n=n,
+        wins=wins,
+        ties=ties,
+        losses=losses,
+        win_rate=(wins + 0.5 * ties) / n,
+        mean_gain=sum(gains) / n,
+        mean_reward=sum(rewards) / n,
+        ms_per_prompt=ms_per_prompt,
+        stage_stats=stage_stats or [],
+        mean_words=sum(_words(t) for t in texts) / n,
+    )
+
+
 def _trace_row(t: StageTrace) -> dict[str, Any]:
     """A trace entry for the report: what a prompt stage made of the prompt is kept (it explains the
     answer); a response stage's before/after are the answers already in the report."""
@@ -305,6 +370,7 @@ def evaluate_pipeline(
     per_stage: bool = True,
     progress: bool = True,
     threads: int = 1,
+    control: bool = True,
 ) -> EvalReport:
     """Judge each stage alone and the whole chain against the plain answer.
 
@@ -319,6 +385,8 @@ def evaluate_pipeline(
         epsilon: rewards closer than this count as a tie.
         llm: use this LLM instead of the config's (the plain answer comes from it too).
         per_stage: also run each stage alone (otherwise only the whole chain).
+        control: also judge the ``first sentence`` control (each plain answer cut to its first sentence;
+            no generation), which shows how much a judge rewards mere brevity.
         threads: torch CPU threads while generating. 1 (the default) suits small batches and a machine
             other jobs share; on an idle machine, large batches run faster with one thread per core.
     """
@@ -373,37 +441,34 @@ def evaluate_pipeline(
     reward = {k: float(scores[j]) for k, j in keys.items()}
 
     plain = answers[PLAIN]
-    plain_r = [reward[(i, r.text)] for i, r in enumerate(plain)]
+    plain_texts = [r.text for r in plain]
+    plain_r = [reward[(i, t)] for i, t in enumerate(plain_texts)]
     n = len(msgs)
     results: list[VariantResult] = []
     for name, sts in variants[1:]:
-        wins = ties = losses = 0
-        gains, rs = [], []
-        for i, r in enumerate(answers[name]):
-            rv = reward[(i, r.text)]
-            d = 0.0 if r.text == plain[i].text else rv - plain_r[i]
-            gains.append(d)
-            rs.append(rv)
-            if r.text == plain[i].text or abs(d) <= epsilon:
-                ties += 1
-            elif d > 0:
-                wins += 1
-            else:
-                losses += 1
+        texts = [r.text for r in answers[name]]
         results.append(
-            VariantResult(
-                name=name,
-                stages=[names[stages.index(s)] if s in stages else s.name for s in sts],
-                n=n,
-                wins=wins,
-                ties=ties,
-                losses=losses,
-                win_rate=(wins + 0.5 * ties) / n,
-                mean_gain=sum(gains) / n,
-                mean_reward=sum(rs) / n,
+            _compare(
+                name,
+                [names[stages.index(s)] if s in stages else s.name for s in sts],
+                texts,
+                [reward[(i, t)] for i, t in enumerate(texts)],
+                plain_texts,
+                plain_r,
+                epsilon,
                 ms_per_prompt=1000.0 * wall[name] / n,
                 stage_stats=_stage_stats(answers[name], sts),
             )
+        )
+    controls: list[VariantResult] = []
+    if control:
+        firsts = [first_sentence(t) for t in plain_texts]
+        fresh = [(i, t) for i, t in enumerate(firsts) if (i, t) not in reward]
+        if fresh:
+            extra = judge_obj.score_batch([([m.model_dump() for m in msgs[i]], t) for i, t in fresh])
+            reward.update({k: float(v) for k, v in zip(fresh, extra)})
+        controls.append(
+            _compare(CONTROL, [], firsts, [reward[(i, t)] for i, t in enumerate(firsts)], plain_texts, plain_r, epsilon)
         )
 
     samples = []
@@ -417,6 +482,8 @@ def evaluate_pipeline(
         variants=results,
         plain_mean_reward=sum(plain_r) / n,
         plain_ms_per_prompt=1000.0 * wall[PLAIN] / n,
+        plain_mean_words=sum(_words(t) for t in plain_texts) / n,
+        controls=controls,
         n_prompts=n,
         seed=seed,
         epsilon=epsilon,
@@ -462,6 +529,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, help="answer length (default: the config's defaults)")
     p.add_argument("--epsilon", type=float, default=1e-4, help="rewards closer than this tie (default %(default)s)")
     p.add_argument("--no-per-stage", action="store_true", help="only the whole chain, not each stage alone")
+    p.add_argument("--no-control", action="store_true", help="leave out the first-sentence control row")
     p.add_argument("--out", default="runs/eval", help="where to write report.json/.md/.png (default %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads while generating (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -502,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
             per_stage=not args.no_per_stage,
             progress=not args.quiet,
             threads=args.threads,
+            control=not args.no_control,
         )
     except (InputError, CheckpointError, AlignwareError) as e:
         print(f"error: {e}", file=sys.stderr)

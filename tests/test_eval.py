@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from middleware.evaluate import evaluate_pipeline, main, pairwise_accuracy
+from middleware.evaluate import evaluate_pipeline, first_sentence, main, pairwise_accuracy
 from middleware.llm import FunctionLLM
 from middleware.pipeline import Pipeline
 from middleware.stages import IdentityPromptStage, IdentityResponseStage, PromptStage, ResponseStage
@@ -165,3 +165,23 @@ def test_report_samples_keep_what_a_prompt_stage_made_of_the_prompt() -> None:
 def test_cli_rejects_zero_threads(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--judge", "unused", "--pairs", "unused.jsonl", "--threads", "0"]) == 2
     assert "--threads must be 1 or more, got 0" in capsys.readouterr().err
+
+
+def test_first_sentence_control_and_answer_lengths() -> None:
+    assert first_sentence("Paris. It is big! Really?") == "Paris."
+    assert first_sentence("  No end mark here") == "  No end mark here"  # unchanged: the control ties
+    assert first_sentence("Version 2.5 is out. Get it.") == "Version 2.5 is out."
+
+    def two_sentences(messages: list[dict]) -> str:
+        return "Short. " + "A much longer second sentence follows here."
+
+    pipe = Pipeline(FunctionLLM(two_sentences), [Longer()])
+    report = evaluate_pipeline(pipe, PROMPTS, LengthJudge(), progress=False, per_stage=False)
+    (control,) = report.controls
+    # the length judge prefers the full answer to its first sentence: the control loses every time
+    assert control.name == "control: first sentence" and (control.wins, control.ties, control.losses) == (0, 0, 4)
+    assert control.mean_words == 1 and report.plain_mean_words == 8
+    assert report.variant("pipeline").mean_words == 12
+    assert "| control: first sentence | (none) | 0.0% | 0 / 0 / 4 |" in report.to_markdown()
+    assert report.to_dict()["controls"][0]["win_rate"] == 0.0
+    assert evaluate_pipeline(pipe, PROMPTS, LengthJudge(), progress=False, per_stage=False, control=False).controls == []
