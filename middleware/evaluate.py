@@ -208,12 +208,9 @@ class EvalReport:
             ax.tick_params(axis="x", rotation=20)
             ax.grid(axis="y", alpha=0.3)
         fig.suptitle(f"{self.n_prompts} prompts, judge {Path(self.judge).name}")
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path
+        from .training import save_figure
+
+        return save_figure(fig, path)
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
         """Write ``report.json``, ``report.md`` and ``report.png`` into ``out_dir``."""
