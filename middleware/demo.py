@@ -18,7 +18,6 @@ import json
 import sys
 import textwrap
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 

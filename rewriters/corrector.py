@@ -40,7 +40,6 @@ import argparse
 import asyncio
 import os
 import re
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path

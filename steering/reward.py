@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 
 from middleware.errors import AlignwareError, CheckpointError, InputError
-from middleware.types import Message, MessagesLike, PreferencePair, load_pairs, to_messages
+from middleware.types import MessagesLike, PreferencePair, load_pairs, to_messages
 
 log = logging.getLogger("alignware")
 
