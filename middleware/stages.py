@@ -263,7 +263,8 @@ class PromptStage(Stage):
         """``run`` for many requests: one ``process_batch`` call where the stage has one, else ``run`` each.
 
         With ``process_batch``, an error fails the whole batch: every request passes through unchanged
-        with a ``failed`` trace (or ``StageError`` is raised when ``on_error="raise"``).
+        with a ``failed`` trace (or ``StageError`` is raised when ``on_error="raise"``). The stage's
+        ``timeout`` applies to the one ``process_batch`` call.
         """
         if len(requests) < 2 or type(self).process_batch is PromptStage.process_batch:
             return [self.run(r) for r in requests]
@@ -354,7 +355,8 @@ class ResponseStage(Stage):
         """``run`` for many replies: one ``process_batch`` call where the stage has one, else ``run`` each.
 
         With ``process_batch``, an error fails the whole batch: every reply passes through unchanged
-        with a ``failed`` trace (or ``StageError`` is raised when ``on_error="raise"``).
+        with a ``failed`` trace (or ``StageError`` is raised when ``on_error="raise"``). The stage's
+        ``timeout`` applies to the one ``process_batch`` call.
         """
         if len(requests) != len(responses):
             raise ValueError(f"{len(requests)} requests but {len(responses)} responses")

@@ -213,3 +213,19 @@ def test_prompted_corrector_sends_the_batch_to_llm_batch() -> None:
     replies = Pipeline(FunctionLLM(lambda m: "an answer", name="chat"), [corrector]).batch(["a", "b", "c"])
     assert seen == [3] and [r.text for r in replies] == ["A safer, clearer answer."] * 3
     assert json.dumps([t.verdict for r in replies for t in r.trace]) == json.dumps(["modified"] * 3)
+
+
+def test_a_batch_that_times_out_passes_every_request_through() -> None:
+    import time
+
+    class Slow(PromptStage):
+        def process(self, request: ChatRequest) -> ChatRequest:
+            return request
+
+        def process_batch(self, requests: list[ChatRequest]) -> list[ChatRequest]:
+            time.sleep(0.5)
+            return [r.with_last_user_message("too late") for r in requests]
+
+    replies = Pipeline(echo_llm(), [Slow(timeout=0.05)]).batch(PROMPTS[:2])
+    assert [r.text for r in replies] == PROMPTS[:2]
+    assert [t.reason for r in replies for t in r.trace] == ["timed out after 0.05s"] * 2
