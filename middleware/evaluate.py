@@ -16,6 +16,7 @@ Command line::
 
     alignware eval --pipeline CONFIG --prompts FILE --judge DIR [--limit N] [--seed S] [--out DIR]
     alignware eval --judge DIR --pairs FILE [--limit N] [--out DIR]
+    alignware eval --rejudge runs/eval/report.json --judge OTHER_DIR --out DIR   # same answers, another judge
 """
 
 from __future__ import annotations
@@ -423,71 +424,147 @@ def evaluate_pipeline(
         answers[name], wall[name] = _run_variant(pipe, msgs, params, seed, threads)
     bar.close()
 
-    # Score every distinct (prompt, answer) once.
-    keys: dict[tuple[int, str], int] = {}
-    items: list[tuple[list[dict[str, str]], str]] = []
-    for resp in answers.values():
-        for i, r in enumerate(resp):
-            if (i, r.text) not in keys:
-                keys[(i, r.text)] = len(items)
-                items.append(([m.model_dump() for m in msgs[i]], r.text))
-    if "progress" in inspect.signature(judge_obj.score_batch).parameters:
-        scores = judge_obj.score_batch(items, progress=progress)  # type: ignore[call-arg]
-    else:
-        scores = judge_obj.score_batch(items)
-    reward = {k: float(scores[j]) for k, j in keys.items()}
-
-    plain = answers[PLAIN]
-    plain_texts = [r.text for r in plain]
-    plain_r = [reward[(i, t)] for i, t in enumerate(plain_texts)]
-    n = len(msgs)
-    results: list[VariantResult] = []
-    for name, sts in variants[1:]:
-        texts = [r.text for r in answers[name]]
-        results.append(
-            _compare(
-                name,
-                [names[stages.index(s)] if s in stages else s.name for s in sts],
-                texts,
-                [reward[(i, t)] for i, t in enumerate(texts)],
-                plain_texts,
-                plain_r,
-                epsilon,
-                ms_per_prompt=1000.0 * wall[name] / n,
+    return _judge(
+        judge_obj,
+        msgs,
+        {name: [r.text for r in answers[name]] for name, _ in variants},
+        [
+            dict(
+                name=name,
+                stages=[names[stages.index(s)] if s in stages else s.name for s in sts],
+                ms_per_prompt=1000.0 * wall[name] / len(msgs),
                 stage_stats=_stage_stats(answers[name], sts),
             )
-        )
-    controls: list[VariantResult] = []
-    if control:
-        firsts = [first_sentence(t) for t in plain_texts]
-        fresh = [(i, t) for i, t in enumerate(firsts) if (i, t) not in reward]
-        if fresh:
-            extra = judge_obj.score_batch([([m.model_dump() for m in msgs[i]], t) for i, t in fresh])
-            reward.update({k: float(v) for k, v in zip(fresh, extra)})
-        controls.append(
-            _compare(CONTROL, [], firsts, [reward[(i, t)] for i, t in enumerate(firsts)], plain_texts, plain_r, epsilon)
-        )
+            for name, sts in variants[1:]
+        ],
+        {name: [[_trace_row(t) for t in r.trace] for r in answers[name]] for name, _ in variants},
+        epsilon=epsilon,
+        control=control,
+        progress=progress,
+        head=dict(
+            plain_ms_per_prompt=1000.0 * wall[PLAIN] / len(msgs),
+            seed=seed,
+            llm=getattr(the_llm, "name", type(the_llm).__name__),
+            pipeline=desc,
+            judge=str(judge) if isinstance(judge, (str, Path)) else type(judge).__name__,
+        ),
+    )
 
+
+def _judge(
+    judge: Judge,
+    msgs: list[list[Message]],
+    texts: dict[str, list[str]],
+    rows: list[dict[str, Any]],
+    traces: dict[str, list[list[dict[str, Any]]]],
+    *,
+    epsilon: float,
+    control: bool,
+    progress: bool,
+    head: dict[str, Any],
+) -> EvalReport:
+    """Score the answers (``texts[variant][i]``, ``PLAIN`` among them) and build the report.
+
+    ``rows`` holds, per compared variant in order, its ``name``, ``stages``, ``ms_per_prompt`` and
+    ``stage_stats``; ``head`` the report's descriptive fields. Each distinct (prompt, answer) is scored once.
+    """
+    firsts = [first_sentence(t) for t in texts[PLAIN]] if control else []
+    keys: dict[tuple[int, str], int] = {}
+    items: list[tuple[list[dict[str, str]], str]] = []
+    for answers in [*texts.values(), firsts]:
+        for i, t in enumerate(answers):
+            if (i, t) not in keys:
+                keys[(i, t)] = len(items)
+                items.append(([m.model_dump() for m in msgs[i]], t))
+    if "progress" in inspect.signature(judge.score_batch).parameters:
+        scores = judge.score_batch(items, progress=progress)  # type: ignore[call-arg]
+    else:
+        scores = judge.score_batch(items)
+    if len(scores) != len(items):
+        raise AlignwareError(f"the judge returned {len(scores)} scores for {len(items)} answers")
+    reward = {k: float(scores[j]) for k, j in keys.items()}
+
+    def rewards(answers: list[str]) -> list[float]:
+        return [reward[(i, t)] for i, t in enumerate(answers)]
+
+    plain_texts = texts[PLAIN]
+    plain_r = rewards(plain_texts)
+    n = len(msgs)
+    results = [_compare(r["name"], r["stages"], texts[r["name"]], rewards(texts[r["name"]]), plain_texts, plain_r, epsilon,
+                        ms_per_prompt=r["ms_per_prompt"], stage_stats=r["stage_stats"]) for r in rows]
+    controls = [_compare(CONTROL, [], firsts, rewards(firsts), plain_texts, plain_r, epsilon)] if control else []
     samples = []
     for i, m in enumerate(msgs):
         row: dict[str, Any] = {"prompt": [x.model_dump() for x in m], "answers": {}}
-        for name, _ in variants:
-            r = answers[name][i]
-            row["answers"][name] = {"text": r.text, "reward": reward[(i, r.text)], "trace": [_trace_row(t) for t in r.trace]}
+        for name, answers in texts.items():
+            row["answers"][name] = {"text": answers[i], "reward": reward[(i, answers[i])], "trace": traces[name][i]}
         samples.append(row)
     return EvalReport(
         variants=results,
         plain_mean_reward=sum(plain_r) / n,
-        plain_ms_per_prompt=1000.0 * wall[PLAIN] / n,
         plain_mean_words=sum(_words(t) for t in plain_texts) / n,
         controls=controls,
         n_prompts=n,
-        seed=seed,
         epsilon=epsilon,
-        llm=getattr(the_llm, "name", type(the_llm).__name__),
-        pipeline=desc,
-        judge=str(judge) if isinstance(judge, (str, Path)) else type(judge).__name__,
         samples=samples,
+        **head,
+    )
+
+
+def rejudge(report: "str | Path | EvalReport | dict[str, Any]", judge: JudgeLike, *, epsilon: float | None = None, progress: bool = False) -> EvalReport:
+    """Score the answers of an earlier ``evaluate_pipeline`` report with another judge, without generating
+    again: a second opinion costs only the scoring. Latencies and stage counts are kept from the report.
+
+    Args:
+        report: a ``report.json`` written by ``EvalReport.write``, its dict, or an ``EvalReport``.
+        judge: a reward model folder, or any object with ``score_batch``.
+        epsilon: tie threshold (default: the report's).
+    """
+    where = str(report) if isinstance(report, (str, Path)) else "report"
+    if isinstance(report, EvalReport):
+        data = report.to_dict()
+    elif isinstance(report, dict):
+        data = report
+    else:
+        try:
+            data = json.loads(Path(report).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(f"{report}: no such report (write one with alignware eval --out DIR)") from None
+        except (OSError, ValueError) as e:
+            raise InputError(f"{report}: not a readable JSON report: {e}") from None
+    try:
+        samples = data["samples"]
+        rows = [
+            dict(name=v["name"], stages=list(v["stages"]), ms_per_prompt=float(v["ms_per_prompt"]),
+                 stage_stats=[StageStats(**st) for st in v["stage_stats"]])
+            for v in data["variants"]
+        ]
+        names = [PLAIN] + [r["name"] for r in rows]
+        if not samples:
+            raise InputError(f"{where}: the report holds no samples to judge")
+        msgs, texts = [], {name: [] for name in names}
+        traces: dict[str, list[list[dict[str, Any]]]] = {name: [] for name in names}
+        for i, smp in enumerate(samples):
+            msgs.append(to_messages(smp["prompt"]))
+            for name in names:
+                if name not in smp["answers"]:
+                    raise InputError(f"{where}: samples[{i}].answers: no answer of variant {name!r}")
+                texts[name].append(smp["answers"][name]["text"])
+                traces[name].append(smp["answers"][name].get("trace", []))
+        head = {k: data[k] for k in ("plain_ms_per_prompt", "seed", "llm", "pipeline")}
+    except KeyError as e:
+        raise InputError(f"{where}: not an alignware eval report (missing field {e})") from None
+    head["judge"] = str(judge) if isinstance(judge, (str, Path)) else type(judge).__name__
+    return _judge(
+        load_judge(judge),
+        msgs,
+        texts,
+        rows,
+        traces,
+        epsilon=data.get("epsilon", 1e-4) if epsilon is None else epsilon,
+        control=bool(data.get("controls")),
+        progress=progress,
+        head=head,
     )
 
 
@@ -521,6 +598,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", help="prompts (JSONL: prompt-only rows or preference pairs)")
     p.add_argument("--judge", required=True, help="reward model folder (alignware train reward --out DIR)")
     p.add_argument("--pairs", help="labelled pairs: report the judge's pairwise accuracy")
+    p.add_argument("--rejudge", metavar="REPORT", help="score the answers of an earlier report.json with --judge (no generation)")
     p.add_argument("--limit", type=int, help="use the first N prompts / pairs")
     p.add_argument("--seed", type=int, default=0, help="generation seed (default %(default)s)")
     p.add_argument("--max-tokens", type=int, help="answer length (default: the config's defaults)")
@@ -540,6 +618,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --threads must be 1 or more, got {args.threads}", file=sys.stderr)
         return 2
     try:
+        if args.rejudge:
+            if args.pipeline or args.prompts or args.pairs:
+                print("error: --rejudge takes the answers from the report: leave out --pipeline, --prompts and --pairs", file=sys.stderr)
+                return 2
+            report = rejudge(args.rejudge, args.judge, epsilon=args.epsilon, progress=not args.quiet)
+            print(report.to_markdown())
+            paths = report.write(args.out)
+            print(f"\nwrote {paths['json']}, {paths['markdown']}, {paths['png']}")
+            return 0
         if args.pipeline is None:
             if not args.pairs:
                 print("error: give --pipeline CONFIG --prompts FILE, or --pairs FILE for pairwise accuracy", file=sys.stderr)

@@ -879,11 +879,11 @@ def train_reward_model(
                     row = {**row, **ev}
             if step % tcfg.save_every == 0 or step == total:
                 save(step)
-            bar.update(1)
             post = {"loss": f"{row['loss']:.3f}", "pairs/s": f"{trained_pairs / max(train_time, 1e-9):.2f}"}
             if "eval_acc" in row:
                 post["eval_acc"] = f"{row['eval_acc']:.3f}"
-            bar.set_postfix(post)
+            bar.set_postfix(post, refresh=False)  # drawn by update(), at most every mininterval
+            bar.update(1)
             for cb in callbacks:
                 cb(step, row)
     finally:

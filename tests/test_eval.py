@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from middleware.evaluate import evaluate_pipeline, first_sentence, main, pairwise_accuracy
+from middleware.errors import InputError
+from middleware.evaluate import evaluate_pipeline, first_sentence, main, pairwise_accuracy, rejudge
 from middleware.llm import FunctionLLM
 from middleware.pipeline import Pipeline
 from middleware.stages import IdentityPromptStage, IdentityResponseStage, PromptStage, ResponseStage
@@ -129,6 +130,10 @@ def test_cli_pipeline_and_pairs_modes(tiny_model_dir: Path, judge_dir: Path, tmp
     printed = capsys.readouterr().out
     assert "| pipeline | IdentityPromptStage, IdentityResponseStage | 50.0% | 0 / 3 / 0 | +0.000 |" in printed
     assert {p.name for p in out.iterdir()} >= {"report.json", "report.md", "report.png"}
+    again = tmp_path / "rejudged"
+    assert main(["--rejudge", str(out / "report.json"), "--judge", str(judge_dir), "--out", str(again), "--quiet"]) == 0
+    assert "| pipeline | IdentityPromptStage, IdentityResponseStage | 50.0% | 0 / 3 / 0 | +0.000 |" in capsys.readouterr().out
+    assert json.loads((again / "report.json").read_text())["samples"] == json.loads((out / "report.json").read_text())["samples"]
 
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(PreferencePair(prompt=p, chosen="Yes, gladly.", rejected="No.").model_dump_json() + "\n" for p in PROMPTS))
@@ -185,3 +190,52 @@ def test_first_sentence_control_and_answer_lengths() -> None:
     assert "| control: first sentence | (none) | 0.0% | 0 / 0 / 4 |" in report.to_markdown()
     assert report.to_dict()["controls"][0]["win_rate"] == 0.0
     assert evaluate_pipeline(pipe, PROMPTS, LengthJudge(), progress=False, per_stage=False, control=False).controls == []
+
+
+class ShortJudge:
+    """The opposite of LengthJudge: shorter answers are better."""
+
+    def score_batch(self, items):
+        return [-float(len(r)) for _, r in items]
+
+
+def test_rejudge_scores_the_same_answers_with_another_judge(tmp_path: Path) -> None:
+    calls = []
+
+    def counting_echo(messages: list[dict]) -> str:
+        calls.append(1)
+        return echo(messages)
+
+    pipe = Pipeline(FunctionLLM(counting_echo), [Longer(skip_if=lambda r: "Hello" in r.last_user_message)])
+    report = evaluate_pipeline(pipe, PROMPTS, LengthJudge(), progress=False)
+    paths = report.write(tmp_path / "first")
+    generated = len(calls)
+
+    same = rejudge(paths["json"], LengthJudge())
+    assert same.to_dict() == {**report.to_dict(), "judge": "LengthJudge"}
+
+    other = rejudge(paths["json"], ShortJudge())
+    assert len(calls) == generated  # nothing generated again
+    longer = other.variant("Longer")
+    assert (longer.wins, longer.ties, longer.losses) == (0, 1, 3)
+    assert longer.mean_gain == pytest.approx(-3 * len(" Here is more detail.") / 4)
+    assert longer.stage_stats == report.variant("Longer").stage_stats and longer.ms_per_prompt == report.variant("Longer").ms_per_prompt
+    assert other.controls[0].wins == report.controls[0].losses
+    assert [s["answers"]["plain"]["text"] for s in other.samples] == [s["answers"]["plain"]["text"] for s in report.samples]
+
+
+def test_rejudge_cli_and_bad_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = evaluate_pipeline(Pipeline(FunctionLLM(echo), [Longer()]), PROMPTS[:2], LengthJudge(), progress=False)
+    data = report.to_dict()
+    del data["samples"][1]["answers"]["Longer"]
+    with pytest.raises(InputError, match=r"samples\[1\]\.answers: no answer of variant 'Longer'"):
+        rejudge(data, LengthJudge())
+    with pytest.raises(InputError, match="missing field 'samples'"):
+        rejudge({"variants": []}, LengthJudge())
+    with pytest.raises(InputError, match="no such report"):
+        rejudge(tmp_path / "nope.json", LengthJudge())
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(InputError, match="bad.json: not a readable JSON report"):
+        rejudge(tmp_path / "bad.json", LengthJudge())
+    assert main(["--rejudge", "x.json", "--judge", "j", "--pairs", "p.jsonl"]) == 2
+    assert "--rejudge takes the answers from the report" in capsys.readouterr().err
