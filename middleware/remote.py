@@ -48,6 +48,13 @@ _RESERVED_KWARGS = frozenset({"model", "messages", "stream", "num_retries", "max
 _PREFIX = re.compile(r"^(?:(?:litellm\.)?\w*(?:Error|Exception|Timeout)\s*[:\-]\s*)+")
 
 
+def _no_retries() -> Any:
+    """litellm's retry policy that retries nothing."""
+    from litellm.types.router import RetryPolicy
+
+    return RetryPolicy(DefaultRetries=0)
+
+
 def _status(exc: BaseException) -> int | None:
     code = getattr(exc, "status_code", None)
     return code if isinstance(code, int) else None
@@ -279,7 +286,8 @@ class LiteLLMBackend(LLM):
         self.litellm_kwargs = dict(litellm_kwargs)
         self._targets = [_Target(model)] + [self._target(f, i) for i, f in enumerate(fallbacks or ())]
         self.fallbacks = [t.model for t in self._targets[1:]]
-        self._base = {"timeout": timeout, "num_retries": 0, "max_retries": 0, **self.litellm_kwargs}
+        # max_retries=0: no retries inside the provider's SDK client; the retry policy is ours alone.
+        self._base = {"timeout": timeout, "max_retries": 0, **self.litellm_kwargs}
         retry_args: dict[str, Any] = dict(
             stop=tenacity.stop_after_attempt(max_retries + 1),
             wait=self._wait,
@@ -316,6 +324,10 @@ class LiteLLMBackend(LLM):
     # -- request mapping ----------------------------------------------------------------
     def _kwargs(self, target: _Target, request: ChatRequest, **extra: Any) -> dict[str, Any]:
         kw = dict(self._base)
+        if litellm.num_retries and "retry_policy" not in kw:
+            # A global litellm.num_retries makes litellm retry on its own, whatever num_retries says; a
+            # policy of zero retries turns that off for our calls (only then: it costs litellm some work).
+            kw["retry_policy"] = _no_retries()
         if target.kwargs:
             kw.update(target.kwargs)
         kw["model"] = target.model

@@ -257,6 +257,18 @@ def test_rate_limit_is_retried_then_succeeds(server: FakeOpenAI) -> None:
     assert server.calls("primary") == 2
 
 
+def test_a_global_litellm_retry_setting_does_not_add_retries(server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(litellm, "num_retries", 3)
+    server.script("primary", fail(503, "The server is overloaded"))
+    with pytest.raises(BackendError) as info:
+        remote(server, max_retries=1).complete(req())
+    assert info.value.attempts == 2 and server.calls("primary") == 2
+    server.script("primary", fail(401, "Incorrect API key provided: sk-test"))
+    with pytest.raises(BackendError):
+        remote(server, max_retries=1).complete(req())
+    assert server.calls("primary") == 3  # one more call: the 401 was not retried by anyone
+
+
 def test_server_errors_are_retried_then_give_up(server: FakeOpenAI) -> None:
     server.script("primary", fail(503, "The server is overloaded"))
     with pytest.raises(BackendError) as info:
