@@ -71,6 +71,11 @@ def load_judge(judge: JudgeLike) -> Judge:
     return judge
 
 
+def judge_name(judge: JudgeLike) -> str:
+    """How a report names its judge: the folder, or the judge object's class."""
+    return str(judge) if isinstance(judge, (str, Path)) else type(judge).__name__
+
+
 def _prompt_list(prompts: PromptsLike, limit: int | None) -> list[list[Message]]:
     if isinstance(prompts, (str, Path)):
         rows: Sequence[Any] = load_prompts(prompts, limit=limit)
@@ -446,7 +451,7 @@ def evaluate_pipeline(
             seed=seed,
             llm=getattr(the_llm, "name", type(the_llm).__name__),
             pipeline=desc,
-            judge=str(judge) if isinstance(judge, (str, Path)) else type(judge).__name__,
+            judge=judge_name(judge),
         ),
     )
 
@@ -554,7 +559,7 @@ def rejudge(report: "str | Path | EvalReport | dict[str, Any]", judge: JudgeLike
         head = {k: data[k] for k in ("plain_ms_per_prompt", "seed", "llm", "pipeline")}
     except KeyError as e:
         raise InputError(f"{where}: not an alignware eval report (missing field {e})") from None
-    head["judge"] = str(judge) if isinstance(judge, (str, Path)) else type(judge).__name__
+    head["judge"] = judge_name(judge)
     return _judge(
         load_judge(judge),
         msgs,
