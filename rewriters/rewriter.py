@@ -27,7 +27,7 @@ import tempfile
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
@@ -50,6 +50,8 @@ __all__ = [
     "clean_rewrite",
     "build_rewriter_data",
     "RewriterDataReport",
+    "RewardChoice",
+    "select_by_reward",
     "TEACHER_PROMPT",
     "teacher_prompt",
     "parse_teacher_output",
@@ -676,6 +678,11 @@ class RewriterDataReport:
     teacher_calls: int = 0
     cache_hits: int = 0
     failures: list[str] = field(default_factory=list)
+    #: reward selection (``judge=``): rows judged, rows dropped because the rewrite did not raise the reward
+    selection_judged: int = 0
+    selection_dropped: int = 0
+    selection_mean_gain: float | None = None
+    selection_failures: int = 0
 
     def summary(self) -> str:
         """A few lines for people."""
@@ -691,6 +698,13 @@ class RewriterDataReport:
         if self.teacher_calls or self.cache_hits or self.teacher_failures:
             lines.append(
                 f"teacher: {self.teacher_calls} calls, {self.cache_hits} cached, {self.teacher_failures} failed"
+            )
+        if self.selection_judged or self.selection_failures:
+            gain = "n/a" if self.selection_mean_gain is None else f"{self.selection_mean_gain:+.3f}"
+            lines.append(
+                f"reward selection: {self.selection_judged} rewrites judged on the target model's answers, "
+                f"{self.selection_dropped} dropped (no gain), {self.selection_failures} dropped (target failed), "
+                f"mean gain {gain}"
             )
         for f in self.failures[:5]:
             lines.append(f"  {f}")
@@ -753,6 +767,138 @@ def _as_pairs(pairs: "Iterable[PreferencePair | dict[str, Any]] | str | os.PathL
     return out
 
 
+@dataclass
+class RewardChoice:
+    """One row of :func:`select_by_reward`: the target model's answers to the original and the rewritten
+    prompt, their rewards (both judged against the original prompt) and whether the rewrite is kept."""
+
+    index: int
+    prompt: str
+    rewrite: str
+    answer: str
+    rewritten_answer: str
+    reward: float
+    rewritten_reward: float
+    kept: bool
+    error: str | None = None  # the target failed to answer: the row is dropped
+
+    @property
+    def gain(self) -> float:
+        return self.rewritten_reward - self.reward
+
+
+def select_by_reward(
+    rows: Sequence[PreferencePair],
+    rewrites: "dict[int, str]",
+    target: "LLM | str",
+    judge: Any,
+    *,
+    max_tokens: int = 128,
+    margin: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 16,
+    cache_dir: "str | os.PathLike[str] | None" = None,
+    progress: bool = True,
+) -> list[RewardChoice]:
+    """Keep the rewrites that help *this* target model: the target answers each original prompt and its
+    rewrite (history kept, ``max_tokens``, ``seed``), the ``judge`` scores both answers against the original
+    prompt, and a rewrite is kept when its answer scores more than ``margin`` higher.
+
+    BPO picks its optimized prompts from preferences over a strong model's answers; a small target model
+    may not gain from the same rewrites. Training on the kept rows teaches the rewriter the rewrites that
+    raise the reward for the model it will serve. Answers are cached on disk (``cache_dir``, default
+    ``<alignware cache>/answers``) keyed by the target's name, ``max_tokens``, ``seed`` and the messages, so
+    a rerun does not generate again.
+
+    Args:
+        rows: the preference pairs; ``rewrites`` maps a row index to its rewritten last user message.
+        target: the model the rewriter will serve (an ``LLM``, a litellm model string, ``"embedded"``).
+        judge: a reward model folder or any object with ``score_batch([(prompt, response), ...])``.
+    """
+    from middleware.evaluate import load_judge
+
+    if max_tokens < 1:
+        raise InputError(f"max_tokens must be at least 1, got {max_tokens!r}")
+    llm = _resolve_llm(target)
+    judge_obj = load_judge(judge)
+    if cache_dir is None:
+        from middleware.models import cache_dir as _cache_root
+
+        cache_dir = _cache_root() / "answers"
+    name = getattr(llm, "model", None) or llm.name
+    cache = _TeacherCache(Path(cache_dir), f"{name}|max_tokens={max_tokens}|seed={seed}")
+    order = sorted(rewrites)
+    convs: list[list[Message]] = []
+    for i in order:
+        convs.append(list(rows[i].prompt))
+        convs.append(list(rows[i].prompt[:-1]) + [Message(role="user", content=rewrites[i])])
+    keys = [json.dumps([m.model_dump(mode="json") for m in c], ensure_ascii=False, sort_keys=True) for c in convs]
+    texts: list[str | None] = [cache.get(k) for k in keys]
+    todo = [j for j, t in enumerate(texts) if t is None]
+    bar = None
+    if progress and todo:
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(todo), desc="target answers", unit="answer")
+        except ImportError:  # pragma: no cover
+            bar = None
+    errors: dict[int, str] = {}
+
+    def request(j: int) -> ChatRequest:
+        return ChatRequest(messages=convs[j], max_tokens=max_tokens, seed=seed)
+
+    for k in range(0, len(todo), batch_size):
+        chunk = todo[k : k + batch_size]
+        try:
+            got: list[tuple[int, str]] = [(j, r.text) for j, r in zip(chunk, llm.batch([request(j) for j in chunk]))]
+        except Exception:  # one failure fails a batch: ask one by one to lose only the failed rows
+            got = []
+            for j in chunk:
+                try:
+                    got.append((j, llm.complete(request(j)).text))
+                except Exception as e:
+                    errors[j] = e.provider_message if isinstance(e, BackendError) else f"{type(e).__name__}: {e}"
+        for j, text in got:
+            texts[j] = text
+            try:
+                cache.put(keys[j], text)
+            except OSError as e:
+                log.warning("cannot cache an answer in %s: %s", cache.root, e)
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    answers = [t or "" for t in texts]
+    # both answers are judged as answers to the prompt the user wrote
+    scored = [j for j in range(len(answers)) if j // 2 * 2 not in errors and j // 2 * 2 + 1 not in errors]
+    values = judge_obj.score_batch([(list(rows[order[j // 2]].prompt), answers[j]) for j in scored])
+    scores = dict(zip(scored, values))
+    choices = []
+    for pos, i in enumerate(order):
+        err = errors.get(2 * pos) or errors.get(2 * pos + 1)
+        if err is not None:
+            choices.append(
+                RewardChoice(i, rows[i].question, rewrites[i], answers[2 * pos], answers[2 * pos + 1],
+                             float("nan"), float("nan"), kept=False, error=f"row {i}: target failed: {err}")
+            )
+            continue
+        r0, r1 = float(scores[2 * pos]), float(scores[2 * pos + 1])
+        choices.append(
+            RewardChoice(
+                index=i,
+                prompt=rows[i].question,
+                rewrite=rewrites[i],
+                answer=answers[2 * pos],
+                rewritten_answer=answers[2 * pos + 1],
+                reward=r0,
+                rewritten_reward=r1,
+                kept=r1 - r0 > margin,
+            )
+        )
+    return choices
+
+
 def build_rewriter_data(
     pairs: "Iterable[PreferencePair | dict[str, Any]] | str | os.PathLike[str]",
     teacher: "LLM | str | None" = None,
@@ -764,6 +910,11 @@ def build_rewriter_data(
     teacher_max_tokens: int = 1024,
     filter_given: bool = False,
     template: "str | Template" = "bpo",
+    judge: Any = None,
+    target: "LLM | str | None" = None,
+    select_max_tokens: int = 128,
+    select_margin: float = 0.0,
+    choices_out: "list[RewardChoice] | None" = None,
 ) -> "tuple[list[SFTExample], RewriterDataReport]":
     """Training examples for the rewriter: source, the last user message rendered with ``template`` (the
     text the trained model will be prompted with); target, the optimized prompt.
@@ -776,6 +927,10 @@ def build_rewriter_data(
     Teacher calls run ``max_concurrency`` at a time and are cached on disk under ``cache_dir`` (default:
     ``<alignware cache>/teacher``), keyed by a hash of the teacher's model name and the prompt, so a rerun
     makes no calls. A failed or unparseable teacher answer skips that row and is counted, never raised.
+
+    With a ``judge`` (a reward model), only the rewrites that raise the reward of the ``target`` model's
+    answer (default: the embedded model) by more than ``select_margin`` are kept (:func:`select_by_reward`);
+    pass a list as ``choices_out`` to receive every judged row.
 
     Returns:
         ``(examples, report)``; examples keep the order of ``pairs``.
@@ -877,6 +1032,28 @@ def build_rewriter_data(
             targets[i] = optimized
             report.from_teacher += 1
 
+    if judge is not None and targets:
+        choices = select_by_reward(
+            rows,
+            targets,
+            target if target is not None else "embedded",
+            judge,
+            max_tokens=select_max_tokens,
+            margin=select_margin,
+            cache_dir=cache_dir,
+            progress=progress,
+        )
+        judged = [c for c in choices if c.error is None]
+        report.selection_judged = len(judged)
+        report.selection_dropped = sum(not c.kept for c in judged)
+        report.selection_failures = len(choices) - len(judged)
+        report.failures.extend(c.error for c in choices if c.error is not None)
+        report.selection_mean_gain = sum(c.gain for c in judged) / len(judged) if judged else None
+        for c in choices:
+            if not c.kept:
+                del targets[c.index]
+        if choices_out is not None:
+            choices_out.extend(choices)
     examples = [SFTExample(source=tmpl.render(prompt=rows[i].question), target=targets[i]) for i in sorted(targets)]
     report.kept = len(examples)
     return examples, report
@@ -899,10 +1076,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="model that writes optimized prompts for rows without one (a litellm model string, a local "
         "model folder, or 'embedded'); without it those rows are skipped",
     )
-    p.add_argument("--cache-dir", default=None, help="where teacher answers are cached (default: <alignware cache>/teacher)")
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="where teacher answers (and --judge's target answers) are cached "
+        "(default: <alignware cache>/teacher and <alignware cache>/answers)",
+    )
     p.add_argument("--max-concurrency", type=int, default=8, help="teacher calls in flight at once")
     p.add_argument("--limit", type=int, default=None, help="use only the first N pairs")
     p.add_argument("--filter-given", action="store_true", help="apply BPO's filters to optimized prompts found in the data too")
+    p.add_argument(
+        "--judge",
+        default=None,
+        help="reward model folder: keep only the rewrites that raise the reward of the target model's answer "
+        "(both answers generated, judged against the original prompt); every judged row goes to OUT/selection.jsonl",
+    )
+    p.add_argument("--target", default="embedded", help="the model the rewriter will serve, for --judge (default: embedded)")
+    p.add_argument("--select-max-tokens", type=int, default=128, help="answer length for --judge (default 128)")
+    p.add_argument("--select-margin", type=float, default=0.0, help="reward gain a rewrite needs to be kept (default 0)")
     p.add_argument("--data-only", action="store_true", help="build the training examples, write them to OUT/rewriter_data.jsonl, and stop")
     add_train_args(p)
     return p
@@ -917,6 +1108,9 @@ def train_main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
     config = config_from_args(args, kind="rewriter")
     pairs = load_pairs(args.data, limit=args.limit)
+    if args.judge is not None:
+        set_threads(args.threads)
+    choices: list[RewardChoice] = []
     examples, report = build_rewriter_data(
         pairs,
         args.teacher,
@@ -925,11 +1119,21 @@ def train_main(argv: Sequence[str]) -> int:
         progress=sys.stderr.isatty(),
         filter_given=args.filter_given,
         template=config.template,
+        judge=args.judge,
+        target=args.target,
+        select_max_tokens=args.select_max_tokens,
+        select_margin=args.select_margin,
+        choices_out=choices,
     )
     print(report.summary())
+    out = Path(args.out)
+    if choices:
+        out.mkdir(parents=True, exist_ok=True)
+        with (out / "selection.jsonl").open("w", encoding="utf-8") as f:
+            for c in choices:
+                f.write(json.dumps(dict(asdict(c), gain=c.gain), ensure_ascii=False) + "\n")
     if not examples:
         raise InputError(f"{args.data}: no training examples (see the report above)")
-    out = Path(args.out)
     if args.data_only:
         out.mkdir(parents=True, exist_ok=True)
         with (out / "rewriter_data.jsonl").open("w", encoding="utf-8") as f:

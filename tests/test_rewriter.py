@@ -26,6 +26,7 @@ from rewriters.rewriter import (
     check_rewrite,
     clean_rewrite,
     parse_teacher_output,
+    select_by_reward,
     teacher_prompt,
     train_main,
 )
@@ -400,6 +401,124 @@ def test_without_teacher_rows_lacking_a_target_are_counted() -> None:
 def test_bad_rows_are_reported_with_their_index() -> None:
     with pytest.raises(InputError, match=r"pairs\[1\]"):
         build_rewriter_data([{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "x"}], progress=False)
+
+
+# -- reward selection ---------------------------------------------------------------------------------
+class WordJudge:
+    """A judge that prefers longer answers, and records what it was asked to score."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Any, str]] = []
+
+    def score_batch(self, items: list[tuple[Any, str]]) -> list[float]:
+        self.items.extend(items)
+        return [float(len(answer.split())) for _, answer in items]
+
+
+def detail_app(calls: list[list[dict[str, str]]]) -> FunctionLLM:
+    """A chat app that answers at length only when asked for detail."""
+
+    def fn(msgs: list[dict[str, str]]) -> str:
+        calls.append(msgs)
+        last = msgs[-1]["content"]
+        return "step one, then step two, then step three." if "detail" in last else "It depends."
+
+    return FunctionLLM(fn, name="detail-app")
+
+
+def _selection_pairs() -> list[PreferencePair]:
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"}]
+    return [
+        PreferencePair(prompt="how do vaccines work", chosen="a", rejected="b",
+                       optimized_prompt="Explain in detail how vaccines train the immune system."),
+        PreferencePair(prompt="how do tides work", chosen="a", rejected="b",
+                       optimized_prompt="How do ocean tides work?"),
+        PreferencePair(prompt=history + [{"role": "user", "content": "why is the sky blue"}], chosen="a", rejected="b",
+                       optimized_prompt="Explain in detail why the sky looks blue during the day."),
+    ]
+
+
+def test_select_by_reward_keeps_the_rewrites_that_raise_the_targets_reward(tmp_path: Path) -> None:
+    pairs = _selection_pairs()
+    calls: list[list[dict[str, str]]] = []
+    judge = WordJudge()
+    rewrites = {i: p.optimized_prompt for i, p in enumerate(pairs)}
+    choices = select_by_reward(pairs, rewrites, detail_app(calls), judge, cache_dir=tmp_path, progress=False)
+    assert [c.kept for c in choices] == [True, False, True]
+    assert [c.gain for c in choices] == [6.0, 0.0, 6.0]
+    assert choices[0].rewritten_answer.startswith("step one") and choices[1].answer == "It depends."
+    # the target saw the rewrite with the history kept; the judge scored against the original prompt
+    assert calls[5] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"},
+                        {"role": "user", "content": pairs[2].optimized_prompt}]
+    assert [m.content for m in judge.items[5][0]] == ["hi", "Hello!", "why is the sky blue"]
+    assert len(judge.items) == 6 and all(m[-1].content == p.question for (m, _), p in zip(judge.items[::2], pairs))
+
+    # a margin keeps only clear gains; a rerun takes the answers from the cache
+    calls.clear()
+    strict = select_by_reward(pairs, rewrites, detail_app(calls), WordJudge(), margin=6.0, cache_dir=tmp_path, progress=False)
+    assert calls == [] and [c.kept for c in strict] == [False, False, False]
+    # another answer length is another cache entry
+    select_by_reward(pairs, {0: rewrites[0]}, detail_app(calls), WordJudge(), max_tokens=64, cache_dir=tmp_path, progress=False)
+    assert len(calls) == 2
+    with pytest.raises(InputError, match="max_tokens"):
+        select_by_reward(pairs, rewrites, detail_app(calls), WordJudge(), max_tokens=0, progress=False)
+
+
+def test_build_rewriter_data_with_a_judge_drops_rewrites_without_gain(tmp_path: Path) -> None:
+    pairs = _selection_pairs()
+    choices: list = []
+    examples, report = build_rewriter_data(
+        pairs, judge=WordJudge(), target=detail_app([]), cache_dir=tmp_path / "teacher", progress=False, choices_out=choices,
+    )
+    assert [e.target for e in examples] == [pairs[0].optimized_prompt, pairs[2].optimized_prompt]
+    assert report.kept == 2 and report.selection_judged == 3 and report.selection_dropped == 1
+    assert report.selection_mean_gain == pytest.approx(4.0) and len(choices) == 3
+    assert "3 rewrites judged" in report.summary() and "1 dropped (no gain)" in report.summary()
+
+
+def test_a_target_failure_drops_only_that_row(tmp_path: Path) -> None:
+    pairs = _selection_pairs()
+    app = detail_app([])
+
+    def flaky(msgs: list[dict[str, str]]) -> str:
+        if "tides" in msgs[-1]["content"]:
+            raise ConnectionError("target unreachable")
+        return app.fn(msgs)
+
+    examples, report = build_rewriter_data(
+        pairs, judge=WordJudge(), target=FunctionLLM(flaky, name="flaky"), cache_dir=tmp_path, progress=False
+    )
+    assert [e.target for e in examples] == [pairs[0].optimized_prompt, pairs[2].optimized_prompt]
+    assert report.selection_judged == 2 and report.selection_failures == 1 and report.selection_dropped == 0
+    assert report.failures == ["row 1: target failed: ConnectionError: target unreachable"]
+    assert "1 dropped (target failed)" in report.summary()
+
+
+def test_train_rewriter_cli_selects_with_a_reward_model(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from steering.reward import RewardConfig, RewardModel
+
+    RewardModel.create(RewardConfig(backbone=str(tiny_model_dir), max_length=64, train="head")).save(tmp_path / "judge")
+    data = tmp_path / "pairs.jsonl"
+    save_pairs(
+        [PreferencePair(prompt=f"question {i} about plants", chosen="good", rejected="bad",
+                        optimized_prompt=f"Explain question {i} about plants, step by step.") for i in range(6)],
+        data,
+    )
+    out = tmp_path / "rw"
+    args = [
+        "--data", str(data), "--out", str(out), "--base-model", str(tiny_model_dir), "--data-only",
+        "--judge", str(tmp_path / "judge"), "--target", f"local:{tiny_model_dir}", "--select-max-tokens", "4",
+        "--cache-dir", str(tmp_path / "cache"),
+    ]
+    assert train_main(args + ["--select-margin", "-1000"]) == 0
+    rows = [json.loads(line) for line in (out / "selection.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(r["gain"] == pytest.approx(r["rewritten_reward"] - r["reward"]) for r in rows)
+    assert all(r["kept"] and r["answer"] and r["rewritten_answer"] for r in rows)
+    assert len((out / "rewriter_data.jsonl").read_text().splitlines()) == 6
+    with pytest.raises(InputError, match="no training examples"):
+        train_main(args + ["--select-margin", "1000"])
+    rows = [json.loads(line) for line in (out / "selection.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and not any(r["kept"] for r in rows)
 
 
 # -- training -----------------------------------------------------------------------------------------
