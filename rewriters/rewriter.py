@@ -807,8 +807,8 @@ def select_by_reward(
     BPO picks its optimized prompts from preferences over a strong model's answers; a small target model
     may not gain from the same rewrites. Training on the kept rows teaches the rewriter the rewrites that
     raise the reward for the model it will serve. Answers are cached on disk (``cache_dir``, default
-    ``<alignware cache>/answers``) keyed by the target's name, ``max_tokens``, ``seed`` and the messages, so
-    a rerun does not generate again.
+    ``<alignware cache>/answers``) keyed by the target (its name, or its resolved folder when ``target`` is a
+    path), ``max_tokens``, ``seed`` and the messages, so a rerun does not generate again.
 
     Args:
         rows: the preference pairs; ``rewrites`` maps a row index to its rewritten last user message.
@@ -826,6 +826,8 @@ def select_by_reward(
 
         cache_dir = _cache_root() / "answers"
     name = getattr(llm, "model", None) or llm.name
+    if isinstance(target, str) and Path(target.removeprefix("local:")).expanduser().exists():
+        name = str(Path(target.removeprefix("local:")).expanduser().resolve())  # two folders may share a name
     cache = _TeacherCache(Path(cache_dir), f"{name}|max_tokens={max_tokens}|seed={seed}")
     order = sorted(rewrites)
     convs: list[list[Message]] = []

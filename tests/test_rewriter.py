@@ -511,6 +511,8 @@ def test_train_rewriter_cli_selects_with_a_reward_model(tmp_path: Path, tiny_mod
         "--cache-dir", str(tmp_path / "cache"),
     ]
     assert train_main(args + ["--select-margin", "-1000"]) == 0
+    cached = list((tmp_path / "cache").rglob("*.json"))
+    assert len(cached) == 12 and all(json.loads(p.read_text())["model"].startswith(str(tiny_model_dir.resolve())) for p in cached)
     rows = [json.loads(line) for line in (out / "selection.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and all(r["gain"] == pytest.approx(r["rewritten_reward"] - r["reward"]) for r in rows)
     assert all(r["kept"] and r["answer"] and r["rewritten_answer"] for r in rows)
