@@ -718,8 +718,9 @@ class RewriterDataReport:
         return d
 
 
-class _TeacherCache:
-    """Teacher answers on disk, one JSON file per ``sha256(model + NUL + prompt)``; written atomically."""
+class _TextCache:
+    """Model answers on disk (the teacher's, or the target's for reward selection), one JSON file per
+    ``sha256(model + NUL + prompt)``; written atomically."""
 
     def __init__(self, root: Path, model: str) -> None:
         self.root = root
@@ -750,6 +751,11 @@ class _TeacherCache:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def _failure_message(e: BaseException) -> str:
+    """What a failed model call says: the provider's own message for backend errors."""
+    return e.provider_message if isinstance(e, BackendError) else f"{type(e).__name__}: {e}"
 
 
 def _as_pairs(pairs: "Iterable[PreferencePair | dict[str, Any]] | str | os.PathLike[str]") -> list[PreferencePair]:
@@ -828,7 +834,7 @@ def select_by_reward(
     name = getattr(llm, "model", None) or llm.name
     if isinstance(target, str) and Path(target.removeprefix("local:")).expanduser().exists():
         name = str(Path(target.removeprefix("local:")).expanduser().resolve())  # two folders may share a name
-    cache = _TeacherCache(Path(cache_dir), f"{name}|max_tokens={max_tokens}|seed={seed}")
+    cache = _TextCache(Path(cache_dir), f"{name}|max_tokens={max_tokens}|seed={seed}")
     order = sorted(rewrites)
     convs: list[list[Message]] = []
     for i in order:
@@ -860,7 +866,7 @@ def select_by_reward(
                 try:
                     got.append((j, llm.complete(request(j)).text))
                 except Exception as e:
-                    errors[j] = e.provider_message if isinstance(e, BackendError) else f"{type(e).__name__}: {e}"
+                    errors[j] = _failure_message(e)
         for j, text in got:
             texts[j] = text
             try:
@@ -970,7 +976,7 @@ def build_rewriter_data(
             from middleware.models import cache_dir as _cache_root
 
             cache_dir = _cache_root() / "teacher"
-        cache = _TeacherCache(Path(cache_dir), str(model_name))
+        cache = _TextCache(Path(cache_dir), str(model_name))
         lock = threading.Lock()
 
         def ask(i: int) -> tuple[int, str | None, str | None]:
@@ -990,8 +996,7 @@ def build_rewriter_data(
             try:
                 text = llm.complete(req).text
             except Exception as e:  # any backend failure skips the row
-                msg = e.provider_message if isinstance(e, BackendError) else f"{type(e).__name__}: {e}"
-                return i, None, f"row {i}: teacher call failed: {msg}"
+                return i, None, f"row {i}: teacher call failed: {_failure_message(e)}"
             try:
                 parse_teacher_output(text)
             except ValueError as e:
