@@ -878,14 +878,14 @@ def select_by_reward(
     if bar is not None:
         bar.close()
     answers = [t or "" for t in texts]
+    failed = {j // 2 for j in errors}  # positions in ``order`` with an unanswered side
     # both answers are judged as answers to the prompt the user wrote
-    scored = [j for j in range(len(answers)) if j // 2 * 2 not in errors and j // 2 * 2 + 1 not in errors]
-    values = judge_obj.score_batch([(list(rows[order[j // 2]].prompt), answers[j]) for j in scored])
-    scores = dict(zip(scored, values))
+    scored = [j for j in range(len(answers)) if j // 2 not in failed]
+    scores = dict(zip(scored, judge_obj.score_batch([(list(rows[order[j // 2]].prompt), answers[j]) for j in scored])))
     choices = []
     for pos, i in enumerate(order):
-        err = errors.get(2 * pos) or errors.get(2 * pos + 1)
-        if err is not None:
+        if pos in failed:
+            err = errors.get(2 * pos) or errors[2 * pos + 1]
             choices.append(
                 RewardChoice(i, rows[i].question, rewrites[i], answers[2 * pos], answers[2 * pos + 1],
                              float("nan"), float("nan"), kept=False, error=f"row {i}: target failed: {err}")
@@ -1115,8 +1115,7 @@ def train_main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
     config = config_from_args(args, kind="rewriter")
     pairs = load_pairs(args.data, limit=args.limit)
-    if args.judge is not None:
-        set_threads(args.threads)
+    set_threads(args.threads)  # --judge generates answers before training starts
     choices: list[RewardChoice] = []
     examples, report = build_rewriter_data(
         pairs,
@@ -1148,7 +1147,6 @@ def train_main(argv: Sequence[str]) -> int:
                 f.write(json.dumps({"source": ex.source, "target": ex.target}, ensure_ascii=False) + "\n")
         print(f"wrote {len(examples)} examples to {out / 'rewriter_data.jsonl'}")
         return 0
-    set_threads(args.threads)
     result = train_sft(examples, config, out, resume=args.resume, progress=not args.quiet)
     print(_result_line(result))
     return 130 if result.interrupted else 0
