@@ -3,8 +3,13 @@
 For every prompt it generates the plain answer (the pipeline's LLM, no stages), the answer with each stage
 alone, and the answer through the whole chain; the judge scores each answer against the original prompt.
 Per variant it reports the judge's win rate against the plain answer (ties count half: equal texts, or
-rewards within ``epsilon``), the mean reward gain, the latency of each stage (from the traces) and how often
-each stage modified, passed, failed or skipped.
+rewards within ``epsilon``) with its 95% confidence interval over the prompts, the mean reward gain, the
+latency of each stage (from the traces) and how often each stage modified, passed, failed or skipped.
+
+One answer per prompt is a noisy measurement: a single changed word in a prompt can move a judge's reward by
+more than a good rewrite gains. ``repeats=K`` (``--repeats K``) runs every variant K times per prompt with
+seeds ``seed`` … ``seed+K-1`` and compares the mean rewards per prompt; sampling stages (and a sampling LLM,
+``defaults: {temperature: ...}``) then give K different answers to average.
 
 Python::
 
@@ -14,7 +19,7 @@ Python::
 
 Command line::
 
-    alignware eval --pipeline CONFIG --prompts FILE --judge DIR [--limit N] [--seed S] [--out DIR]
+    alignware eval --pipeline CONFIG --prompts FILE --judge DIR [--limit N] [--seed S] [--repeats K] [--out DIR]
     alignware eval --judge DIR --pairs FILE [--limit N] [--out DIR]
     alignware eval --rejudge runs/eval/report.json --judge OTHER_DIR --out DIR   # same answers, another judge
 """
@@ -25,6 +30,7 @@ import argparse
 import contextlib
 import inspect
 import json
+import math
 import random
 import re
 import sys
@@ -134,6 +140,20 @@ class VariantResult:
     ms_per_prompt: float
     stage_stats: list[StageStats] = field(default_factory=list)
     mean_words: float = 0.0
+    #: 95% confidence interval of ``win_rate`` over the prompts (normal approximation of the mean of the
+    #: per-prompt scores 1 / 0.5 / 0), clipped to [0, 1].
+    win_rate_ci: tuple[float, float] = (0.0, 1.0)
+
+
+def win_rate_interval(scores: Sequence[float], z: float = 1.96) -> tuple[float, float]:
+    """The confidence interval of the mean of per-prompt scores (1 win, 0.5 tie, 0 loss): mean ± z × the
+    standard error (sample standard deviation / √n), clipped to [0, 1]; ``(0, 1)`` for fewer than 2 scores."""
+    n = len(scores)
+    if n < 2:
+        return (0.0, 1.0)
+    m = sum(scores) / n
+    se = math.sqrt(sum((x - m) ** 2 for x in scores) / (n - 1) / n)
+    return (max(0.0, m - z * se), min(1.0, m + z * se))
 
 
 @dataclass
@@ -155,6 +175,8 @@ class EvalReport:
     #: answer's first sentence. A judge that rewards brevity gives it a win rate for free; a stage that
     #: shortens answers should beat it before its own win rate means much.
     controls: list[VariantResult] = field(default_factory=list)
+    #: Runs per prompt and variant (seeds ``seed`` … ``seed+repeats-1``); wins compare the mean rewards.
+    repeats: int = 1
 
     def variant(self, name: str) -> VariantResult:
         for v in self.variants:
@@ -167,17 +189,18 @@ class EvalReport:
 
     def to_markdown(self) -> str:
         lines = [
-            f"Judge: `{self.judge}` · LLM: `{self.llm}` · {self.n_prompts} prompts · seed {self.seed} · "
+            f"Judge: `{self.judge}` · LLM: `{self.llm}` · {self.n_prompts} prompts · "
+            f"{'seed ' + str(self.seed) if self.repeats == 1 else f'seeds {self.seed}-{self.seed + self.repeats - 1} (mean of {self.repeats} runs per prompt)'} · "
             f"plain answer: mean reward {self.plain_mean_reward:+.3f}, {self.plain_mean_words:.0f} words, "
             f"{self.plain_ms_per_prompt:.0f} ms/prompt",
             "",
-            "| variant | stages | win rate vs plain | W / T / L | mean reward gain | mean reward | words | ms/prompt |",
-            "| --- | --- | ---: | :---: | ---: | ---: | ---: | ---: |",
+            "| variant | stages | win rate vs plain | W / T / L | 95% CI | mean reward gain | mean reward | words | ms/prompt |",
+            "| --- | --- | ---: | :---: | :---: | ---: | ---: | ---: | ---: |",
         ]
         for v in self.variants + self.controls:
             lines.append(
                 f"| {v.name} | {', '.join(v.stages) or '(none)'} | {v.win_rate:.1%} | {v.wins} / {v.ties} / {v.losses} | "
-                f"{v.mean_gain:+.3f} | {v.mean_reward:+.3f} | {v.mean_words:.0f} | {v.ms_per_prompt:.0f} |"
+                f"{v.win_rate_ci[0]:.0%}-{v.win_rate_ci[1]:.0%} | {v.mean_gain:+.3f} | {v.mean_reward:+.3f} | {v.mean_words:.0f} | {v.ms_per_prompt:.0f} |"
             )
         lines += [
             "",
@@ -202,7 +225,9 @@ class EvalReport:
         rows = self.variants + self.controls
         names = [v.name for v in rows]
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(names) + 4), 4))
-        a1.bar(names, [100 * v.win_rate for v in rows], color=["tab:gray" if v in self.controls else "tab:blue" for v in rows])
+        rates = [100 * v.win_rate for v in rows]
+        err = [[r - 100 * v.win_rate_ci[0] for r, v in zip(rates, rows)], [100 * v.win_rate_ci[1] - r for r, v in zip(rates, rows)]]
+        a1.bar(names, rates, yerr=err, capsize=4, color=["tab:gray" if v in self.controls else "tab:blue" for v in rows])
         a1.axhline(50, color="gray", linestyle="--", linewidth=1)
         a1.set_ylim(0, 100)
         a1.set_ylabel("judge win rate vs plain (%)")
@@ -287,28 +312,32 @@ def _words(text: str) -> int:
 def _compare(
     name: str,
     stages: list[str],
-    texts: list[str],
-    rewards: list[float],
-    plain_texts: list[str],
-    plain_rewards: list[float],
+    texts: list[list[str]],
+    rewards: list[list[float]],
+    plain_texts: list[list[str]],
+    plain_rewards: list[list[float]],
     epsilon: float,
     *,
     ms_per_prompt: float = 0.0,
     stage_stats: list[StageStats] | None = None,
 ) -> VariantResult:
-    """Wins, ties (the same text, or rewards within ``epsilon``) and losses of ``texts`` against the plain answers."""
+    """Wins, ties and losses of ``texts`` against the plain answers. Each prompt holds the answers of every
+    repeat; the mean rewards decide, and equal answers (every repeat) or mean rewards within ``epsilon`` tie."""
     n = len(texts)
     wins = ties = losses = 0
-    gains = []
+    gains, scores = [], []
     for t, r, pt, pr in zip(texts, rewards, plain_texts, plain_rewards):
-        d = 0.0 if t == pt else r - pr
+        d = 0.0 if t == pt else sum(r) / len(r) - sum(pr) / len(pr)
         gains.append(d)
         if t == pt or abs(d) <= epsilon:
             ties += 1
+            scores.append(0.5)
         elif d > 0:
             wins += 1
+            scores.append(1.0)
         else:
             losses += 1
+            scores.append(0.0)
     return VariantResult(
         name=name,
         stages=stages,
@@ -318,10 +347,11 @@ def _compare(
         losses=losses,
         win_rate=(wins + 0.5 * ties) / n,
         mean_gain=sum(gains) / n,
-        mean_reward=sum(rewards) / n,
+        mean_reward=sum(sum(r) / len(r) for r in rewards) / n,
         ms_per_prompt=ms_per_prompt,
         stage_stats=stage_stats or [],
-        mean_words=sum(_words(t) for t in texts) / n,
+        mean_words=sum(_words(x) for t in texts for x in t) / sum(len(t) for t in texts),
+        win_rate_ci=win_rate_interval(scores),
     )
 
 
@@ -374,6 +404,7 @@ def evaluate_pipeline(
     progress: bool = True,
     threads: int = 1,
     control: bool = True,
+    repeats: int = 1,
 ) -> EvalReport:
     """Judge each stage alone and the whole chain against the plain answer.
 
@@ -384,6 +415,9 @@ def evaluate_pipeline(
         judge: a reward model folder, or any object with ``score_batch([(prompt, response), ...])``.
         limit: use the first N prompts.
         seed: seeds every request (``ChatRequest.seed``) and the global RNGs before each variant.
+        repeats: run every variant this many times per prompt (seeds ``seed`` … ``seed+repeats-1``) and
+            compare mean rewards: less noise from sampling stages or a sampling LLM, ``repeats`` × the cost.
+            Stage counts then add up over the repeats.
         max_tokens: answer length (default: the pipeline's defaults, else the backend's).
         epsilon: rewards closer than this count as a tie.
         llm: use this LLM instead of the config's (the plain answer comes from it too).
@@ -400,7 +434,9 @@ def evaluate_pipeline(
     msgs = _prompt_list(prompts, limit)
     if not msgs:
         raise InputError("no prompts to evaluate")
-    params: dict[str, Any] = {"seed": seed}
+    if repeats < 1:
+        raise InputError(f"repeats must be 1 or more, got {repeats!r}")
+    params: dict[str, Any] = {}
     if max_tokens is not None:
         params["max_tokens"] = max_tokens
 
@@ -416,7 +452,8 @@ def evaluate_pipeline(
         variants += [(n, [s]) for n, s in zip(names, stages)]
     variants.append((CHAIN, list(stages)))
 
-    answers: dict[str, list[ChatResponse]] = {}
+    # answers[variant][k][i]: repeat k's response to prompt i
+    answers: dict[str, list[list[ChatResponse]]] = {}
     wall: dict[str, float] = {}
     bar = tqdm(variants, desc="generating", unit="variant", disable=not progress)
     for name, sts in bar:
@@ -426,29 +463,35 @@ def evaluate_pipeline(
             answers[name], wall[name] = answers[same], wall[same]
             continue
         pipe = Pipeline(the_llm, sts, defaults=defaults)
-        answers[name], wall[name] = _run_variant(pipe, msgs, params, seed, threads)
+        answers[name], wall[name] = [], 0.0
+        for k in range(repeats):
+            out, secs = _run_variant(pipe, msgs, {**params, "seed": seed + k}, seed + k, threads)
+            answers[name].append(out)
+            wall[name] += secs
     bar.close()
 
+    n_runs = len(msgs) * repeats
     return _judge(
         judge_obj,
         msgs,
-        {name: [r.text for r in answers[name]] for name, _ in variants},
+        {name: [[run[i].text for run in answers[name]] for i in range(len(msgs))] for name, _ in variants},
         [
             dict(
                 name=name,
                 stages=[names[stages.index(s)] if s in stages else s.name for s in sts],
-                ms_per_prompt=1000.0 * wall[name] / len(msgs),
-                stage_stats=_stage_stats(answers[name], sts),
+                ms_per_prompt=1000.0 * wall[name] / n_runs,
+                stage_stats=_stage_stats([r for run in answers[name] for r in run], sts),
             )
             for name, sts in variants[1:]
         ],
-        {name: [[_trace_row(t) for t in r.trace] for r in answers[name]] for name, _ in variants},
+        {name: [[[_trace_row(t) for t in run[i].trace] for run in answers[name]] for i in range(len(msgs))] for name, _ in variants},
         epsilon=epsilon,
         control=control,
         progress=progress,
         head=dict(
-            plain_ms_per_prompt=1000.0 * wall[PLAIN] / len(msgs),
+            plain_ms_per_prompt=1000.0 * wall[PLAIN] / n_runs,
             seed=seed,
+            repeats=repeats,
             llm=getattr(the_llm, "name", type(the_llm).__name__),
             pipeline=desc,
             judge=judge_name(judge),
@@ -459,28 +502,30 @@ def evaluate_pipeline(
 def _judge(
     judge: Judge,
     msgs: list[list[Message]],
-    texts: dict[str, list[str]],
+    texts: dict[str, list[list[str]]],
     rows: list[dict[str, Any]],
-    traces: dict[str, list[list[dict[str, Any]]]],
+    traces: dict[str, list[list[list[dict[str, Any]]]]],
     *,
     epsilon: float,
     control: bool,
     progress: bool,
     head: dict[str, Any],
 ) -> EvalReport:
-    """Score the answers (``texts[variant][i]``, ``PLAIN`` among them) and build the report.
+    """Score the answers (``texts[variant][i][k]``: prompt i, repeat k; ``PLAIN`` among the variants) and
+    build the report.
 
     ``rows`` holds, per compared variant in order, its ``name``, ``stages``, ``ms_per_prompt`` and
     ``stage_stats``; ``head`` the report's descriptive fields. Each distinct (prompt, answer) is scored once.
     """
-    firsts = [first_sentence(t) for t in texts[PLAIN]] if control else []
+    firsts = [[first_sentence(t) for t in ts] for ts in texts[PLAIN]] if control else []
     keys: dict[tuple[int, str], int] = {}
     items: list[tuple[list[dict[str, str]], str]] = []
     for answers in [*texts.values(), firsts]:
-        for i, t in enumerate(answers):
-            if (i, t) not in keys:
-                keys[(i, t)] = len(items)
-                items.append(([m.model_dump() for m in msgs[i]], t))
+        for i, ts in enumerate(answers):
+            for t in ts:
+                if (i, t) not in keys:
+                    keys[(i, t)] = len(items)
+                    items.append(([m.model_dump() for m in msgs[i]], t))
     if "progress" in inspect.signature(judge.score_batch).parameters:
         scores = judge.score_batch(items, progress=progress)  # type: ignore[call-arg]
     else:
@@ -489,8 +534,8 @@ def _judge(
         raise AlignwareError(f"the judge returned {len(scores)} scores for {len(items)} answers")
     reward = {k: float(scores[j]) for k, j in keys.items()}
 
-    def rewards(answers: list[str]) -> list[float]:
-        return [reward[(i, t)] for i, t in enumerate(answers)]
+    def rewards(answers: list[list[str]]) -> list[list[float]]:
+        return [[reward[(i, t)] for t in ts] for i, ts in enumerate(answers)]
 
     plain_texts = texts[PLAIN]
     plain_r = rewards(plain_texts)
@@ -498,16 +543,22 @@ def _judge(
     results = [_compare(r["name"], r["stages"], texts[r["name"]], rewards(texts[r["name"]]), plain_texts, plain_r, epsilon,
                         ms_per_prompt=r["ms_per_prompt"], stage_stats=r["stage_stats"]) for r in rows]
     controls = [_compare(CONTROL, [], firsts, rewards(firsts), plain_texts, plain_r, epsilon)] if control else []
+    repeats = head.get("repeats", 1)
     samples = []
     for i, m in enumerate(msgs):
         row: dict[str, Any] = {"prompt": [x.model_dump() for x in m], "answers": {}}
         for name, answers in texts.items():
-            row["answers"][name] = {"text": answers[i], "reward": reward[(i, answers[i])], "trace": traces[name][i]}
+            rs = [reward[(i, t)] for t in answers[i]]
+            # the first run's answer and trace; with repeats, the mean reward and every run
+            entry: dict[str, Any] = {"text": answers[i][0], "reward": sum(rs) / len(rs), "trace": traces[name][i][0]}
+            if repeats > 1:
+                entry["runs"] = [{"text": t, "reward": r, "trace": tr} for t, r, tr in zip(answers[i], rs, traces[name][i])]
+            row["answers"][name] = entry
         samples.append(row)
     return EvalReport(
         variants=results,
-        plain_mean_reward=sum(plain_r) / n,
-        plain_mean_words=sum(_words(t) for t in plain_texts) / n,
+        plain_mean_reward=sum(sum(r) / len(r) for r in plain_r) / n,
+        plain_mean_words=sum(_words(t) for ts in plain_texts for t in ts) / sum(len(ts) for ts in plain_texts),
         controls=controls,
         n_prompts=n,
         epsilon=epsilon,
@@ -547,16 +598,23 @@ def rejudge(report: "str | Path | EvalReport | dict[str, Any]", judge: JudgeLike
         names = [PLAIN] + [r["name"] for r in rows]
         if not samples:
             raise InputError(f"{where}: the report holds no samples to judge")
-        msgs, texts = [], {name: [] for name in names}
-        traces: dict[str, list[list[dict[str, Any]]]] = {name: [] for name in names}
+        msgs: list[list[Message]] = []
+        texts: dict[str, list[list[str]]] = {name: [] for name in names}
+        traces: dict[str, list[list[list[dict[str, Any]]]]] = {name: [] for name in names}
+        repeats = int(data.get("repeats", 1))
         for i, smp in enumerate(samples):
             msgs.append(to_messages(smp["prompt"]))
             for name in names:
                 if name not in smp["answers"]:
                     raise InputError(f"{where}: samples[{i}].answers: no answer of variant {name!r}")
-                texts[name].append(smp["answers"][name]["text"])
-                traces[name].append(smp["answers"][name].get("trace", []))
+                a = smp["answers"][name]
+                runs = a["runs"] if repeats > 1 else [a]
+                if len(runs) != repeats:
+                    raise InputError(f"{where}: samples[{i}].answers.{name}: {len(runs)} runs, the report says repeats={repeats}")
+                texts[name].append([r["text"] for r in runs])
+                traces[name].append([r.get("trace", []) for r in runs])
         head = {k: data[k] for k in ("plain_ms_per_prompt", "seed", "llm", "pipeline")}
+        head["repeats"] = repeats
     except KeyError as e:
         raise InputError(f"{where}: not an alignware eval report (missing field {e})") from None
     head["judge"] = judge_name(judge)
@@ -606,6 +664,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rejudge", metavar="REPORT", help="score the answers of an earlier report.json with --judge (no generation)")
     p.add_argument("--limit", type=int, help="use the first N prompts / pairs")
     p.add_argument("--seed", type=int, default=0, help="generation seed (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=1, metavar="K",
+                   help="run each variant K times per prompt (seeds SEED..SEED+K-1) and compare mean rewards (default %(default)s)")
     p.add_argument("--max-tokens", type=int, help="answer length (default: the config's defaults)")
     p.add_argument("--epsilon", type=float, default=1e-4, help="rewards closer than this tie (default %(default)s)")
     p.add_argument("--no-per-stage", action="store_true", help="only the whole chain, not each stage alone")
@@ -621,6 +681,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.threads < 1:
         print(f"error: --threads must be 1 or more, got {args.threads}", file=sys.stderr)
+        return 2
+    if args.repeats < 1:
+        print(f"error: --repeats must be 1 or more, got {args.repeats}", file=sys.stderr)
         return 2
     try:
         if args.rejudge:
@@ -660,6 +723,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.quiet,
             threads=args.threads,
             control=not args.no_control,
+            repeats=args.repeats,
         )
     except (InputError, CheckpointError, AlignwareError) as e:
         print(f"error: {e}", file=sys.stderr)

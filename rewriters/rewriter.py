@@ -787,6 +787,10 @@ class RewardChoice:
     rewritten_reward: float
     kept: bool
     error: str | None = None  # the target failed to answer: the row is dropped
+    #: with ``samples > 1``: every sampled answer's reward (``reward`` / ``rewritten_reward`` are their means;
+    #: ``answer`` / ``rewritten_answer`` the first samples)
+    rewards: list[float] = field(default_factory=list)
+    rewritten_rewards: list[float] = field(default_factory=list)
 
     @property
     def gain(self) -> float:
@@ -802,6 +806,8 @@ def select_by_reward(
     max_tokens: int = 128,
     margin: float = 0.0,
     seed: int = 0,
+    samples: int = 1,
+    temperature: float | None = None,
     batch_size: int = 16,
     cache_dir: "str | os.PathLike[str] | None" = None,
     progress: bool = True,
@@ -814,17 +820,27 @@ def select_by_reward(
     may not gain from the same rewrites. Training on the kept rows teaches the rewriter the rewrites that
     raise the reward for the model it will serve. Answers are cached on disk (``cache_dir``, default
     ``<alignware cache>/answers``) keyed by the target (its name, or its resolved folder when ``target`` is a
-    path), ``max_tokens``, ``seed`` and the messages, so a rerun does not generate again.
+    path), ``max_tokens``, ``seed``, ``temperature`` and the messages, so a rerun does not generate again.
+
+    One answer per side is a noisy comparison: the reward of a small model's answer swings with any change
+    of wording. ``samples=K`` with a ``temperature`` samples K answers per side (seeds ``seed`` …
+    ``seed+K-1``) and compares the mean rewards.
 
     Args:
         rows: the preference pairs; ``rewrites`` maps a row index to its rewritten last user message.
         target: the model the rewriter will serve (an ``LLM``, a litellm model string, ``"embedded"``).
         judge: a reward model folder or any object with ``score_batch([(prompt, response), ...])``.
+        samples: answers per side; more than 1 needs ``temperature`` > 0 (greedy answers repeat).
+        temperature: the target's sampling temperature (``None``: its default decoding, greedy for local models).
     """
     from middleware.evaluate import load_judge
 
     if max_tokens < 1:
         raise InputError(f"max_tokens must be at least 1, got {max_tokens!r}")
+    if samples < 1:
+        raise InputError(f"samples must be at least 1, got {samples!r}")
+    if samples > 1 and not temperature:
+        raise InputError(f"samples={samples} needs a temperature above 0: greedy answers would all be the same")
     llm = _resolve_llm(target)
     judge_obj = load_judge(judge)
     if cache_dir is None:
@@ -834,14 +850,16 @@ def select_by_reward(
     name = getattr(llm, "model", None) or llm.name
     if isinstance(target, str) and Path(target.removeprefix("local:")).expanduser().exists():
         name = str(Path(target.removeprefix("local:")).expanduser().resolve())  # two folders may share a name
-    cache = _TextCache(Path(cache_dir), f"{name}|max_tokens={max_tokens}|seed={seed}")
+    decoding = "" if temperature is None else f"|temperature={temperature}"
+    caches = [_TextCache(Path(cache_dir), f"{name}|max_tokens={max_tokens}|seed={seed + k}{decoding}") for k in range(samples)]
     order = sorted(rewrites)
+    # j = (2 * pos + side) * samples + k: row order[pos], original (side 0) or rewrite (side 1), sample k
     convs: list[list[Message]] = []
     for i in order:
-        convs.append(list(rows[i].prompt))
-        convs.append(list(rows[i].prompt[:-1]) + [Message(role="user", content=rewrites[i])])
+        for c in (list(rows[i].prompt), list(rows[i].prompt[:-1]) + [Message(role="user", content=rewrites[i])]):
+            convs += [c] * samples
     keys = [json.dumps([m.model_dump(mode="json") for m in c], ensure_ascii=False, sort_keys=True) for c in convs]
-    texts: list[str | None] = [cache.get(k) for k in keys]
+    texts: list[str | None] = [caches[j % samples].get(k) for j, k in enumerate(keys)]
     todo = [j for j, t in enumerate(texts) if t is None]
     bar = None
     if progress and todo:
@@ -854,10 +872,15 @@ def select_by_reward(
     errors: dict[int, str] = {}
 
     def request(j: int) -> ChatRequest:
-        return ChatRequest(messages=convs[j], max_tokens=max_tokens, seed=seed)
+        return ChatRequest(messages=convs[j], max_tokens=max_tokens, seed=seed + j % samples, temperature=temperature)
 
-    for k in range(0, len(todo), batch_size):
-        chunk = todo[k : k + batch_size]
+    # one batch holds one seed (a batched generation samples from one generator): group by sample
+    todo.sort(key=lambda j: (j % samples, j))
+    chunks = [
+        c for k in range(samples) for js in [[j for j in todo if j % samples == k]]
+        for c in (js[b : b + batch_size] for b in range(0, len(js), batch_size))
+    ]
+    for chunk in chunks:
         try:
             got: list[tuple[int, str]] = [(j, r.text) for j, r in zip(chunk, llm.batch([request(j) for j in chunk]))]
         except Exception:  # one failure fails a batch: ask one by one to lose only the failed rows
@@ -870,38 +893,44 @@ def select_by_reward(
         for j, text in got:
             texts[j] = text
             try:
-                cache.put(keys[j], text)
+                caches[j % samples].put(keys[j], text)
             except OSError as e:
-                log.warning("cannot cache an answer in %s: %s", cache.root, e)
+                log.warning("cannot cache an answer in %s: %s", caches[0].root, e)
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:
         bar.close()
     answers = [t or "" for t in texts]
-    failed = {j // 2 for j in errors}  # positions in ``order`` with an unanswered side
+    per_row = 2 * samples
+    failed = {j // per_row for j in errors}  # positions in ``order`` with an unanswered answer
     # both answers are judged as answers to the prompt the user wrote
-    scored = [j for j in range(len(answers)) if j // 2 not in failed]
-    scores = dict(zip(scored, judge_obj.score_batch([(list(rows[order[j // 2]].prompt), answers[j]) for j in scored])))
+    scored = [j for j in range(len(answers)) if j // per_row not in failed]
+    scores = dict(zip(scored, judge_obj.score_batch([(list(rows[order[j // per_row]].prompt), answers[j]) for j in scored])))
     choices = []
     for pos, i in enumerate(order):
+        first, second = per_row * pos, per_row * pos + samples  # first sample of each side
         if pos in failed:
-            err = errors.get(2 * pos) or errors[2 * pos + 1]
+            err = next(errors[j] for j in range(first, first + per_row) if j in errors)
             choices.append(
-                RewardChoice(i, rows[i].question, rewrites[i], answers[2 * pos], answers[2 * pos + 1],
+                RewardChoice(i, rows[i].question, rewrites[i], answers[first], answers[second],
                              float("nan"), float("nan"), kept=False, error=f"row {i}: target failed: {err}")
             )
             continue
-        r0, r1 = float(scores[2 * pos]), float(scores[2 * pos + 1])
+        rs0 = [float(scores[j]) for j in range(first, second)]
+        rs1 = [float(scores[j]) for j in range(second, second + samples)]
+        r0, r1 = sum(rs0) / samples, sum(rs1) / samples
         choices.append(
             RewardChoice(
                 index=i,
                 prompt=rows[i].question,
                 rewrite=rewrites[i],
-                answer=answers[2 * pos],
-                rewritten_answer=answers[2 * pos + 1],
+                answer=answers[first],
+                rewritten_answer=answers[second],
                 reward=r0,
                 rewritten_reward=r1,
                 kept=r1 - r0 > margin,
+                rewards=rs0,
+                rewritten_rewards=rs1,
             )
         )
     return choices
@@ -922,6 +951,8 @@ def build_rewriter_data(
     target: "LLM | str | None" = None,
     select_max_tokens: int = 128,
     select_margin: float = 0.0,
+    select_samples: int = 1,
+    select_temperature: float | None = None,
     choices_out: "list[RewardChoice] | None" = None,
 ) -> "tuple[list[SFTExample], RewriterDataReport]":
     """Training examples for the rewriter: source, the last user message rendered with ``template`` (the
@@ -937,8 +968,9 @@ def build_rewriter_data(
     makes no calls. A failed or unparseable teacher answer skips that row and is counted, never raised.
 
     With a ``judge`` (a reward model), only the rewrites that raise the reward of the ``target`` model's
-    answer (default: the embedded model) by more than ``select_margin`` are kept (:func:`select_by_reward`);
-    pass a list as ``choices_out`` to receive every judged row.
+    answer (default: the embedded model) by more than ``select_margin`` are kept (:func:`select_by_reward`;
+    ``select_samples`` answers per side at ``select_temperature``, mean rewards compared); pass a list as
+    ``choices_out`` to receive every judged row.
 
     Returns:
         ``(examples, report)``; examples keep the order of ``pairs``.
@@ -1047,6 +1079,8 @@ def build_rewriter_data(
             judge,
             max_tokens=select_max_tokens,
             margin=select_margin,
+            samples=select_samples,
+            temperature=select_temperature,
             cache_dir=cache_dir,
             progress=progress,
         )
@@ -1101,6 +1135,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="embedded", help="the model the rewriter will serve, for --judge (default: embedded)")
     p.add_argument("--select-max-tokens", type=int, default=128, help="answer length for --judge (default 128)")
     p.add_argument("--select-margin", type=float, default=0.0, help="reward gain a rewrite needs to be kept (default 0)")
+    p.add_argument(
+        "--select-samples", type=int, default=1, metavar="K",
+        help="answers per side for --judge, compared by mean reward (default 1; more than 1 samples at --select-temperature)",
+    )
+    p.add_argument(
+        "--select-temperature", type=float, default=None,
+        help="the target's sampling temperature for --judge (default: greedy with 1 sample, 0.7 with more)",
+    )
     p.add_argument("--data-only", action="store_true", help="build the training examples, write them to OUT/rewriter_data.jsonl, and stop")
     add_train_args(p)
     return p
@@ -1129,6 +1171,8 @@ def train_main(argv: Sequence[str]) -> int:
         target=args.target,
         select_max_tokens=args.select_max_tokens,
         select_margin=args.select_margin,
+        select_samples=args.select_samples,
+        select_temperature=args.select_temperature if args.select_temperature is not None or args.select_samples == 1 else 0.7,
         choices_out=choices,
     )
     print(report.summary())

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from middleware.errors import InputError
-from middleware.evaluate import evaluate_pipeline, first_sentence, main, pairwise_accuracy, rejudge
+from middleware.evaluate import evaluate_pipeline, first_sentence, main, pairwise_accuracy, rejudge, win_rate_interval
 from middleware.llm import FunctionLLM
 from middleware.pipeline import Pipeline
 from middleware.stages import IdentityPromptStage, IdentityResponseStage, PromptStage, ResponseStage
@@ -89,7 +89,7 @@ def test_wins_failures_skips_and_latency() -> None:
     chain = report.variant("pipeline")
     assert chain.wins == 3 and [s.stage for s in chain.stage_stats] == ["Longer", "Broken"]
     md = report.to_markdown()
-    assert "| Longer | Longer | 87.5% | 3 / 1 / 0 |" in md
+    assert "| Longer | Longer | 87.5% | 3 / 1 / 0 | 63%-100% |" in md
 
 
 def test_deterministic_given_seed() -> None:
@@ -128,11 +128,11 @@ def test_cli_pipeline_and_pairs_modes(tiny_model_dir: Path, judge_dir: Path, tmp
     out = tmp_path / "report"
     assert main(["--pipeline", str(cfg), "--prompts", str(prompts), "--judge", str(judge_dir), "--limit", "3", "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "| pipeline | IdentityPromptStage, IdentityResponseStage | 50.0% | 0 / 3 / 0 | +0.000 |" in printed
+    assert "| pipeline | IdentityPromptStage, IdentityResponseStage | 50.0% | 0 / 3 / 0 | 50%-50% | +0.000 |" in printed
     assert {p.name for p in out.iterdir()} >= {"report.json", "report.md", "report.png"}
     again = tmp_path / "rejudged"
     assert main(["--rejudge", str(out / "report.json"), "--judge", str(judge_dir), "--out", str(again), "--quiet"]) == 0
-    assert "| pipeline | IdentityPromptStage, IdentityResponseStage | 50.0% | 0 / 3 / 0 | +0.000 |" in capsys.readouterr().out
+    assert "| pipeline | IdentityPromptStage, IdentityResponseStage | 50.0% | 0 / 3 / 0 | 50%-50% | +0.000 |" in capsys.readouterr().out
     assert json.loads((again / "report.json").read_text())["samples"] == json.loads((out / "report.json").read_text())["samples"]
 
     pairs = tmp_path / "pairs.jsonl"
@@ -187,7 +187,7 @@ def test_first_sentence_control_and_answer_lengths() -> None:
     assert control.name == "control: first sentence" and (control.wins, control.ties, control.losses) == (0, 0, 4)
     assert control.mean_words == 1 and report.plain_mean_words == 8
     assert report.variant("pipeline").mean_words == 12
-    assert "| control: first sentence | (none) | 0.0% | 0 / 0 / 4 |" in report.to_markdown()
+    assert "| control: first sentence | (none) | 0.0% | 0 / 0 / 4 | 0%-0% |" in report.to_markdown()
     assert report.to_dict()["controls"][0]["win_rate"] == 0.0
     assert evaluate_pipeline(pipe, PROMPTS, LengthJudge(), progress=False, per_stage=False, control=False).controls == []
 
@@ -239,3 +239,55 @@ def test_rejudge_cli_and_bad_reports(tmp_path: Path, capsys: pytest.CaptureFixtu
         rejudge(tmp_path / "bad.json", LengthJudge())
     assert main(["--rejudge", "x.json", "--judge", "j", "--pairs", "p.jsonl"]) == 2
     assert "--rejudge takes the answers from the report" in capsys.readouterr().err
+
+
+def test_win_rate_interval() -> None:
+    assert win_rate_interval([0.5] * 10) == (0.5, 0.5)
+    lo, hi = win_rate_interval([1.0, 0.0] * 20)  # mean 0.5, sd 0.506, n 40: 0.5 +- 1.96 * 0.08
+    assert lo == pytest.approx(0.5 - 1.96 * (40 / 39 * 0.25) ** 0.5 / 40 ** 0.5) and hi == pytest.approx(1 - lo)
+    assert win_rate_interval([1.0, 1.0, 1.0, 0.5]) [1] == 1.0  # clipped
+    assert win_rate_interval([1.0]) == (0.0, 1.0)
+
+
+class Coin(PromptStage):
+    """A sampling prompt stage: per request, from the request's seed, it either adds a plea for detail or not."""
+
+    def process(self, request: ChatRequest) -> ChatRequest:
+        if random.Random(f"{request.seed}/{request.last_user_message}").random() < 0.5:
+            return request.with_last_user_message(request.last_user_message + " Please answer in detail.")
+        return request
+
+
+def test_repeats_compare_mean_rewards_over_seeds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pipe = Pipeline(FunctionLLM(echo), [Coin()])
+    k = 6
+    report = evaluate_pipeline(pipe, PROMPTS, LengthJudge(), seed=3, repeats=k, progress=False, per_stage=False)
+    assert report.repeats == k
+    extra = len(" Please answer in detail.")
+    chain = report.variant("pipeline")
+    wins = 0
+    for prompt, smp in zip(PROMPTS, report.samples):
+        runs = smp["answers"]["pipeline"]["runs"]
+        changed = [random.Random(f"{3 + j}/{prompt}").random() < 0.5 for j in range(k)]
+        # every run is the answer to that run's seed, and the reward is the mean over the runs
+        assert [r["text"] == echo([{"content": prompt}]) + (" Please answer in detail." if c else "") for r, c in zip(runs, changed)] == [True] * k
+        assert smp["answers"]["pipeline"]["reward"] == pytest.approx(len(echo([{"content": prompt}])) + extra * sum(changed) / k)
+        assert len(smp["answers"]["plain"]["runs"]) == k
+        wins += any(changed)
+    assert (chain.wins, chain.ties, chain.losses) == (wins, len(PROMPTS) - wins, 0)
+    (stats,) = chain.stage_stats
+    assert stats.modified + stats.passed == k * len(PROMPTS)
+    assert "seeds 3-8 (mean of 6 runs per prompt)" in report.to_markdown()
+
+    # rejudging keeps the runs: the opposite judge turns every win into a loss
+    paths = report.write(tmp_path / "rep")
+    other = rejudge(paths["json"], ShortJudge())
+    assert other.repeats == k and (other.variant("pipeline").losses, other.variant("pipeline").wins) == (wins, 0)
+    data = json.loads(paths["json"].read_text())
+    del data["samples"][0]["answers"]["plain"]["runs"][-1]
+    with pytest.raises(InputError, match=r"samples\[0\]\.answers\.plain: 5 runs, the report says repeats=6"):
+        rejudge(data, LengthJudge())
+    with pytest.raises(InputError, match="repeats must be 1 or more, got 0"):
+        evaluate_pipeline(pipe, PROMPTS, LengthJudge(), repeats=0, progress=False)
+    assert main(["--judge", "unused", "--pairs", "unused.jsonl", "--repeats", "0"]) == 2
+    assert "--repeats must be 1 or more, got 0" in capsys.readouterr().err

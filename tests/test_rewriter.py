@@ -464,6 +464,48 @@ def test_select_by_reward_keeps_the_rewrites_that_raise_the_targets_reward(tmp_p
         select_by_reward(pairs, rewrites, detail_app(calls), WordJudge(), max_tokens=0, progress=False)
 
 
+class SamplingApp(LLM):
+    """A chat app whose answer depends on the request's seed: asked for detail, it answers with 1 + seed
+    words more than otherwise; it records each request's seed and temperature."""
+
+    name = "sampling-app"
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[int | None, float | None]] = []
+
+    def complete(self, request: ChatRequest, *, model_stages: Any = ()) -> ChatResponse:
+        self.requests.append((request.seed, request.temperature))
+        base = 3 if "tides" in request.last_user_message else 2
+        extra = 1 + (request.seed or 0) if "detail" in request.last_user_message else 0
+        return ChatResponse(text=" ".join(["word"] * (base + extra)), model=self.name)
+
+
+def test_select_by_reward_compares_mean_rewards_over_samples(tmp_path: Path) -> None:
+    pairs = _selection_pairs()
+    rewrites = {i: p.optimized_prompt for i, p in enumerate(pairs)}
+    app = SamplingApp()
+    choices = select_by_reward(pairs, rewrites, app, WordJudge(), samples=3, temperature=0.7, seed=4,
+                               margin=5.5, cache_dir=tmp_path, progress=False)
+    # seeds 4, 5, 6 at temperature 0.7, for both sides of every row
+    assert sorted(set(app.requests)) == [(4, 0.7), (5, 0.7), (6, 0.7)] and len(app.requests) == 18
+    first, tides, sky = choices
+    assert first.rewards == [2.0, 2.0, 2.0] and first.rewritten_rewards == [7.0, 8.0, 9.0]
+    assert (first.reward, first.rewritten_reward, first.gain) == (2.0, 8.0, 6.0) and first.kept
+    assert first.rewritten_answer == "word " * 6 + "word"  # the first sample's answer
+    assert tides.gain == 0.0 and not tides.kept
+    assert sky.gain == 6.0 and sky.kept
+    # the samples are cached per seed and temperature: a rerun asks nothing, another temperature asks again
+    app.requests.clear()
+    select_by_reward(pairs, rewrites, app, WordJudge(), samples=3, temperature=0.7, seed=4, cache_dir=tmp_path, progress=False)
+    assert app.requests == []
+    select_by_reward(pairs, {0: rewrites[0]}, app, WordJudge(), samples=2, temperature=0.9, seed=4, cache_dir=tmp_path, progress=False)
+    assert len(app.requests) == 4
+    with pytest.raises(InputError, match="samples=3 needs a temperature above 0"):
+        select_by_reward(pairs, rewrites, app, WordJudge(), samples=3, progress=False)
+    with pytest.raises(InputError, match="samples must be at least 1, got 0"):
+        select_by_reward(pairs, rewrites, app, WordJudge(), samples=0, progress=False)
+
+
 def test_build_rewriter_data_with_a_judge_drops_rewrites_without_gain(tmp_path: Path) -> None:
     pairs = _selection_pairs()
     choices: list = []
@@ -521,6 +563,12 @@ def test_train_rewriter_cli_selects_with_a_reward_model(tmp_path: Path, tiny_mod
         train_main(args + ["--select-margin", "1000"])
     rows = [json.loads(line) for line in (out / "selection.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and not any(r["kept"] for r in rows)
+
+    # sampled answers from the local model: two per side, mean rewards in selection.jsonl
+    assert train_main(args + ["--select-margin", "-1000", "--select-samples", "2"]) == 0
+    rows = [json.loads(line) for line in (out / "selection.jsonl").read_text().splitlines()]
+    assert all(len(r["rewards"]) == 2 and r["reward"] == pytest.approx(sum(r["rewards"]) / 2) for r in rows)
+    assert len(list((tmp_path / "cache").rglob("*.json"))) == 12 + 24
 
 
 # -- training -----------------------------------------------------------------------------------------
