@@ -874,12 +874,10 @@ def select_by_reward(
     def request(j: int) -> ChatRequest:
         return ChatRequest(messages=convs[j], max_tokens=max_tokens, seed=seed + j % samples, temperature=temperature)
 
-    # one batch holds one seed (a batched generation samples from one generator): group by sample
-    todo.sort(key=lambda j: (j % samples, j))
-    chunks = [
-        c for k in range(samples) for js in [[j for j in todo if j % samples == k]]
-        for c in (js[b : b + batch_size] for b in range(0, len(js), batch_size))
-    ]
+    chunks: list[list[int]] = []
+    for k in range(samples):  # one batch holds one seed (a batched generation samples from one generator)
+        js = [j for j in todo if j % samples == k]
+        chunks += [js[b : b + batch_size] for b in range(0, len(js), batch_size)]
     for chunk in chunks:
         try:
             got: list[tuple[int, str]] = [(j, r.text) for j, r in zip(chunk, llm.batch([request(j) for j in chunk]))]
