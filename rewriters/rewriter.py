@@ -787,8 +787,8 @@ class RewardChoice:
     rewritten_reward: float
     kept: bool
     error: str | None = None  # the target failed to answer: the row is dropped
-    #: with ``samples > 1``: every sampled answer's reward (``reward`` / ``rewritten_reward`` are their means;
-    #: ``answer`` / ``rewritten_answer`` the first samples)
+    #: the reward of each sampled answer, one per sample (``reward`` / ``rewritten_reward`` are their means;
+    #: ``answer`` / ``rewritten_answer`` are the first samples); empty when the target failed
     rewards: list[float] = field(default_factory=list)
     rewritten_rewards: list[float] = field(default_factory=list)
 
