@@ -1005,8 +1005,10 @@ def build_rewriter_data(
         if cache_dir is None:
             from middleware.models import cache_dir as _cache_root
 
-            cache_dir = _cache_root() / "teacher"
-        cache = _TextCache(Path(cache_dir), str(model_name))
+            teacher_dir = _cache_root() / "teacher"
+        else:
+            teacher_dir = Path(cache_dir)
+        cache = _TextCache(teacher_dir, str(model_name))
         lock = threading.Lock()
 
         def ask(i: int) -> tuple[int, str | None, str | None]:

@@ -518,6 +518,17 @@ def test_build_rewriter_data_with_a_judge_drops_rewrites_without_gain(tmp_path: 
     assert "3 rewrites judged" in report.summary() and "1 dropped (no gain)" in report.summary()
 
 
+def test_teacher_and_target_answers_go_to_their_own_default_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALIGNWARE_CACHE", str(tmp_path))
+    pairs = [PreferencePair(prompt="how do vaccines work exactly", chosen="They train the immune system.", rejected="No idea.")]
+    examples, report = build_rewriter_data(
+        pairs, FunctionLLM(lambda msgs: TEACHER_OK, name="teacher"), judge=WordJudge(), target=detail_app([]), progress=False,
+    )
+    assert report.from_teacher == 1 and report.selection_judged == 1 and [e.target for e in examples] == [OPTIMIZED]
+    assert len(list((tmp_path / "teacher").rglob("*.json"))) == 1
+    assert len(list((tmp_path / "answers").rglob("*.json"))) == 2
+
+
 def test_a_target_failure_drops_only_that_row(tmp_path: Path) -> None:
     pairs = _selection_pairs()
     app = detail_app([])
