@@ -287,10 +287,11 @@ def _seed_all(seed: int) -> None:
 def _run_variant(
     pipe: Pipeline, msgs: list[list[Message]], params: dict[str, Any], seed: int, threads: int = 1
 ) -> tuple[list[ChatResponse], float]:
+    """One run of a variant: every request and the global RNGs seeded with ``seed``."""
     _seed_all(seed)
     t0 = time.perf_counter()
     with decode_threads(threads):
-        out = pipe.batch(msgs, **params)
+        out = pipe.batch(msgs, **params, seed=seed)
     return out, time.perf_counter() - t0
 
 
@@ -465,7 +466,7 @@ def evaluate_pipeline(
         pipe = Pipeline(the_llm, sts, defaults=defaults)
         answers[name], wall[name] = [], 0.0
         for k in range(repeats):
-            out, secs = _run_variant(pipe, msgs, {**params, "seed": seed + k}, seed + k, threads)
+            out, secs = _run_variant(pipe, msgs, params, seed + k, threads)
             answers[name].append(out)
             wall[name] += secs
     bar.close()
