@@ -418,7 +418,8 @@ def evaluate_pipeline(
         seed: seeds every request (``ChatRequest.seed``) and the global RNGs before each variant.
         repeats: run every variant this many times per prompt (seeds ``seed`` … ``seed+repeats-1``) and
             compare mean rewards: less noise from sampling stages or a sampling LLM, ``repeats`` × the cost.
-            Stage counts then add up over the repeats.
+            Stage counts then add up over the repeats. A plain answer the LLM reports as deterministic
+            (``LLM.deterministic``: greedy decoding of a local model) is generated once and used for every run.
         max_tokens: answer length (default: the pipeline's defaults, else the backend's).
         epsilon: rewards closer than this count as a tie.
         llm: use this LLM instead of the config's (the plain answer comes from it too).
@@ -456,22 +457,26 @@ def evaluate_pipeline(
     # answers[variant][k][i]: repeat k's response to prompt i
     answers: dict[str, list[list[ChatResponse]]] = {}
     wall: dict[str, float] = {}
+    runs_made: dict[str, int] = {}
     bar = tqdm(variants, desc="generating", unit="variant", disable=not progress)
     for name, sts in bar:
         bar.set_postfix_str(name)
         same = next((n for n, s in variants if n in answers and [id(x) for x in s] == [id(x) for x in sts]), None)
         if same is not None:
-            answers[name], wall[name] = answers[same], wall[same]
+            answers[name], wall[name], runs_made[name] = answers[same], wall[same], runs_made[same]
             continue
         pipe = Pipeline(the_llm, sts, defaults=defaults)
         answers[name], wall[name] = [], 0.0
-        for k in range(repeats):
+        # a plain answer that cannot change between seeds (greedy local decoding) is generated once
+        once = repeats > 1 and not sts and all(the_llm.deterministic(pipe._request(m, {**params, "seed": seed})) for m in msgs)
+        for k in range(1 if once else repeats):
             out, secs = _run_variant(pipe, msgs, params, seed + k, threads)
             answers[name].append(out)
             wall[name] += secs
+        runs_made[name] = len(answers[name])
+        answers[name] *= repeats // len(answers[name])
     bar.close()
 
-    n_runs = len(msgs) * repeats
     return _judge(
         judge_obj,
         msgs,
@@ -480,7 +485,7 @@ def evaluate_pipeline(
             dict(
                 name=name,
                 stages=[names[stages.index(s)] if s in stages else s.name for s in sts],
-                ms_per_prompt=1000.0 * wall[name] / n_runs,
+                ms_per_prompt=1000.0 * wall[name] / (len(msgs) * runs_made[name]),
                 stage_stats=_stage_stats([r for run in answers[name] for r in run], sts),
             )
             for name, sts in variants[1:]
@@ -490,7 +495,7 @@ def evaluate_pipeline(
         control=control,
         progress=progress,
         head=dict(
-            plain_ms_per_prompt=1000.0 * wall[PLAIN] / n_runs,
+            plain_ms_per_prompt=1000.0 * wall[PLAIN] / (len(msgs) * runs_made[PLAIN]),
             seed=seed,
             repeats=repeats,
             llm=getattr(the_llm, "name", type(the_llm).__name__),

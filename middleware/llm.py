@@ -24,6 +24,14 @@ class LLM(ABC):
     @abstractmethod
     def complete(self, request: ChatRequest, *, model_stages: ModelStages = ()) -> ChatResponse: ...
 
+    def deterministic(self, request: ChatRequest) -> bool:
+        """Whether answering ``request`` again (without model stages) is sure to give the same text.
+
+        ``False`` unless the backend knows (a remote model may sample whatever the request says).
+        ``alignware eval --repeats`` uses it to generate a deterministic plain answer only once.
+        """
+        return False
+
     async def acomplete(self, request: ChatRequest, *, model_stages: ModelStages = ()) -> ChatResponse:
         return await asyncio.to_thread(self.complete, request, model_stages=model_stages)
 
@@ -81,11 +89,18 @@ class LLM(ABC):
 
 
 class FunctionLLM(LLM):
-    """Wraps a plain function ``fn(messages: list[dict], **params) -> str``: an existing chat app, a rule."""
+    """Wraps a plain function ``fn(messages: list[dict], **params) -> str``: an existing chat app, a rule.
 
-    def __init__(self, fn: Callable[..., str], name: str = "function") -> None:
+    Set ``deterministic=True`` when ``fn`` always gives the same answer to the same messages.
+    """
+
+    def __init__(self, fn: Callable[..., str], name: str = "function", *, deterministic: bool = False) -> None:
         self.fn = fn
         self.name = name
+        self._deterministic = deterministic
+
+    def deterministic(self, request: ChatRequest) -> bool:
+        return self._deterministic
 
     def complete(self, request: ChatRequest, *, model_stages: ModelStages = ()) -> ChatResponse:
         if model_stages:

@@ -197,6 +197,10 @@ class LocalBackend(LLM):
         return [self._response(row, tr) for row, tr in zip(rows, traces)]
 
     # -- prompts and parameters ---------------------------------------------------------
+    def deterministic(self, request: ChatRequest) -> bool:
+        """Greedy decoding (temperature ``None`` or ``0``) gives the same answer every time."""
+        return not request.temperature
+
     def prompt_ids(self, request: ChatRequest) -> list[int]:
         """The token ids of ``request`` rendered with the tokenizer's chat template."""
         if not getattr(self.tokenizer, "chat_template", None):

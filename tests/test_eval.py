@@ -291,3 +291,44 @@ def test_repeats_compare_mean_rewards_over_seeds(tmp_path: Path, capsys: pytest.
         evaluate_pipeline(pipe, PROMPTS, LengthJudge(), repeats=0, progress=False)
     assert main(["--judge", "unused", "--pairs", "unused.jsonl", "--repeats", "0"]) == 2
     assert "--repeats must be 1 or more, got 0" in capsys.readouterr().err
+
+
+def test_repeats_generate_a_deterministic_plain_answer_once() -> None:
+    calls: list[str] = []
+
+    def counting(messages: list[dict]) -> str:
+        calls.append(messages[-1]["content"])
+        return echo(messages)
+
+    k = 3
+    for deterministic, plain_calls in ((True, 1), (False, k)):
+        calls.clear()
+        pipe = Pipeline(FunctionLLM(counting, deterministic=deterministic), [Coin()])
+        report = evaluate_pipeline(pipe, PROMPTS, LengthJudge(), seed=1, repeats=k, progress=False, per_stage=False)
+        # the stage variant always runs k times; the plain one once when the LLM says it is deterministic
+        assert len(calls) == (plain_calls + k) * len(PROMPTS)
+        for smp in report.samples:
+            runs = smp["answers"]["plain"]["runs"]
+            assert len(runs) == k and {r["text"] for r in runs} == {echo([{"content": smp["prompt"][0]["content"]}])}
+        assert report.plain_ms_per_prompt >= 0
+    # one repeat: no difference
+    calls.clear()
+    evaluate_pipeline(Pipeline(FunctionLLM(counting, deterministic=True), [Coin()]), PROMPTS, LengthJudge(), repeats=1, progress=False, per_stage=False)
+    assert len(calls) == 2 * len(PROMPTS)
+
+
+def test_local_backend_is_deterministic_only_when_greedy(tiny_model_dir: Path) -> None:
+    from middleware.local import LocalBackend
+
+    llm = LocalBackend(str(tiny_model_dir), max_tokens=8)
+    assert llm.deterministic(ChatRequest.build("Hi")) and llm.deterministic(ChatRequest.build("Hi", temperature=0))
+    assert not llm.deterministic(ChatRequest.build("Hi", temperature=0.7))
+    assert not FunctionLLM(echo).deterministic(ChatRequest.build("Hi"))
+    # what the eval relies on: greedy answers repeat across seeds, sampled ones differ
+    pipe = Pipeline(llm)
+    greedy = [pipe.batch(PROMPTS, seed=s) for s in (0, 1)]
+    assert [r.text for r in greedy[0]] == [r.text for r in greedy[1]]
+    sampled = [pipe.batch(PROMPTS, seed=s, temperature=1.0) for s in (0, 1)]
+    assert [r.text for r in sampled[0]] != [r.text for r in sampled[1]]
+    report = evaluate_pipeline(Pipeline(llm, defaults={"temperature": 1.0}), PROMPTS, LengthJudge(), repeats=2, progress=False)
+    assert any(len({r["text"] for r in s["answers"]["plain"]["runs"]}) == 2 for s in report.samples)
