@@ -82,20 +82,22 @@ def judge_name(judge: JudgeLike) -> str:
     return str(judge) if isinstance(judge, (str, Path)) else type(judge).__name__
 
 
-def _prompt_list(prompts: PromptsLike, limit: int | None) -> list[list[Message]]:
+def _prompt_list(prompts: PromptsLike, limit: int | None) -> tuple[list[list[Message]], list[str | None]]:
+    """The conversations to answer, and each one's ``source`` (``None`` where the row has none)."""
     if isinstance(prompts, (str, Path)):
         rows: Sequence[Any] = load_prompts(prompts, limit=limit)
         if not rows:
             raise InputError(f"{prompts}: no prompts")
     else:
         rows = list(prompts)[:limit] if limit is not None else list(prompts)
-    out = []
+    out, sources = [], []
     for i, r in enumerate(rows):
         msgs = r.prompt if isinstance(r, (PromptRecord, PreferencePair)) else to_messages(r)
         if not msgs or msgs[-1].role != "user":
             raise InputError(f"prompts[{i}]: the last message must be the user's")
         out.append(list(msgs))
-    return out
+        sources.append(getattr(r, "source", None))
+    return out, sources
 
 
 def _parts(config: PipelineLike, llm: LLM | None) -> tuple[LLM, list[Stage], dict[str, Any], str]:
@@ -185,7 +187,24 @@ class EvalReport:
         raise KeyError(f"no variant {name!r}; have {[v.name for v in self.variants]}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The report's fields, plus ``by_source``: ``{source: {variant: {"wins", "ties", "losses"}}}``."""
+        d = asdict(self)
+        d["by_source"] = {src: {v: dict(zip(("wins", "ties", "losses"), wtl)) for v, wtl in g.items()} for src, g in self.by_source().items()}
+        return d
+
+    def by_source(self) -> dict[str, dict[str, tuple[int, int, int]]]:
+        """Wins, ties and losses against the plain answer per prompt source (a row's ``source``, such as
+        ``vicuna_eval/coding``) and variant: where a stage helps and where it hurts. Prompts without a
+        source are grouped under ``"(none)"``; the mean rewards per prompt decide, as in the totals."""
+        out: dict[str, dict[str, tuple[int, int, int]]] = {}
+        for smp in self.samples:
+            group = out.setdefault(str(smp.get("source") or "(none)"), {})
+            plain = smp["answers"][PLAIN]["reward"]
+            for v in self.variants:
+                gain = smp["answers"][v.name]["reward"] - plain
+                w, t, l = group.get(v.name, (0, 0, 0))
+                group[v.name] = (w + (gain > self.epsilon), t + (abs(gain) <= self.epsilon), l + (gain < -self.epsilon))
+        return dict(sorted(out.items()))
 
     def to_markdown(self) -> str:
         lines = [
@@ -213,6 +232,20 @@ class EvalReport:
                     f"| {v.name} | {s.stage} | {s.kind} | {s.mean_latency_ms:.1f} | {s.max_latency_ms:.1f} | "
                     f"{s.modified} | {s.passed} | {s.failed} | {s.skipped} |"
                 )
+        groups = self.by_source()
+        if len(groups) > 1:
+            shown: list[str] = []  # a chain of one stage is that stage's column already
+            for v in self.variants:
+                if all(v.stages != self.variant(n).stages for n in shown):
+                    shown.append(v.name)
+            lines += ["", "| source | prompts | " + " | ".join(f"{n}: win rate (W / T / L)" for n in shown) + " |",
+                      "| --- | ---: | " + " | ".join("---:" for _ in shown) + " |"]
+            for src, g in groups.items():
+                cells = []
+                for n in shown:
+                    w, t, l = g[n]
+                    cells.append(f"{(w + 0.5 * t) / (w + t + l):.0%} ({w} / {t} / {l})")
+                lines.append(f"| {src} | {sum(g[shown[0]])} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
     def plot(self, path: str | Path) -> Path:
@@ -433,7 +466,7 @@ def evaluate_pipeline(
 
     the_llm, stages, defaults, desc = _parts(config, llm)
     judge_obj = load_judge(judge)
-    msgs = _prompt_list(prompts, limit)
+    msgs, sources = _prompt_list(prompts, limit)
     if not msgs:
         raise InputError("no prompts to evaluate")
     if repeats < 1:
@@ -494,6 +527,7 @@ def evaluate_pipeline(
         epsilon=epsilon,
         control=control,
         progress=progress,
+        sources=sources,
         head=dict(
             plain_ms_per_prompt=1000.0 * wall[PLAIN] / (len(msgs) * runs_made[PLAIN]),
             seed=seed,
@@ -516,12 +550,14 @@ def _judge(
     control: bool,
     progress: bool,
     head: dict[str, Any],
+    sources: Sequence[str | None] = (),
 ) -> EvalReport:
     """Score the answers (``texts[variant][i][k]``: prompt i, repeat k; ``PLAIN`` among the variants) and
     build the report.
 
     ``rows`` holds, per compared variant in order, its ``name``, ``stages``, ``ms_per_prompt`` and
-    ``stage_stats``; ``head`` the report's descriptive fields. Each distinct (prompt, answer) is scored once.
+    ``stage_stats``; ``head`` the report's descriptive fields; ``sources`` each prompt's source (kept in the
+    samples). Each distinct (prompt, answer) is scored once.
     """
     firsts = [[first_sentence(t) for t in ts] for ts in texts[PLAIN]] if control else []
     keys: dict[tuple[int, str], int] = {}
@@ -553,6 +589,8 @@ def _judge(
     samples = []
     for i, m in enumerate(msgs):
         row: dict[str, Any] = {"prompt": [x.model_dump() for x in m], "answers": {}}
+        if i < len(sources) and sources[i] is not None:
+            row["source"] = sources[i]
         for name, answers in texts.items():
             rs = [reward[(i, t)] for t in answers[i]]
             # the first run's answer and trace; with repeats, the mean reward and every run
@@ -605,11 +643,13 @@ def rejudge(report: "str | Path | EvalReport | dict[str, Any]", judge: JudgeLike
         if not samples:
             raise InputError(f"{where}: the report holds no samples to judge")
         msgs: list[list[Message]] = []
+        sources: list[str | None] = []
         texts: dict[str, list[list[str]]] = {name: [] for name in names}
         traces: dict[str, list[list[list[dict[str, Any]]]]] = {name: [] for name in names}
         repeats = int(data.get("repeats", 1))
         for i, smp in enumerate(samples):
             msgs.append(to_messages(smp["prompt"]))
+            sources.append(smp.get("source"))
             for name in names:
                 if name not in smp["answers"]:
                     raise InputError(f"{where}: samples[{i}].answers: no answer of variant {name!r}")
@@ -634,6 +674,7 @@ def rejudge(report: "str | Path | EvalReport | dict[str, Any]", judge: JudgeLike
         control=bool(data.get("controls")),
         progress=progress,
         head=head,
+        sources=sources,
     )
 
 
