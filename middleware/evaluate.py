@@ -145,17 +145,27 @@ class VariantResult:
     #: 95% confidence interval of ``win_rate`` over the prompts (normal approximation of the mean of the
     #: per-prompt scores 1 / 0.5 / 0), clipped to [0, 1].
     win_rate_ci: tuple[float, float] = (0.0, 1.0)
+    #: 95% confidence interval of ``mean_gain`` over the prompts (normal approximation); ``None`` for one prompt.
+    #: It uses the size of each gain, so it can separate a stage from the plain answer sooner than the win rate.
+    gain_ci: tuple[float, float] | None = None
+
+
+def mean_interval(values: Sequence[float], z: float = 1.96) -> tuple[float, float] | None:
+    """The confidence interval of a mean: mean ± z × the standard error (sample standard deviation / √n);
+    ``None`` for fewer than 2 values."""
+    n = len(values)
+    if n < 2:
+        return None
+    m = sum(values) / n
+    se = math.sqrt(sum((x - m) ** 2 for x in values) / (n - 1) / n)
+    return (m - z * se, m + z * se)
 
 
 def win_rate_interval(scores: Sequence[float], z: float = 1.96) -> tuple[float, float]:
     """The confidence interval of the mean of per-prompt scores (1 win, 0.5 tie, 0 loss): mean ± z × the
     standard error (sample standard deviation / √n), clipped to [0, 1]; ``(0, 1)`` for fewer than 2 scores."""
-    n = len(scores)
-    if n < 2:
-        return (0.0, 1.0)
-    m = sum(scores) / n
-    se = math.sqrt(sum((x - m) ** 2 for x in scores) / (n - 1) / n)
-    return (max(0.0, m - z * se), min(1.0, m + z * se))
+    ci = mean_interval(scores, z)
+    return (0.0, 1.0) if ci is None else (max(0.0, ci[0]), min(1.0, ci[1]))
 
 
 @dataclass
@@ -213,13 +223,15 @@ class EvalReport:
             f"plain answer: mean reward {self.plain_mean_reward:+.3f}, {self.plain_mean_words:.0f} words, "
             f"{self.plain_ms_per_prompt:.0f} ms/prompt",
             "",
-            "| variant | stages | win rate vs plain | W / T / L | 95% CI | mean reward gain | mean reward | words | ms/prompt |",
-            "| --- | --- | ---: | :---: | :---: | ---: | ---: | ---: | ---: |",
+            "| variant | stages | win rate vs plain | W / T / L | 95% CI | mean reward gain | 95% CI | mean reward | words | ms/prompt |",
+            "| --- | --- | ---: | :---: | :---: | ---: | :---: | ---: | ---: | ---: |",
         ]
         for v in self.variants + self.controls:
             lines.append(
                 f"| {v.name} | {', '.join(v.stages) or '(none)'} | {v.win_rate:.1%} | {v.wins} / {v.ties} / {v.losses} | "
-                f"{v.win_rate_ci[0]:.0%}-{v.win_rate_ci[1]:.0%} | {v.mean_gain:+.3f} | {v.mean_reward:+.3f} | {v.mean_words:.0f} | {v.ms_per_prompt:.0f} |"
+                f"{v.win_rate_ci[0]:.0%}-{v.win_rate_ci[1]:.0%} | {v.mean_gain:+.3f} | "
+                f"{'-' if v.gain_ci is None else f'{v.gain_ci[0]:+.3f} to {v.gain_ci[1]:+.3f}'} | "
+                f"{v.mean_reward:+.3f} | {v.mean_words:.0f} | {v.ms_per_prompt:.0f} |"
             )
         lines += [
             "",
@@ -265,7 +277,9 @@ class EvalReport:
         a1.set_ylim(0, 100)
         a1.set_ylabel("judge win rate vs plain (%)")
         gains = [v.mean_gain for v in rows]
-        a2.bar(names, gains, color=["tab:green" if g >= 0 else "tab:red" for g in gains])
+        gerr = [[0.0 if v.gain_ci is None else g - v.gain_ci[0] for g, v in zip(gains, rows)],
+                [0.0 if v.gain_ci is None else v.gain_ci[1] - g for g, v in zip(gains, rows)]]
+        a2.bar(names, gains, yerr=gerr, capsize=4, color=["tab:green" if g >= 0 else "tab:red" for g in gains])
         a2.axhline(0, color="gray", linewidth=1)
         a2.set_ylabel("mean reward gain")
         for ax in (a1, a2):
@@ -386,6 +400,7 @@ def _compare(
         stage_stats=stage_stats or [],
         mean_words=sum(_words(x) for t in texts for x in t) / sum(len(t) for t in texts),
         win_rate_ci=win_rate_interval(scores),
+        gain_ci=mean_interval(gains),
     )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from middleware.errors import InputError
-from middleware.evaluate import evaluate_pipeline, first_sentence, main, pairwise_accuracy, rejudge, win_rate_interval
+from middleware.evaluate import evaluate_pipeline, first_sentence, main, mean_interval, pairwise_accuracy, rejudge, win_rate_interval
 from middleware.llm import FunctionLLM
 from middleware.pipeline import Pipeline
 from middleware.stages import IdentityPromptStage, IdentityResponseStage, PromptStage, ResponseStage
@@ -88,8 +88,13 @@ def test_wins_failures_skips_and_latency() -> None:
     assert "model unavailable" in broken.stage_stats[0].failures[0]
     chain = report.variant("pipeline")
     assert chain.wins == 3 and [s.stage for s in chain.stage_stats] == ["Longer", "Broken"]
+    # gains 21, 21, 21, 0: mean 15.75, sample sd 10.5, standard error 5.25
+    assert alone.gain_ci == pytest.approx((15.75 - 1.96 * 5.25, 15.75 + 1.96 * 5.25))
+    assert broken.gain_ci == (0.0, 0.0)
     md = report.to_markdown()
-    assert "| Longer | Longer | 87.5% | 3 / 1 / 0 | 63%-100% |" in md
+    assert "| Longer | Longer | 87.5% | 3 / 1 / 0 | 63%-100% | +15.750 | +5.460 to +26.040 |" in md
+    one = evaluate_pipeline(Pipeline(FunctionLLM(echo), [Longer()]), PROMPTS[:1], LengthJudge(), progress=False, per_stage=False)
+    assert one.variant("pipeline").gain_ci is None and "| +21.000 | - |" in one.to_markdown()
 
 
 def test_deterministic_given_seed() -> None:
@@ -247,6 +252,7 @@ def test_win_rate_interval() -> None:
     assert lo == pytest.approx(0.5 - 1.96 * (40 / 39 * 0.25) ** 0.5 / 40 ** 0.5) and hi == pytest.approx(1 - lo)
     assert win_rate_interval([1.0, 1.0, 1.0, 0.5]) [1] == 1.0  # clipped
     assert win_rate_interval([1.0]) == (0.0, 1.0)
+    assert mean_interval([1.0, 3.0]) == pytest.approx((2 - 1.96, 2 + 1.96)) and mean_interval([5.0]) is None
 
 
 class Coin(PromptStage):
