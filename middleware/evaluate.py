@@ -466,8 +466,9 @@ def evaluate_pipeline(
         seed: seeds every request (``ChatRequest.seed``) and the global RNGs before each variant.
         repeats: run every variant this many times per prompt (seeds ``seed`` … ``seed+repeats-1``) and
             compare mean rewards: less noise from sampling stages or a sampling LLM, ``repeats`` × the cost.
-            Stage counts then add up over the repeats. A plain answer the LLM reports as deterministic
-            (``LLM.deterministic``: greedy decoding of a local model) is generated once and used for every run.
+            Stage counts then add up over the repeats. A variant whose LLM and stages all report themselves
+            deterministic (``LLM.deterministic``, ``Stage.deterministic``: greedy decoding of a local model, a
+            greedy rewriter) is generated once and used for every run; its stage counts are then repeated too.
         max_tokens: answer length (default: the pipeline's defaults, else the backend's).
         epsilon: rewards closer than this count as a tie.
         llm: use this LLM instead of the config's (the plain answer comes from it too).
@@ -515,8 +516,12 @@ def evaluate_pipeline(
             continue
         pipe = Pipeline(the_llm, sts, defaults=defaults)
         answers[name], wall[name] = [], 0.0
-        # a plain answer that cannot change between seeds (greedy local decoding) is generated once
-        once = repeats > 1 and not sts and all(the_llm.deterministic(pipe._request(m, {**params, "seed": seed})) for m in msgs)
+        # a variant that cannot change between seeds (greedy stages, greedy local decoding) is generated once
+        once = (
+            repeats > 1
+            and all(st.deterministic() for st in sts)
+            and all(the_llm.deterministic(pipe._request(m, {**params, "seed": seed})) for m in msgs)
+        )
         for k in range(1 if once else repeats):
             out, secs = _run_variant(pipe, msgs, params, seed + k, threads)
             answers[name].append(out)

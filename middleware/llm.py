@@ -28,7 +28,7 @@ class LLM(ABC):
         """Whether answering ``request`` again (without model stages) is sure to give the same text.
 
         ``False`` unless the backend knows (a remote model may sample whatever the request says).
-        ``alignware eval --repeats`` uses it to generate a deterministic plain answer only once.
+        ``alignware eval --repeats`` uses it to generate a deterministic variant only once.
         """
         return False
 

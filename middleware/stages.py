@@ -111,6 +111,12 @@ class Stage:
         return f"{type(self).__name__}(name={self.name!r})"
 
     # -- shared machinery -------------------------------------------------------------
+    def deterministic(self) -> bool:
+        """Whether the stage gives the same output whenever it gets the same input (no sampling, no
+        timeout that may cut one run and not the next). ``False`` unless a stage knows;
+        ``alignware eval --repeats`` runs a variant whose stages and LLM are all deterministic only once."""
+        return False
+
     def _skipped(self, request: ChatRequest) -> StageTrace | None:
         if self.skip_if is None:
             return None
@@ -500,9 +506,15 @@ class IdentityPromptStage(PromptStage):
     def process(self, request: ChatRequest) -> ChatRequest:
         return request
 
+    def deterministic(self) -> bool:
+        return self.timeout is None
+
 
 class IdentityResponseStage(ResponseStage):
     """A response stage that returns the reply unchanged."""
 
     def process(self, request: ChatRequest, response: ChatResponse) -> ChatResponse:
         return response
+
+    def deterministic(self) -> bool:
+        return self.timeout is None

@@ -53,6 +53,7 @@ from middleware.types import ChatRequest, ChatResponse, Message, PreferencePair,
 from .rewriter import (
     _STAGE_KW,
     _as_pairs,
+    _deterministic,
     _generation_defaults,
     _llm_request,
     _Out,
@@ -407,6 +408,10 @@ class ResponseCorrector(ResponseStage):
             f"ResponseCorrector(name={self.name!r}, mode={self.mode!r}, template={self.template.name!r}, "
             f"streaming={self.streaming!r})"
         )
+
+    def deterministic(self) -> bool:
+        """Greedy decoding (the default; in prompted mode, an LLM that reports itself deterministic), no timeout."""
+        return _deterministic(self)
 
     # -- constructors ------------------------------------------------------------------
     @classmethod

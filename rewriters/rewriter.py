@@ -278,6 +278,13 @@ class _Out:
     finish_reason: str = "stop"
 
 
+def _deterministic(stage: Any) -> bool:
+    """A model-stage rewriter or corrector decodes greedily (or its prompted LLM does, and says so), with no timeout."""
+    if stage.params["temperature"] or stage.timeout is not None:
+        return False
+    return stage.mode == "model" or stage.llm.deterministic(_llm_request("", stage.params, None))
+
+
 def _run_generator(generator: "TextGenerator", prompts: list[str], params: dict[str, Any], seed: int | None) -> list[_Out]:
     gens = generator.generate_ex(
         prompts,
@@ -379,6 +386,10 @@ class PromptRewriter(PromptStage):
 
     def __repr__(self) -> str:
         return f"PromptRewriter(name={self.name!r}, mode={self.mode!r}, template={self.template.name!r})"
+
+    def deterministic(self) -> bool:
+        """Greedy decoding (``temperature=0``; in prompted mode, an LLM that reports itself deterministic), no timeout."""
+        return _deterministic(self)
 
     # -- constructors ------------------------------------------------------------------
     @classmethod

@@ -384,3 +384,10 @@ def test_template_markers_already_in_the_answer_do_not_count() -> None:
     assert "ASSISTANT" in (check_correction(answer, "Type USER at the prompt. ASSISTANT") or "")
     assert check_correction("Paris.", "The assistant said the user was right: Paris.") is None  # ordinary words
 
+
+
+def test_deterministic_when_greedy() -> None:
+    gen = RecordingGenerator(["Paris."])
+    assert ResponseCorrector(gen).deterministic()  # Aligner decodes greedily
+    assert not ResponseCorrector(gen, temperature=0.7).deterministic()
+    assert not ResponseCorrector(gen, timeout=3).deterministic()

@@ -317,6 +317,11 @@ def test_repeats_generate_a_deterministic_plain_answer_once() -> None:
             runs = smp["answers"]["plain"]["runs"]
             assert len(runs) == k and {r["text"] for r in runs} == {echo([{"content": smp["prompt"][0]["content"]}])}
         assert report.plain_ms_per_prompt >= 0
+    # a deterministic stage on a deterministic LLM: every variant runs once
+    calls.clear()
+    report = evaluate_pipeline(Pipeline(FunctionLLM(counting, deterministic=True), [IdentityPromptStage()]), PROMPTS, LengthJudge(),
+                               repeats=k, progress=False, per_stage=False)
+    assert len(calls) == 2 * len(PROMPTS) and report.variant("pipeline").stage_stats[0].passed == k * len(PROMPTS)
     # one repeat: no difference
     calls.clear()
     evaluate_pipeline(Pipeline(FunctionLLM(counting, deterministic=True), [Coin()]), PROMPTS, LengthJudge(), repeats=1, progress=False, per_stage=False)

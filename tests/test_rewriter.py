@@ -250,6 +250,19 @@ def test_model_mode_on_a_tiny_checkpoint(tiny_model_dir: Path) -> None:
     assert resp.trace[0].verdict == "passed" and "kept the original prompt" in resp.trace[0].reason
 
 
+def test_deterministic_only_when_greedy_without_timeout(tiny_model_dir: Path) -> None:
+    from rewriters.engine import TextGenerator
+
+    gen = TextGenerator.untrained(tiny_model_dir, template="bpo", kind="rewriter")
+    assert PromptRewriter(gen, temperature=0.0).deterministic()
+    assert not PromptRewriter(gen).deterministic()  # BPO's published decoding samples (temperature 0.6)
+    assert not PromptRewriter(gen, temperature=0.0, timeout=5).deterministic()
+    # prompted mode: as deterministic as the LLM says its greedy requests are
+    assert PromptRewriter.prompted(FunctionLLM(lambda m: "x", deterministic=True), temperature=0.0).deterministic()
+    assert not PromptRewriter.prompted(FunctionLLM(lambda m: "x"), temperature=0.0).deterministic()
+    assert not PromptRewriter.prompted(FunctionLLM(lambda m: "x", deterministic=True), temperature=0.7).deterministic()
+
+
 # -- teacher output and filters -----------------------------------------------------------------------
 TEACHER_OK = (
     "Detailed Comparison Result: The good response explains the mechanism; the bad one is vague.\n"
