@@ -279,7 +279,7 @@ class _Out:
 
 
 def _deterministic(stage: Any) -> bool:
-    """A model-stage rewriter or corrector decodes greedily (or its prompted LLM does, and says so), with no timeout."""
+    """A rewriter or corrector whose decoding is greedy (in prompted mode: and its LLM says so), with no timeout."""
     if stage.params["temperature"] or stage.timeout is not None:
         return False
     return stage.mode == "model" or stage.llm.deterministic(_llm_request("", stage.params, None))
