@@ -211,9 +211,9 @@ class EvalReport:
             group = out.setdefault(str(smp.get("source") or "(none)"), {})
             plain = smp["answers"][PLAIN]["reward"]
             for v in self.variants:
-                gain = smp["answers"][v.name]["reward"] - plain
+                score = _score(smp["answers"][v.name]["reward"] - plain, self.epsilon)
                 w, t, l = group.get(v.name, (0, 0, 0))
-                group[v.name] = (w + (gain > self.epsilon), t + (abs(gain) <= self.epsilon), l + (gain < -self.epsilon))
+                group[v.name] = (w + (score == 1.0), t + (score == 0.5), l + (score == 0.0))
         return dict(sorted(out.items()))
 
     def to_markdown(self) -> str:
@@ -357,6 +357,11 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
+def _score(gain: float, epsilon: float) -> float:
+    """A prompt's outcome against the plain answer: 1 a win, 0.5 a tie (within ``epsilon``), 0 a loss."""
+    return 0.5 if abs(gain) <= epsilon else 1.0 if gain > 0 else 0.0
+
+
 def _compare(
     name: str,
     stages: list[str],
@@ -372,20 +377,12 @@ def _compare(
     """Wins, ties and losses of ``texts`` against the plain answers. Each prompt holds the answers of every
     repeat; the mean rewards decide, and equal answers (every repeat) or mean rewards within ``epsilon`` tie."""
     n = len(texts)
-    wins = ties = losses = 0
     gains, scores = [], []
     for t, r, pt, pr in zip(texts, rewards, plain_texts, plain_rewards):
         d = 0.0 if t == pt else sum(r) / len(r) - sum(pr) / len(pr)
         gains.append(d)
-        if t == pt or abs(d) <= epsilon:
-            ties += 1
-            scores.append(0.5)
-        elif d > 0:
-            wins += 1
-            scores.append(1.0)
-        else:
-            losses += 1
-            scores.append(0.0)
+        scores.append(0.5 if t == pt else _score(d, epsilon))
+    wins, ties, losses = scores.count(1.0), scores.count(0.5), scores.count(0.0)
     return VariantResult(
         name=name,
         stages=stages,
@@ -506,13 +503,12 @@ def evaluate_pipeline(
     # answers[variant][k][i]: repeat k's response to prompt i
     answers: dict[str, list[list[ChatResponse]]] = {}
     wall: dict[str, float] = {}
-    runs_made: dict[str, int] = {}
     bar = tqdm(variants, desc="generating", unit="variant", disable=not progress)
     for name, sts in bar:
         bar.set_postfix_str(name)
         same = next((n for n, s in variants if n in answers and [id(x) for x in s] == [id(x) for x in sts]), None)
         if same is not None:
-            answers[name], wall[name], runs_made[name] = answers[same], wall[same], runs_made[same]
+            answers[name], wall[name] = answers[same], wall[same]
             continue
         pipe = Pipeline(the_llm, sts, defaults=defaults)
         answers[name], wall[name] = [], 0.0
@@ -526,9 +522,10 @@ def evaluate_pipeline(
             out, secs = _run_variant(pipe, msgs, params, seed + k, threads)
             answers[name].append(out)
             wall[name] += secs
-        runs_made[name] = len(answers[name])
-        answers[name] *= repeats // len(answers[name])
     bar.close()
+    # per variant: the runs it made (1 or ``repeats``), and its answers to every repeat
+    made = {name: len(runs) for name, runs in answers.items()}
+    answers = {name: runs * (repeats // len(runs)) for name, runs in answers.items()}
 
     return _judge(
         judge_obj,
@@ -538,7 +535,7 @@ def evaluate_pipeline(
             dict(
                 name=name,
                 stages=[names[stages.index(s)] if s in stages else s.name for s in sts],
-                ms_per_prompt=1000.0 * wall[name] / (len(msgs) * runs_made[name]),
+                ms_per_prompt=1000.0 * wall[name] / (len(msgs) * made[name]),
                 stage_stats=_stage_stats([r for run in answers[name] for r in run], sts),
             )
             for name, sts in variants[1:]
@@ -549,7 +546,7 @@ def evaluate_pipeline(
         progress=progress,
         sources=sources,
         head=dict(
-            plain_ms_per_prompt=1000.0 * wall[PLAIN] / (len(msgs) * runs_made[PLAIN]),
+            plain_ms_per_prompt=1000.0 * wall[PLAIN] / (len(msgs) * made[PLAIN]),
             seed=seed,
             repeats=repeats,
             llm=getattr(the_llm, "name", type(the_llm).__name__),
