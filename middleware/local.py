@@ -118,7 +118,7 @@ class LocalBackend(LLM):
         self.system_prompt = system_prompt
         self.batch_size = batch_size
         self._lock = lock if lock is not None else threading.RLock()
-        self._eos_ids = _eos_ids(self.model, self.tokenizer)
+        self._eos_ids = eos_ids(self.model, self.tokenizer)
         pad = self.tokenizer.pad_token_id
         if pad is None:
             pad = min(self._eos_ids) if self._eos_ids else 0
@@ -351,8 +351,8 @@ def _model_name(model: "str | Path | None") -> str:
     return p.stem if p.suffix == ".gguf" else (p.resolve().name or str(p))
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
-    """Every token id that ends an answer: the generation config's EOS ids and the tokenizer's."""
+def eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    """Every token id that ends a generation: the generation config's EOS ids and the tokenizer's."""
     ids: set[int] = set()
     for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
         value = getattr(source, "eos_token_id", None)

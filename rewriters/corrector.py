@@ -51,7 +51,6 @@ from middleware.stages import ResponseStage, batch_item, note
 from middleware.types import ChatRequest, ChatResponse, Message, PreferencePair, load_pairs
 
 from .rewriter import (
-    _STAGE_KW,
     _as_pairs,
     _deterministic,
     _generation_defaults,
@@ -61,7 +60,8 @@ from .rewriter import (
     _result_line,
     _run_generator,
     _run_llm,
-    _skip_if,
+    _stage_from_config,
+    _stage_template,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -368,8 +368,6 @@ class ResponseCorrector(ResponseStage):
         skip_if: Callable[[ChatRequest], bool] | None = None,
     ) -> None:
         super().__init__(name=name, on_error=on_error, timeout=timeout, skip_if=skip_if)  # type: ignore[arg-type]
-        from .templates import get_template
-
         if (generator is None) == (llm is None):
             raise InputError("ResponseCorrector needs exactly one of generator (model mode) or llm (prompted mode)")
         if streaming not in ("buffer", "chunked"):
@@ -381,17 +379,9 @@ class ResponseCorrector(ResponseStage):
         self.generator = generator
         self.llm = llm
         self.mode = "model" if generator is not None else "prompted"
-        if template is not None:
-            self.template = get_template(template)
-        elif generator is not None:
-            self.template = generator.template
-        else:
-            self.template = get_template("aligner-instruction")
-        if set(self.template.fields) != {"question", "answer"}:
-            raise InputError(
-                f"template {self.template.name!r} takes fields {list(self.template.fields)}; a corrector template "
-                "takes 'question' and 'answer'"
-            )
+        self.template = _stage_template(
+            template, generator, "aligner-instruction", {"question", "answer"}, "a corrector template takes 'question' and 'answer'"
+        )
         self.streaming: Streaming = streaming
         self.params = _generation_defaults(
             self.template, generator, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens
@@ -458,30 +448,12 @@ class ResponseCorrector(ResponseStage):
         ``context_chunks``, ``chunk_max_new_tokens``, ``seed``, the :class:`CorrectionCheck` fields,
         ``name``, ``on_error``, ``timeout``, ``skip_if`` (``"title_requests"``).
         """
-        check_keys = {k: params.pop(k) for k in list(params) if k in CorrectionCheck.__dataclass_fields__}
-        allowed = {
-            "template", "streaming", "temperature", "top_p", "max_new_tokens", "chunk_min_chars",
-            "context_chunks", "chunk_max_new_tokens", "seed", *_STAGE_KW,
-        }
-        unknown = sorted(set(params) - allowed)
-        if unknown:
-            raise TypeError(f"response_corrector: unknown option(s) {', '.join(unknown)}")
-        if "skip_if" in params:
-            params["skip_if"] = _skip_if(params["skip_if"])
-        if check_keys:
-            params["check"] = CorrectionCheck(**check_keys)
-        mode = mode or ("model" if path else "prompted")
-        if mode == "model":
-            if not path:
-                raise InputError("response_corrector: mode 'model' needs path (a trained adapter or Aligner checkpoint folder)")
-            if llm is not None:
-                raise InputError("response_corrector: llm applies to mode 'prompted'; mode 'model' uses path")
-            return cls.from_pretrained(path, base=base, **params)
-        if mode == "prompted":
-            if path:
-                raise InputError("response_corrector: path applies to mode 'model'; mode 'prompted' uses llm")
-            return cls.prompted(llm or "embedded", llm_options=llm_options, **params)
-        raise InputError(f"response_corrector: mode must be 'model' or 'prompted', got {mode!r}")
+        return _stage_from_config(
+            cls, "response_corrector", "a trained adapter or Aligner checkpoint folder", CorrectionCheck,
+            ("template", "streaming", "temperature", "top_p", "max_new_tokens", "chunk_min_chars",
+             "context_chunks", "chunk_max_new_tokens", "seed"),
+            mode=mode, path=path, llm=llm, base=base, llm_options=llm_options, params=params,
+        )
 
     # -- generation ---------------------------------------------------------------------
     def _seed(self, request: ChatRequest | None) -> int | None:

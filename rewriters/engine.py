@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal, Sequence
 
 from middleware.errors import AlignwareError, CheckpointError, InputError
+from middleware.local import REPLACEMENT_CHAR, eos_ids
 from middleware.models import EMBEDDED_NAME, load_causal_lm, resolve_model_path
 from middleware.training import sha256
 
@@ -41,7 +42,6 @@ log = logging.getLogger("alignware")
 
 MANIFEST = "alignware.json"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
-REPLACEMENT_CHAR = "\ufffd"
 KINDS = ("rewriter", "corrector")
 
 __all__ = ["SharedBase", "TextGenerator", "Generation", "AdapterScopedModel", "read_manifest", "MANIFEST"]
@@ -709,15 +709,7 @@ def _adapter_base(folder: Path) -> str | None:
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
-    """Every token id that ends a continuation: the generation config's EOS ids and the tokenizer's."""
-    ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
-        value = getattr(source, "eos_token_id", None)
-        if value is not None:
-            ids.update([value] if isinstance(value, int) else value)
-            break
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
+    ids = eos_ids(model, tokenizer)
     if not ids:
         raise AlignwareError("the model and tokenizer define no end-of-sequence token")
-    return frozenset(int(i) for i in ids)
+    return ids

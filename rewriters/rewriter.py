@@ -322,7 +322,62 @@ def _skip_if(value: Any) -> Callable[[ChatRequest], bool] | None:
     raise InputError(f"skip_if must be a callable or 'title_requests', got {value!r}")
 
 
+def _stage_template(template: "str | Template | None", generator: Any, default: str, fields: set[str], wanted: str) -> "Template":
+    """The template a text-to-text stage uses: ``template`` if given, else the generator's own, else
+    ``default``; it must take exactly ``fields`` (``wanted`` says so in the error)."""
+    from .templates import get_template
+
+    if template is not None:
+        chosen = get_template(template)
+    elif generator is not None:
+        chosen = generator.template
+    else:
+        chosen = get_template(default)
+    if set(chosen.fields) != fields:
+        raise InputError(f"template {chosen.name!r} takes fields {list(chosen.fields)}; {wanted}")
+    return chosen
+
+
 _STAGE_KW = ("name", "on_error", "timeout", "skip_if")
+
+
+def _stage_from_config(
+    cls: Any,
+    kind: str,
+    checkpoint: str,
+    check_cls: type,
+    options: Sequence[str],
+    *,
+    mode: str | None,
+    path: str | None,
+    llm: str | None,
+    base: str | None,
+    llm_options: dict[str, Any] | None,
+    params: dict[str, Any],
+) -> Any:
+    """The ``from_config`` of both text-to-text stages: split out the safeguard fields (``check_cls``),
+    refuse unknown keys, and build ``cls`` in model mode (``path``) or prompted mode (``llm``)."""
+    params = dict(params)
+    check_keys = {k: params.pop(k) for k in list(params) if k in check_cls.__dataclass_fields__}
+    unknown = sorted(set(params) - {*options, *_STAGE_KW})
+    if unknown:
+        raise TypeError(f"{kind}: unknown option(s) {', '.join(unknown)}")
+    if "skip_if" in params:
+        params["skip_if"] = _skip_if(params["skip_if"])
+    if check_keys:
+        params["check"] = check_cls(**check_keys)
+    mode = mode or ("model" if path else "prompted")
+    if mode == "model":
+        if not path:
+            raise InputError(f"{kind}: mode 'model' needs path ({checkpoint})")
+        if llm is not None:
+            raise InputError(f"{kind}: llm applies to mode 'prompted'; mode 'model' uses path")
+        return cls.from_pretrained(path, base=base, **params)
+    if mode == "prompted":
+        if path:
+            raise InputError(f"{kind}: path applies to mode 'model'; mode 'prompted' uses llm")
+        return cls.prompted(llm or "embedded", llm_options=llm_options, **params)
+    raise InputError(f"{kind}: mode must be 'model' or 'prompted', got {mode!r}")
 
 
 # -- the stage --------------------------------------------------------------------------------
@@ -360,24 +415,14 @@ class PromptRewriter(PromptStage):
         skip_if: Callable[[ChatRequest], bool] | None = None,
     ) -> None:
         super().__init__(name=name, on_error=on_error, timeout=timeout, skip_if=skip_if)  # type: ignore[arg-type]
-        from .templates import get_template
-
         if (generator is None) == (llm is None):
             raise InputError("PromptRewriter needs exactly one of generator (model mode) or llm (prompted mode)")
         self.generator = generator
         self.llm = llm
         self.mode = "model" if generator is not None else "prompted"
-        if template is not None:
-            self.template = get_template(template)
-        elif generator is not None:
-            self.template = generator.template
-        else:
-            self.template = get_template("bpo-instruction")
-        if "prompt" not in self.template.fields or len(self.template.fields) != 1:
-            raise InputError(
-                f"template {self.template.name!r} takes fields {list(self.template.fields)}; a rewriter template "
-                "takes exactly one field, 'prompt'"
-            )
+        self.template = _stage_template(
+            template, generator, "bpo-instruction", {"prompt"}, "a rewriter template takes exactly one field, 'prompt'"
+        )
         self.params = _generation_defaults(
             self.template, generator, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens
         )
@@ -434,27 +479,11 @@ class PromptRewriter(PromptStage):
         ``slack_words``, ``min_key_overlap``, ``check_answer``, ``name``, ``on_error``, ``timeout``,
         ``skip_if`` (``"title_requests"``).
         """
-        check_keys = {k: params.pop(k) for k in list(params) if k in RewriteCheck.__dataclass_fields__}
-        allowed = {"template", "temperature", "top_p", "max_new_tokens", "seed", *_STAGE_KW}
-        unknown = sorted(set(params) - allowed)
-        if unknown:
-            raise TypeError(f"prompt_rewriter: unknown option(s) {', '.join(unknown)}")
-        if "skip_if" in params:
-            params["skip_if"] = _skip_if(params["skip_if"])
-        if check_keys:
-            params["check"] = RewriteCheck(**check_keys)
-        mode = mode or ("model" if path else "prompted")
-        if mode == "model":
-            if not path:
-                raise InputError("prompt_rewriter: mode 'model' needs path (a trained adapter or BPO checkpoint folder)")
-            if llm is not None:
-                raise InputError("prompt_rewriter: llm applies to mode 'prompted'; mode 'model' uses path")
-            return cls.from_pretrained(path, base=base, **params)
-        if mode == "prompted":
-            if path:
-                raise InputError("prompt_rewriter: path applies to mode 'model'; mode 'prompted' uses llm")
-            return cls.prompted(llm or "embedded", llm_options=llm_options, **params)
-        raise InputError(f"prompt_rewriter: mode must be 'model' or 'prompted', got {mode!r}")
+        return _stage_from_config(
+            cls, "prompt_rewriter", "a trained adapter or BPO checkpoint folder", RewriteCheck,
+            ("template", "temperature", "top_p", "max_new_tokens", "seed"),
+            mode=mode, path=path, llm=llm, base=base, llm_options=llm_options, params=params,
+        )
 
     # -- rewriting ------------------------------------------------------------------------
     def _seed(self, request: ChatRequest) -> int | None:

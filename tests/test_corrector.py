@@ -374,8 +374,13 @@ def test_constructor_errors() -> None:
         ResponseCorrector.prompted(FixedLLM("x"), template="bpo")
     with pytest.raises(InputError, match="needs path"):
         ResponseCorrector.from_config(mode="model")
-    with pytest.raises(TypeError, match="unknown option"):
+    with pytest.raises(TypeError, match="response_corrector: unknown option"):
         ResponseCorrector.from_config(llm="openai/x", stream="yes")
+    with pytest.raises(InputError, match="response_corrector: llm applies to mode 'prompted'"):
+        ResponseCorrector.from_config(mode="model", path="runs/c", llm="openai/x")
+    corrector = ResponseCorrector.from_config(llm="openai/x", ngram=4, streaming="chunked", context_chunks=1)
+    assert corrector.mode == "prompted" and corrector.streaming == "chunked" and corrector.context_chunks == 1
+    assert corrector.check == CorrectionCheck(ngram=4)
 
 
 def test_template_markers_already_in_the_answer_do_not_count() -> None:

@@ -231,6 +231,10 @@ def test_from_config_errors_name_the_problem() -> None:
         PromptRewriter.from_config(mode="prompted", llm="openai/x", colour="blue")
     with pytest.raises(InputError, match="mode must be"):
         PromptRewriter.from_config(mode="magic", llm="openai/x")
+    with pytest.raises(InputError, match="llm applies to mode 'prompted'"):
+        PromptRewriter.from_config(mode="model", path="runs/rw", llm="openai/x")
+    with pytest.raises(InputError, match="path applies to mode 'model'"):
+        PromptRewriter.from_config(mode="prompted", path="runs/rw", llm="openai/x")
     with pytest.raises(InputError, match="exactly one"):
         PromptRewriter()
     with pytest.raises(InputError, match="exactly one field"):
