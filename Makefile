@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast typecheck bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,11 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/alignware demo
 
-test: install
+test: install typecheck
 	$(PY) -m pytest -q -ra tests
+
+typecheck: install
+	$(PY) -m mypy
 
 test-fast: install
 	$(PY) -m pytest -q -ra -m "not integration" tests

@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, InputError) else 1
 
-    wins = 0
+    wins = 0.0
     for i, (prompt, a, b) in enumerate(results):
         ra, rb = rewards[2 * i], rewards[2 * i + 1]
         print(f"\n━━ prompt {i + 1}/{len(results)}: {prompt}")

@@ -65,7 +65,9 @@ class LLM(ABC):
             except BaseException as e:  # handed to the consumer
                 put(e)
             finally:
-                gen.close()  # releases the model and its hooks when the consumer stopped early
+                close = getattr(gen, "close", None)  # a generator: releases the model and its hooks early
+                if close is not None:
+                    close()
                 put(done)
 
         threading.Thread(target=work, daemon=True, name="alignware-astream").start()

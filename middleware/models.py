@@ -59,8 +59,8 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     # Dequantised float32 weights: drop the GGUF marking so the model saves as a normal checkpoint.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.hf_quantizer = None
-    model.is_quantized = False
+    model.hf_quantizer = None  # type: ignore[assignment]
+    model.is_quantized = False  # type: ignore[assignment]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
     try:
@@ -115,6 +115,6 @@ def load_causal_lm(path: "str | os.PathLike[str] | None" = None, *, device: str 
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype or torch.float32)
-    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))  # type: ignore[arg-type]
     model.eval()
     return model, tok

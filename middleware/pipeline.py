@@ -67,8 +67,8 @@ class Pipeline:
             traces.append(t)
         response = self.llm.complete(request, **self._kw())
         traces.extend(response.trace)
-        for st in self.response_stages:
-            response, t = st.run(request, response)
+        for rs in self.response_stages:
+            response, t = rs.run(request, response)
             traces.append(t)
         return response.model_copy(update={"trace": traces})
 
@@ -80,8 +80,8 @@ class Pipeline:
             traces.append(t)
         response = await self.llm.acomplete(request, **self._kw())
         traces.extend(response.trace)
-        for st in self.response_stages:
-            response, t = await st.arun(request, response)
+        for rs in self.response_stages:
+            response, t = await rs.arun(request, response)
             traces.append(t)
         return response.model_copy(update={"trace": traces})
 
@@ -105,8 +105,8 @@ class Pipeline:
                     yield ch.delta
 
         pieces: Iterator[str] = text()
-        for st in self.response_stages:
-            pieces = st.run_stream(request, pieces, traces)
+        for rs in self.response_stages:
+            pieces = rs.run_stream(request, pieces, traces)
         for piece in pieces:
             if piece:
                 yield ChatChunk(delta=piece, model=end.get("model"))
@@ -130,8 +130,8 @@ class Pipeline:
                     yield ch.delta
 
         pieces: AsyncIterator[str] = text()
-        for st in self.response_stages:
-            pieces = st.arun_stream(request, pieces, traces)
+        for rs in self.response_stages:
+            pieces = rs.arun_stream(request, pieces, traces)
         async for piece in pieces:
             if piece:
                 yield ChatChunk(delta=piece, model=end.get("model"))
@@ -151,9 +151,9 @@ class Pipeline:
         responses = list(self.llm.batch(requests, **self._kw()))
         for tr, resp in zip(traces, responses):
             tr.extend(resp.trace)
-        for st in self.response_stages:
-            for i, (r, t) in enumerate(st.run_batch(requests, responses)):
-                responses[i] = r
+        for rs in self.response_stages:
+            for i, (corrected, t) in enumerate(rs.run_batch(requests, responses)):
+                responses[i] = corrected
                 traces[i].append(t)
         return [resp.model_copy(update={"trace": tr}) for resp, tr in zip(responses, traces)]
 

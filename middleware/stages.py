@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, ClassVar, ContextManager, Iterator, Literal, Sequence
 
 from .errors import StageError
-from .types import ChatRequest, ChatResponse, StageTrace
+from .types import ChatRequest, ChatResponse, StageTrace, Verdict
 
 if TYPE_CHECKING:  # pragma: no cover
     pass
@@ -126,7 +126,7 @@ class Stage:
             return self._trace("failed", 0.0, reason=f"skip_if raised {_reason(e)}")
         return self._trace("skipped", 0.0, reason="skip_if matched") if skip else None
 
-    def _trace(self, verdict: str, latency_s: float, **kw: Any) -> StageTrace:
+    def _trace(self, verdict: Verdict, latency_s: float, **kw: Any) -> StageTrace:
         return StageTrace(stage=self.name, kind=self.kind, verdict=verdict, latency_ms=latency_s * 1000.0, **kw)
 
     def _failed(self, exc: BaseException, t0: float, before: str | None) -> StageTrace:
@@ -195,7 +195,7 @@ class Stage:
         return results  # type: ignore[return-value]
 
 
-def _verdict(changed: bool, notes: list[str]) -> tuple[str, str | None]:
+def _verdict(changed: bool, notes: list[str]) -> tuple[Verdict, str | None]:
     return ("modified" if changed else "passed"), ("; ".join(notes) if notes else None)
 
 

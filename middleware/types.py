@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -279,7 +280,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                 raise InputError(f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
 
 
-def _load(path: str | Path, model: type[BaseModel], limit: int | None) -> list[Any]:
+def _load(path: "str | os.PathLike[str]", model: type[BaseModel], limit: int | None) -> list[Any]:
     path = Path(path)
     rows = []
     for lineno, obj in _iter_jsonl(path):
@@ -294,7 +295,7 @@ def _load(path: str | Path, model: type[BaseModel], limit: int | None) -> list[A
     return rows
 
 
-def load_pairs(path: str | Path, limit: int | None = None) -> list[PreferencePair]:
+def load_pairs(path: "str | os.PathLike[str]", limit: int | None = None) -> list[PreferencePair]:
     """Read preference pairs from a JSONL file.
 
     Raises ``InputError`` naming ``file:line: field: problem`` for the first bad row.

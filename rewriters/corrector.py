@@ -114,7 +114,7 @@ _LAST_WORD = re.compile(r"(?:^|[^\w.])((?:[A-Za-z]\.)*[A-Za-z]+|\d{1,3})$")
 def _after_abbreviation(text: str, dot: int) -> bool:
     """Whether the single ``.`` at index ``dot`` closes an abbreviation ("e.g.", "Dr.") or a list number ("2.")."""
     m = _LAST_WORD.search(text, 0, dot)
-    return bool(m) and (m.group(1).isdigit() or m.group(1).lower() in _ABBREVIATIONS)
+    return m is not None and (m.group(1).isdigit() or m.group(1).lower() in _ABBREVIATIONS)
 
 
 def split_sentences(text: str) -> list[str]:

@@ -20,6 +20,7 @@ import functools
 import hashlib
 import inspect
 import json
+import os
 import logging
 import re
 import threading
@@ -395,7 +396,7 @@ class TextGenerator:
     @classmethod
     def from_pretrained(
         cls,
-        path: str | Path,
+        path: "str | os.PathLike[str]",
         *,
         base: "SharedBase | str | Path | None" = None,
         template: "str | Template | None" = None,
@@ -593,8 +594,7 @@ class TextGenerator:
         result. With ``seed``, each text is sampled from its own generator seeded with it, so sampled
         results are repeatable and do not depend on batching (the global random state is not touched).
         """
-        single = isinstance(texts, str)
-        items = [texts] if single else list(texts)
+        items: list[str] = [texts] if isinstance(texts, str) else list(texts)
         if not items:
             return []
         if batch_size < 1:

@@ -345,7 +345,7 @@ def _stage_from_config(
     cls: Any,
     kind: str,
     checkpoint: str,
-    check_cls: type,
+    check_cls: Any,
     options: Sequence[str],
     *,
     mode: str | None,

@@ -311,8 +311,8 @@ class _LossFn:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.model = model
         model_type = getattr(getattr(base, "config", None), "model_type", None)
-        self.decoder = getattr(base, getattr(base, "base_model_prefix", "model"), None)
-        self.head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+        self.decoder: Any = getattr(base, getattr(base, "base_model_prefix", "model"), None)
+        self.head: Any = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
         self.fast = model_type in PLAIN_HEAD_MODEL_TYPES and self.decoder is not None and self.head is not None
 
     def __call__(self, batch: dict[str, Any]) -> tuple[Any, int]:
@@ -362,7 +362,7 @@ def _evaluate(loss_fn: _LossFn, rows: list[dict[str, list[int]]], batch_size: in
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
     with torch.no_grad():
         for k in range(0, len(order), batch_size):
-            batch = {n: t.to(device) for n, t in collate([rows[i] for i in order[k : k + batch_size]], pad_id).items()}
+            batch = {k: t.to(device) for k, t in collate([rows[i] for i in order[k : k + batch_size]], pad_id).items()}
             loss, n = loss_fn(batch)
             total += float(loss)
             count += n
@@ -543,8 +543,8 @@ def train_sft(
         if missing:
             raise CheckpointError(f"{latest}: adapter tensors missing: {missing[:3]}")
         with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(ck.model[n].to(p.device, p.dtype))
+            for name, p in params.items():
+                p.copy_(ck.model[name].to(p.device, p.dtype))
         tensors_to_optimizer(optimizer, ck.optimizer, ck.state["optimizer_meta"])
         set_rng_state(ck.rng)
         step = ck.step
