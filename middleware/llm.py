@@ -56,8 +56,9 @@ class LLM(ABC):
                 stop.set()
 
         def work() -> None:
-            gen = self.stream(request, model_stages=model_stages)
+            gen: Iterator[ChatChunk] | None = None
             try:
+                gen = self.stream(request, model_stages=model_stages)
                 for chunk in gen:
                     if stop.is_set():
                         break
@@ -65,10 +66,12 @@ class LLM(ABC):
             except BaseException as e:  # handed to the consumer
                 put(e)
             finally:
-                close = getattr(gen, "close", None)  # a generator: releases the model and its hooks early
-                if close is not None:
-                    close()
-                put(done)
+                try:  # a generator: closing it releases the model and its hooks when the consumer stopped early
+                    close = getattr(gen, "close", None)
+                    if close is not None:
+                        close()
+                finally:
+                    put(done)  # the consumer always hears the end, whatever ``stream`` returned or raised
 
         threading.Thread(target=work, daemon=True, name="alignware-astream").start()
         try:
