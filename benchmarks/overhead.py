@@ -85,7 +85,7 @@ def _logging_drain() -> Callable[[], None]:
         pending.append(future)
         return future
 
-    executor.submit = recording_submit  # type: ignore[method-assign]
+    executor.submit = recording_submit  # type: ignore[method-assign,assignment]
 
     def drain() -> None:
         concurrent.futures.wait(pending)

@@ -40,8 +40,7 @@ def load_examples(path: Path) -> list[Any]:
     from rewriters.templates import get_template
 
     bpo = get_template("bpo")
-    pairs = [p for p in load_pairs(path) if p.optimized_prompt]
-    return [SFTExample(bpo.render(prompt=p.question), p.optimized_prompt) for p in pairs]
+    return [SFTExample(bpo.render(prompt=p.question), p.optimized_prompt) for p in load_pairs(path) if p.optimized_prompt]
 
 
 def clock() -> tuple[float, float]:

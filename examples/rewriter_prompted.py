@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     live = bool(os.environ.get("OPENAI_API_KEY"))
 
     def backend(mock: str) -> LiteLLMBackend:
-        return LiteLLMBackend(args.model, **({} if live else {"mock_response": mock}))
+        return LiteLLMBackend(args.model) if live else LiteLLMBackend(args.model, mock_response=mock)
 
     chat = backend("Vaccines teach your immune system to recognise a germ without making you ill.")
     good = PromptRewriter.prompted(backend("Explain how vaccines work, step by step, in plain language for a non-expert."))
