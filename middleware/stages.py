@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import threading
 import time
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, ClassVar, ContextManager, Iterator, Literal, Sequence
 
@@ -195,6 +196,12 @@ class Stage:
         return results  # type: ignore[return-value]
 
 
+def _user_text(request: ChatRequest) -> str:
+    """The last user message for a trace; empty when the request has none (the stage then fails on
+    its own terms and the request passes through)."""
+    return next((m.content for m in reversed(request.messages) if m.role == "user"), "")
+
+
 def _verdict(changed: bool, notes: list[str]) -> tuple[Verdict, str | None]:
     return ("modified" if changed else "passed"), ("; ".join(notes) if notes else None)
 
@@ -215,7 +222,7 @@ class PromptStage(Stage):
         skipped = self._skipped(request)
         if skipped is not None:
             return request, skipped
-        before = request.last_user_message
+        before = _user_text(request)
         notes: list[str] = []
         token = _notes.set(notes)
         t0 = time.perf_counter()
@@ -232,7 +239,7 @@ class PromptStage(Stage):
         skipped = self._skipped(request)
         if skipped is not None:
             return request, skipped
-        before = request.last_user_message
+        before = _user_text(request)
         notes: list[str] = []
         token = _notes.set(notes)
         t0 = time.perf_counter()
@@ -255,7 +262,7 @@ class PromptStage(Stage):
     def _done_in(self, request: ChatRequest, out: ChatRequest, latency_s: float, before: str, notes: list[str]) -> StageTrace:
         same = out is request
         verdict, reason = _verdict(not same and out != request, notes)
-        after = before if same else out.last_user_message
+        after = before if same else _user_text(out)
         return self._trace(verdict, latency_s, before=before, after=after, reason=reason)
 
     # -- batches ------------------------------------------------------------------------
@@ -279,8 +286,8 @@ class PromptStage(Stage):
             requests,
             lambda todo: self.process_batch([requests[i] for i in todo]),
             self._check,
-            lambda r: r.last_user_message,
-            lambda r, out, latency, notes: self._done_in(r, out, latency, r.last_user_message, notes),
+            _user_text,
+            lambda r, out, latency, notes: self._done_in(r, out, latency, _user_text(r), notes),
         )
 
 
@@ -381,47 +388,60 @@ class ResponseStage(Stage):
         """Apply ``process_stream`` with the failure policy; appends this stage's trace when done.
 
         On failure before anything was yielded, the whole original answer passes through; after a
-        partial output, the rest of the original answer follows it.
+        partial output, the rest of the original answer follows it. ``timeout`` counts the stage's own
+        time over the whole stream, not the time it waits for upstream chunks. An error raised by the
+        upstream itself (the LLM's stream broke) is not the stage's failure: it propagates.
         """
         skipped = self._skipped(request)
         if skipped is not None:
             traces.append(skipped)
             yield from upstream
             return
-        seen: list[str] = []
-
-        def tee() -> Iterator[str]:
-            for c in upstream:
-                seen.append(c)
-                yield c
-
+        feed = _Feed(upstream)
         out: list[str] = []
         notes: list[str] = []
         t0 = time.perf_counter()
+        gen = self.process_stream(request, feed.pieces())
+
+        def step() -> Any:
+            token = _notes.set(notes)
+            try:
+                return next(gen, _END)
+            finally:
+                _notes.reset(token)
+
         try:
-            gen = self.process_stream(request, tee())
             while True:
-                token = _notes.set(notes)
-                try:
-                    piece = next(gen)
-                except StopIteration:
+                piece = step() if self.timeout is None else self._step_with_timeout(step, feed, t0)
+                if piece is _END:
                     break
-                finally:
-                    _notes.reset(token)
                 out.append(piece)
                 yield piece
         except Exception as e:
-            rest = list(upstream)
-            trace = self._failed(e, t0, "".join(seen + rest))  # raises when on_error="raise"
-            traces.append(trace)
+            if feed.error is not None:
+                raise feed.error from None
+            rest = feed.rest()
+            traces.append(self._failed(e, t0, "".join(feed.seen + rest)))  # raises when on_error="raise"
             if not out:
-                yield "".join(seen + rest)
+                yield "".join(feed.seen + rest)
             elif rest:
                 yield "".join(rest)
             return
-        before, after = "".join(seen), "".join(out)
+        before, after = "".join(feed.seen), "".join(out)
         verdict, reason = _verdict(before != after, notes)
         traces.append(self._trace(verdict, time.perf_counter() - t0, before=before, after=after, reason=reason))
+
+    def _step_with_timeout(self, step: Callable[[], Any], feed: "_Feed", t0: float) -> Any:
+        """Run one ``step`` in a worker thread; raise ``TimeoutError`` once the stage's own time (the
+        wall time less the time spent waiting for upstream chunks) passes ``timeout``."""
+        assert self.timeout is not None
+        fut = _executor().submit(contextvars.copy_context().run, step)
+        while True:
+            try:
+                return fut.result(timeout=_POLL_S)
+            except concurrent.futures.TimeoutError:
+                if feed.own_time(t0) >= self.timeout:
+                    raise TimeoutError from None
 
     async def arun_stream(
         self, request: ChatRequest, upstream: AsyncIterator[str], traces: list[StageTrace]
@@ -432,39 +452,146 @@ class ResponseStage(Stage):
             async for c in upstream:
                 yield c
             return
-        seen: list[str] = []
-
-        async def tee() -> AsyncIterator[str]:
-            async for c in upstream:
-                seen.append(c)
-                yield c
-
+        feed = _AsyncFeed(upstream)
         out: list[str] = []
         notes: list[str] = []
         t0 = time.perf_counter()
+        gen = self.aprocess_stream(request, feed.pieces())
+
+        async def step() -> Any:
+            token = _notes.set(notes)
+            try:
+                return await gen.__anext__()
+            except StopAsyncIteration:
+                return _END
+            finally:
+                _notes.reset(token)
+
         try:
-            gen = self.aprocess_stream(request, tee())
             while True:
-                token = _notes.set(notes)
-                try:
-                    piece = await gen.__anext__()
-                except StopAsyncIteration:
+                piece = await (step() if self.timeout is None else self._astep_with_timeout(step, feed, t0))
+                if piece is _END:
                     break
-                finally:
-                    _notes.reset(token)
                 out.append(piece)
                 yield piece
         except Exception as e:
-            rest = [c async for c in upstream]
-            traces.append(self._failed(e, t0, "".join(seen + rest)))
+            if feed.error is not None:
+                raise feed.error from None
+            rest = await feed.rest()
+            traces.append(self._failed(e, t0, "".join(feed.seen + rest)))  # raises when on_error="raise"
             if not out:
-                yield "".join(seen + rest)
+                yield "".join(feed.seen + rest)
             elif rest:
                 yield "".join(rest)
             return
-        before, after = "".join(seen), "".join(out)
+        before, after = "".join(feed.seen), "".join(out)
         verdict, reason = _verdict(before != after, notes)
         traces.append(self._trace(verdict, time.perf_counter() - t0, before=before, after=after, reason=reason))
+
+    async def _astep_with_timeout(self, step: Callable[[], Any], feed: "_AsyncFeed", t0: float) -> Any:
+        """Async twin of :meth:`_step_with_timeout`: the step is cancelled when it times out, never
+        while it waits for an upstream chunk (the upstream stays readable for the pass-through)."""
+        assert self.timeout is not None
+        task = asyncio.ensure_future(step())
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=_POLL_S)
+            if done:
+                return task.result()
+            if feed.pull_started is None and feed.own_time(t0) >= self.timeout:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+                raise TimeoutError
+
+
+_END = object()
+_POLL_S = 0.05  # how often a streaming stage with a timeout is checked
+
+
+class _StreamAbandoned(Exception):
+    """Raised inside a streaming stage that timed out when it reads on: the rest went to the client."""
+
+
+class _FeedState:
+    """What a streaming stage has read of its upstream, and the clock of its own time."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.error: BaseException | None = None  # raised by the upstream itself
+        self.waited = 0.0  # seconds spent waiting for upstream chunks
+        self.pull_started: float | None = None  # set while waiting for one
+        self.closed = False
+
+    def own_time(self, t0: float) -> float:
+        """Seconds since ``t0`` less those spent waiting for upstream chunks."""
+        now = time.perf_counter()
+        pulling = self.pull_started
+        return now - t0 - self.waited - (now - pulling if pulling is not None else 0.0)
+
+
+class _Feed(_FeedState):
+    """The upstream chunks as a streaming stage reads them: what it has read, how long it waited for
+    upstream, and the error the upstream raised, if any. ``rest()`` takes the remaining chunks (and
+    stops a timed-out stage, still running in its worker thread, from reading any further)."""
+
+    def __init__(self, upstream: Iterator[str]) -> None:
+        super().__init__()
+        self.upstream = iter(upstream)
+        self.lock = threading.Lock()
+
+    def pieces(self) -> Iterator[str]:
+        while True:
+            with self.lock:
+                if self.closed:
+                    raise _StreamAbandoned("the stage timed out; the rest of the answer passed through")
+                started = self.pull_started = time.perf_counter()
+                try:
+                    piece = next(self.upstream)
+                except StopIteration:
+                    return
+                except Exception as e:
+                    self.error = e
+                    raise
+                finally:
+                    self.waited += time.perf_counter() - started
+                    self.pull_started = None
+                self.seen.append(piece)
+            yield piece
+
+    def rest(self) -> list[str]:
+        with self.lock:
+            self.closed = True
+            return list(self.upstream)
+
+
+class _AsyncFeed(_FeedState):
+    """Async twin of :class:`_Feed` (one event loop: no lock needed)."""
+
+    def __init__(self, upstream: AsyncIterator[str]) -> None:
+        super().__init__()
+        self.upstream = upstream
+
+    async def pieces(self) -> AsyncIterator[str]:
+        while True:
+            if self.closed:
+                raise _StreamAbandoned("the stage timed out; the rest of the answer passed through")
+            started = self.pull_started = time.perf_counter()
+            try:
+                piece = await self.upstream.__anext__()
+            except StopAsyncIteration:
+                return
+            except Exception as e:
+                self.error = e
+                raise
+            finally:
+                self.waited += time.perf_counter() - started
+                self.pull_started = None
+            self.seen.append(piece)
+            yield piece
+
+    async def rest(self) -> list[str]:
+        self.closed = True
+        return [c async for c in self.upstream]
 
 
 class ModelStage(Stage):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 
 import pytest
@@ -159,6 +160,107 @@ def test_stream_matches_chat_and_failed_stream_stage_passes_through():
     assert [t.verdict for t in final.trace] == ["modified", "failed", "modified"]
 
 
+class BrokenStream(LLM):
+    """Streams half an answer, then the connection breaks."""
+
+    name = "broken"
+
+    def complete(self, request, *, model_stages=()):
+        raise AssertionError("only streamed")
+
+    def stream(self, request, *, model_stages=()):
+        yield ChatChunk(delta="The first half, ")
+        raise ConnectionError("the stream broke")
+
+
+def test_an_upstream_stream_error_is_not_a_stage_failure():
+    """The LLM's broken stream reaches the caller even with response stages in between; it is not
+    recorded as a stage that failed and passed a truncated answer through as if complete."""
+    pipe = Pipeline(BrokenStream(), [Exclaim(), IdentityResponseStage()])
+    got = []
+    with pytest.raises(ConnectionError, match="the stream broke"):
+        for c in pipe.stream("x"):
+            got.append(c)
+    assert all(c.finish_reason is None for c in got)
+
+    async def run():
+        return [c async for c in pipe.astream("x")]
+
+    with pytest.raises(ConnectionError, match="the stream broke"):
+        asyncio.run(run())
+
+
+class Hangs(ResponseStage):
+    """Blocks in ``process`` until released (a hung corrector model)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.release = threading.Event()
+
+    def process(self, request, response):
+        self.release.wait(30)
+        return response.model_copy(update={"text": "too late"})
+
+
+def test_stream_timeout_passes_the_answer_through():
+    stage = Hangs(timeout=0.1)
+    try:
+        chunks = list(Pipeline(echo_llm(), [stage]).stream("original"))
+    finally:
+        stage.release.set()
+    astage = Hangs(timeout=0.1)
+
+    async def run():
+        try:
+            return [c async for c in Pipeline(echo_llm(), [astage]).astream("original")]
+        finally:
+            astage.release.set()  # lets asyncio.run's executor shut down
+
+    achunks = asyncio.run(run())
+    for got in (chunks, achunks):
+        assert "".join(c.delta for c in got) == "echo: original"
+        trace = got[-1].trace[0]
+        assert trace.verdict == "failed" and trace.reason == "timed out after 0.1s"
+
+
+class SlowStream(LLM):
+    """A slow upstream: each chunk takes a while to arrive."""
+
+    name = "slow"
+
+    def complete(self, request, *, model_stages=()):
+        raise AssertionError("only streamed")
+
+    def stream(self, request, *, model_stages=()):
+        for word in ("one ", "two ", "three"):
+            time.sleep(0.3)
+            yield ChatChunk(delta=word)
+        yield ChatChunk(finish_reason="stop")
+
+
+class UpperStream(ResponseStage):
+    def process_stream(self, request, chunks):
+        for c in chunks:
+            yield c.upper()
+
+
+def test_stream_timeout_does_not_count_the_upstream_wait():
+    """0.9 s of upstream chunks through a stage with a 0.25 s timeout: the stage's own time is tiny."""
+    pipe = Pipeline(SlowStream(), [UpperStream(timeout=0.25)])
+    chunks = list(pipe.stream("x"))
+    assert "".join(c.delta for c in chunks) == "ONE TWO THREE"
+    assert chunks[-1].trace[0].verdict == "modified"
+
+
+def test_a_request_without_a_user_message_passes_prompt_stages():
+    pipe = Pipeline(FunctionLLM(lambda msgs: f"{len(msgs)} messages"), [Upper()])
+    r = pipe.chat([{"role": "system", "content": "Be brief."}, {"role": "assistant", "content": "Hello!"}])
+    assert r.text == "2 messages"
+    assert r.trace[0].verdict == "failed" and "no user message" in r.trace[0].reason
+    with pytest.raises(StageError, match="no user message"):
+        Pipeline(echo_llm(), [Upper(on_error="raise")]).chat([{"role": "system", "content": "Be brief."}])
+
+
 def test_async_twins_match_sync():
     pipe = Pipeline(echo_llm(), [Upper(), Boom(), Exclaim()])
 
@@ -231,6 +333,26 @@ def test_config_errors_name_file_and_field(tmp_path):
     f.write_text("lmm: x\n")
     with pytest.raises(InputError, match="lmm: Extra inputs are not permitted"):
         PipelineConfig.load(f)
+    # a stage's own validation (ValueError), an unknown type and bad LLM options name the file and the entry
+    f.write_text("stages:\n  - type: identity_prompt\n  - type: identity_response\n    on_error: fail\n")
+    with pytest.raises(InputError, match=rf"{f}: stages.1 \(identity_response\): on_error must be 'pass' or 'raise'"):
+        load_pipeline(f, llm=echo_llm())
+    f.write_text("stages:\n  - type: identity_prompt\n  - type: identiy_response\n")
+    with pytest.raises(InputError, match=rf"{f}: stages.1 \(identiy_response\): unknown stage type"):
+        load_pipeline(f, llm=echo_llm())
+    f.write_text("llm: openai/gpt-4o-mini\nllm_options: {max_retries: -1}\n")
+    with pytest.raises(InputError, match=rf"{f}: llm_options: max_retries must be 0 or more"):
+        load_pipeline(f)
+    # generation defaults are checked as a request's parameters would be, when the file loads
+    f.write_text("defaults: {max_tokens: lots}\n")
+    with pytest.raises(InputError, match=rf"{f}: defaults: max_tokens: Input should be a valid integer"):
+        PipelineConfig.load(f)
+    f.write_text("defaults: {temprature: 0.2}\n")
+    with pytest.raises(InputError, match=rf"{f}: defaults: unknown key\(s\) 'temprature'; known: model, temperature"):
+        PipelineConfig.load(f)
+    with pytest.raises(InputError, match="defaults: max_tokens: max_tokens must be at least 1"):
+        Pipeline(echo_llm(), defaults={"max_tokens": 0})
+    assert Pipeline(echo_llm(), defaults={"stop": "END"}).defaults == {"stop": ["END"]}
 
 
 def test_message_is_immutable():
