@@ -24,11 +24,11 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import InputError
 from .llm import LLM, make_llm
-from .pipeline import Pipeline
+from .pipeline import Pipeline, check_defaults
 from .stages import Stage
 
 STAGE_TYPES: dict[str, str] = {
@@ -86,6 +86,14 @@ class PipelineConfig(BaseModel):
     stages: list[StageSpec] = Field(default_factory=list)
     source: str | None = Field(default=None, exclude=True)
 
+    @field_validator("defaults")
+    @classmethod
+    def _check_defaults(cls, v: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return check_defaults(v)
+        except InputError as e:
+            raise ValueError(str(e).removeprefix("defaults: ")) from None
+
     @classmethod
     def load(cls, src: "str | Path | dict[str, Any] | PipelineConfig") -> "PipelineConfig":
         """Read a YAML/JSON file or a dict; errors name the file and the field."""
@@ -118,20 +126,25 @@ class PipelineConfig(BaseModel):
         except ValidationError as e:
             err = e.errors()[0]
             loc = ".".join(str(p) for p in err["loc"])
-            raise InputError(f"{where}: {loc}: {err['msg']}") from None
+            raise InputError(f"{where}: {loc}: {err['msg'].removeprefix('Value error, ')}") from None
         cfg.source = where
         return cfg
 
     def build_llm(self) -> LLM:
-        return make_llm(self.llm, **self.llm_options)
+        try:
+            return make_llm(self.llm, **self.llm_options)
+        except (TypeError, ValueError) as e:  # InputError is a ValueError
+            where = "llm_options" if self.llm_options else "llm"
+            raise InputError(f"{self.source or 'config'}: {where}: {e}") from None
 
     def build_stage(self, i: int) -> Stage:
+        """Build stage ``i``; a bad type or option raises ``InputError`` naming the file and ``stages.i``."""
         spec = self.stages[i]
-        cls = resolve_stage_type(spec.type)
-        factory = getattr(cls, "from_config", None) or cls
         try:
+            cls = resolve_stage_type(spec.type)
+            factory = getattr(cls, "from_config", None) or cls
             return factory(**spec.params)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:  # InputError is a ValueError
             raise InputError(f"{self.source or 'config'}: stages.{i} ({spec.type}): {e}") from None
 
     def build_stages(self) -> list[Stage]:

@@ -11,6 +11,23 @@ from .stages import ModelStage, PromptStage, ResponseStage, Stage
 from .types import ChatChunk, ChatRequest, ChatResponse, MessagesLike, StageTrace
 
 
+DEFAULT_KEYS = ("model", "temperature", "top_p", "max_tokens", "stop", "seed")
+
+
+def check_defaults(defaults: dict[str, Any]) -> dict[str, Any]:
+    """Validate a pipeline's generation defaults as a request would; ``InputError`` names the key."""
+    if not isinstance(defaults, dict):
+        raise InputError(f"defaults: expected a mapping of generation parameters, got {type(defaults).__name__}")
+    unknown = sorted(set(defaults) - set(DEFAULT_KEYS))
+    if unknown:
+        raise InputError(f"defaults: unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(DEFAULT_KEYS)}")
+    try:
+        checked = ChatRequest.build("-", **defaults)
+    except InputError as e:
+        raise InputError(f"defaults: {str(e).removeprefix('bad request: ')}") from None
+    return {k: getattr(checked, k) for k in defaults}
+
+
 class Pipeline:
     """A chain of stages around one LLM.
 
@@ -32,7 +49,7 @@ class Pipeline:
     def __init__(self, llm: "LLM | str | None" = None, stages: Sequence[Stage] = (), *, defaults: dict[str, Any] | None = None) -> None:
         self.llm = make_llm(llm)
         self.stages = list(stages)
-        self.defaults = dict(defaults or {})
+        self.defaults = check_defaults(defaults or {})
         for i, st in enumerate(self.stages):
             if not isinstance(st, Stage):
                 raise InputError(f"stages[{i}] is a {type(st).__name__}, not a PromptStage, ModelStage or ResponseStage")
