@@ -8,12 +8,18 @@ Any chat app that takes a base URL can sit on top unchanged::
 Endpoints: ``POST /v1/chat/completions`` (JSON, or server-sent events with ``"stream": true``),
 ``GET /v1/models``, ``GET /health``. Each completion carries the per-stage trace in an extra
 ``alignware_trace`` field (the last chunk of a stream carries it too).
+
+Errors use OpenAI's body, ``{"error": {"message", "type", "param", "code"}}``, with the status
+``error_for`` maps: a stream that fails before its first chunk answers with that status; one that
+fails later ends with a single ``data: {"error": ...}`` event and ``data: [DONE]``.
 """
 
 
 
 import argparse
 import json
+import logging
+import re
 import secrets
 import time
 from typing import Any, AsyncIterator, Sequence
@@ -22,30 +28,106 @@ from pydantic import ValidationError
 
 from .errors import AlignwareError, BackendError, InputError
 from .pipeline import Pipeline
-from .types import ChatRequest, ChatResponse
+from .types import ChatChunk, ChatRequest, ChatResponse
+
+log = logging.getLogger("alignware")
 
 GEN_PARAMS = ("temperature", "top_p", "max_tokens", "stop", "seed")
+BODY_FIELDS = frozenset(("messages", "model", *GEN_PARAMS, "max_completion_tokens", "metadata", "user", "stream", "stream_options"))
+
+
+class RequestFieldError(InputError):
+    """An ``InputError`` about one field of the request body; ``param`` names the field."""
+
+    def __init__(self, message: str, param: str | None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+# "bad request: temperature: ...", "messages[0]: role: ...", "metadata: ...": the field a message starts with
+_FIELD_PATH = re.compile(r"(?:bad request: )?(?P<field>[a-z_]+)(?P<index>\[\d+\])?(?:: (?P<loc>[a-z_][\w.]*)(?=: ))?")
+
+
+def _param_of(message: str) -> str | None:
+    """The request field an ``InputError`` message names (``messages[0].role``), or ``None``."""
+    m = _FIELD_PATH.match(message)
+    if m is None or m["field"] not in BODY_FIELDS:
+        return None
+    if not m["index"]:
+        return m["field"]
+    return m["field"] + m["index"] + (f".{m['loc']}" if m["loc"] else "")
+
+
+def _error_object(message: str, kind: str, param: str | None = None) -> dict[str, Any]:
+    return {"message": message, "type": kind, "param": param, "code": None}
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None) -> Any:
     from fastapi.responses import JSONResponse
 
-    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": param, "code": None}})
+    return JSONResponse(status_code=status, content={"error": _error_object(message, kind, param)})
+
+
+def error_for(exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and the OpenAI ``error`` object for an exception; both paths (JSON and stream) use it.
+
+    ``InputError`` → 400 ``invalid_request_error`` (``param`` names the field where the message does);
+    ``BackendError`` → the provider's status when it is an error status, else 502, ``upstream_error``;
+    anything else (``StageError``, other ``AlignwareError``s, any exception) → 500 ``server_error``,
+    with the traceback logged on the ``alignware`` logger.
+    """
+    if isinstance(exc, InputError):
+        param = exc.param if isinstance(exc, RequestFieldError) else _param_of(str(exc))
+        return 400, _error_object(str(exc), "invalid_request_error", param)
+    if isinstance(exc, BackendError):
+        status = exc.status_code if exc.status_code is not None and 400 <= exc.status_code <= 599 else 502
+        log.warning("upstream error (answered %d): %s", status, exc)
+        return status, _error_object(str(exc), "upstream_error")
+    log.error("chat completion failed", exc_info=exc)
+    message = str(exc) if isinstance(exc, AlignwareError) else f"internal error: {type(exc).__name__}: {exc}"
+    return 500, _error_object(message, "server_error")
+
+
+def _error_response(exc: BaseException) -> Any:
+    from fastapi.responses import JSONResponse
+
+    status, error = error_for(exc)
+    return JSONResponse(status_code=status, content={"error": error})
+
+
+def _object_field(body: dict[str, Any], name: str) -> dict[str, Any]:
+    value = body.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RequestFieldError(f"{name}: must be an object, got {type(value).__name__}", name)
+    return value
 
 
 def request_from_openai(body: dict[str, Any]) -> ChatRequest:
-    """Map an OpenAI chat-completions body to a ``ChatRequest``; ``InputError`` names the bad field."""
+    """Map an OpenAI chat-completions body to a ``ChatRequest``; ``InputError`` names the bad field
+    (a ``RequestFieldError`` whose ``param`` is the field)."""
     if not isinstance(body, dict):
-        raise InputError("the request body must be a JSON object")
+        raise RequestFieldError("the request body must be a JSON object", None)
     if "messages" not in body:
-        raise InputError("messages: field required")
+        raise RequestFieldError("messages: field required", "messages")
+    if not isinstance(body["messages"], (str, list)):
+        raise RequestFieldError(f"messages: must be an array of messages, got {type(body['messages']).__name__}", "messages")
+    _object_field(body, "stream_options")
     params = {k: body[k] for k in GEN_PARAMS if body.get(k) is not None}
-    if body.get("max_completion_tokens") is not None and "max_tokens" not in params:
+    from_completion_tokens = body.get("max_completion_tokens") is not None and "max_tokens" not in params
+    if from_completion_tokens:
         params["max_tokens"] = body["max_completion_tokens"]
-    metadata = dict(body.get("metadata") or {})
+    metadata = dict(_object_field(body, "metadata"))
     if body.get("user"):
         metadata["user"] = body["user"]
-    return ChatRequest.build(body["messages"], model=body.get("model"), metadata=metadata, **params)
+    try:
+        return ChatRequest.build(body["messages"], model=body.get("model"), metadata=metadata, **params)
+    except InputError as e:
+        param = _param_of(str(e))
+        if param == "max_tokens" and from_completion_tokens:
+            param = "max_completion_tokens"
+        raise RequestFieldError(str(e), param) from None
 
 
 def _completion(resp: ChatResponse, model: str) -> dict[str, Any]:
@@ -96,43 +178,95 @@ def create_app(pipeline: Pipeline, *, model_name: str = "alignware", api_key: "s
             return _error(400, f"the request body is not valid JSON: {e}")
         try:
             req = request_from_openai(body)
+            include_usage = bool(_object_field(body, "stream_options").get("include_usage"))
         except (InputError, ValidationError) as e:
-            return _error(400, str(e), param="messages")
+            return _error_response(e if isinstance(e, InputError) else RequestFieldError(str(e), None))
         if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return StreamingResponse(_sse(pipeline, req, model_name, include_usage), media_type="text/event-stream")
+            # Start the pipeline before answering: a failure before the first chunk gets its own
+            # HTTP status and JSON body, not a 200 with an error event.
+            chunks = pipeline.astream(req)
+            try:
+                first: ChatChunk | None = await chunks.__anext__()
+            except StopAsyncIteration:
+                first = None
+            except Exception as e:
+                await _aclose(chunks)
+                return _error_response(e)
+            events = _sse(chunks, first, model_name, include_usage)
+            return EventStream(events, closing=(events, chunks))
         try:
             resp = await pipeline.achat(req)
-        except BackendError as e:
-            return _error(e.status_code if e.status_code and e.status_code >= 400 else 502, str(e), "upstream_error")
-        except AlignwareError as e:
-            return _error(500, str(e), "server_error")
+        except Exception as e:
+            return _error_response(e)
         return JSONResponse(_completion(resp, model_name))
+
+    class EventStream(StreamingResponse):
+        """Server-sent events that close the event generator and the pipeline's stream however the
+        response ends: finished, failed, or cut short by a client that went away."""
+
+        def __init__(self, events: AsyncIterator[str], *, closing: Sequence[AsyncIterator[Any]]) -> None:
+            super().__init__(events, media_type="text/event-stream")
+            self._closing = closing
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                for it in self._closing:
+                    await _aclose(it)
 
     return app
 
 
-async def _sse(pipeline: Pipeline, req: ChatRequest, model: str, include_usage: bool) -> AsyncIterator[str]:
+async def _aclose(it: AsyncIterator[Any]) -> None:
+    """Close an async generator (its ``finally`` blocks run now, not whenever it is collected); a
+    failure while closing is logged, not raised: the answer is already complete or already lost."""
+    aclose = getattr(it, "aclose", None)
+    if aclose is None:
+        return
+    try:
+        await aclose()
+    except Exception:
+        log.warning("closing the stream failed", exc_info=True)
+
+
+async def _sse(chunks: AsyncIterator[ChatChunk], first: ChatChunk | None, model: str, include_usage: bool) -> AsyncIterator[str]:
+    """The events of one streamed completion: ``first`` (already fetched) and the rest of ``chunks``.
+
+    An exception once streaming has begun becomes one ``data: {"error": ...}`` event (typed as
+    ``error_for`` maps it); ``data: [DONE]`` always ends the stream.
+    """
     cid = "chatcmpl-" + secrets.token_hex(12)
     created = int(time.time())
 
-    def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-        obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-               "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
+    def data(obj: dict[str, Any]) -> str:
         return f"data: {json.dumps(obj)}\n\n"
 
-    yield event({"role": "assistant", "content": ""})
+    def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        return data({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra})
+
     try:
-        async for chunk in pipeline.astream(req):
+        yield event({"role": "assistant", "content": ""})
+        chunk = first
+        while chunk is not None:
             if chunk.delta:
                 yield event({"content": chunk.delta})
             if chunk.finish_reason is not None:
                 trace = [t.model_dump() for t in chunk.trace or []]
                 yield event({}, chunk.finish_reason, alignware_trace=trace)
                 if include_usage and chunk.usage is not None:
-                    yield f"data: {json.dumps({'id': cid, 'object': 'chat.completion.chunk', 'created': created, 'model': model, 'choices': [], 'usage': chunk.usage.model_dump()})}\n\n"
-    except AlignwareError as e:
-        yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'upstream_error'}})}\n\n"
+                    yield data({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                                "choices": [], "usage": chunk.usage.model_dump()})
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                chunk = None
+    except Exception as e:
+        _, error = error_for(e)
+        yield data({"error": error})
+    finally:
+        await _aclose(chunks)
     yield "data: [DONE]\n\n"
 
 

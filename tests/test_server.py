@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import logging
 import socket
 import threading
 import time
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
-from middleware import FunctionLLM, Pipeline, PromptStage, ResponseStage
+from middleware import LLM, BackendError, ChatChunk, ChatResponse, FunctionLLM, InputError, Pipeline, PromptStage, ResponseStage
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
 
 from middleware.server import create_app  # noqa: E402
 
@@ -33,10 +38,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def base_url() -> Iterator[str]:
-    llm = FunctionLLM(lambda msgs: f"you said {msgs[-1]['content']}", name="echo")
-    app = create_app(Pipeline(llm, [Upper(), Broken()]), model_name="aligned-echo", api_key="sk-test-key")
+@contextlib.contextmanager
+def _serve(app: Any) -> Iterator[str]:
+    """Run ``app`` with uvicorn on a loopback port; yields the ``/v1`` base URL."""
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -45,9 +49,18 @@ def base_url() -> Iterator[str]:
     while not server.started and time.time() < deadline:
         time.sleep(0.05)
     assert server.started, "server did not start"
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def base_url() -> Iterator[str]:
+    llm = FunctionLLM(lambda msgs: f"you said {msgs[-1]['content']}", name="echo")
+    with _serve(create_app(Pipeline(llm, [Upper(), Broken()]), model_name="aligned-echo", api_key="sk-test-key")) as url:
+        yield url
 
 
 def client(base_url: str, key: str = "sk-test-key") -> "openai.OpenAI":
@@ -83,3 +96,182 @@ def test_models_and_errors(base_url):
         c.chat.completions.create(model="x", messages=[{"role": "robot", "content": "a"}])
     with pytest.raises(openai.BadRequestError, match="messages is empty"):
         c.chat.completions.create(model="x", messages=[])
+
+
+# -- failures ---------------------------------------------------------------------------
+# The last user message picks what ``Faulty`` does; anything else is answered "fine".
+FAILURES: dict[str, Callable[[], Exception]] = {
+    "crash": lambda: RuntimeError("model crashed"),
+    "bad input": lambda: InputError("the prompt is too long for this model"),
+    "rate limited": lambda: BackendError("rate limited by the provider", status_code=429),
+    "upstream down": lambda: BackendError("connection refused"),
+}
+
+
+class Faulty(LLM):
+    """Fails as the prompt says: before any text (``FAILURES``), or after two pieces ("crash late")."""
+
+    name = "faulty"
+
+    def complete(self, request, *, model_stages=()):
+        prompt = request.last_user_message
+        if prompt in FAILURES:
+            raise FAILURES[prompt]()
+        return ChatResponse(text="fine", model=self.name)
+
+    def stream(self, request, *, model_stages=()):
+        if request.last_user_message == "crash late":
+            yield ChatChunk(delta="partial ", model=self.name)
+            yield ChatChunk(delta="answer", model=self.name)
+            raise RuntimeError("model crashed mid-answer")
+        yield from super().stream(request, model_stages=model_stages)
+
+
+class Noop(PromptStage):
+    def process(self, request):
+        return request
+
+
+def _user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+@pytest.fixture(scope="module")
+def faulty_url() -> Iterator[str]:
+    with _serve(create_app(Pipeline(Faulty(), [Noop()]), model_name="faulty")) as url:
+        yield url
+
+
+def _sse_lines(response: Any) -> list[str]:
+    return [line for line in response.iter_lines() if line]
+
+
+def test_unexpected_exception_is_a_json_500(faulty_url, caplog):
+    with caplog.at_level(logging.ERROR, logger="alignware"):
+        with pytest.raises(openai.InternalServerError) as e:
+            client(faulty_url).chat.completions.create(model="faulty", messages=_user("crash"))
+    assert e.value.status_code == 500
+    assert e.value.body == {"message": "internal error: RuntimeError: model crashed", "type": "server_error", "param": None, "code": None}
+    logged = [r for r in caplog.records if r.name == "alignware" and r.exc_info]
+    assert logged and logged[0].exc_info[0] is RuntimeError  # the traceback is in the log
+
+
+def test_error_mapping_non_streaming(faulty_url):
+    c = client(faulty_url)
+    with pytest.raises(openai.BadRequestError) as bad:
+        c.chat.completions.create(model="faulty", messages=_user("bad input"))
+    assert bad.value.body == {"message": "the prompt is too long for this model", "type": "invalid_request_error", "param": None, "code": None}
+    with pytest.raises(openai.RateLimitError) as limited:
+        c.chat.completions.create(model="faulty", messages=_user("rate limited"))
+    assert limited.value.type == "upstream_error"
+    with pytest.raises(openai.InternalServerError) as down:
+        c.chat.completions.create(model="faulty", messages=_user("upstream down"))
+    assert (down.value.status_code, down.value.type) == (502, "upstream_error")
+    assert c.chat.completions.create(model="faulty", messages=_user("hello")).choices[0].message.content == "fine"
+
+
+def test_bad_fields_are_400_naming_the_field(faulty_url):
+    c = client(faulty_url)
+    cases = [
+        ({"extra_body": {"metadata": "x"}}, "metadata", "metadata: must be an object"),
+        ({"stream": True, "extra_body": {"stream_options": "x"}}, "stream_options", "stream_options: must be an object"),
+        ({"temperature": "hot"}, "temperature", "temperature: Input should be a valid number"),
+        ({"max_completion_tokens": 0}, "max_completion_tokens", "max_tokens must be at least 1"),
+        ({"extra_body": {"messages": 5}}, "messages", "messages: must be an array"),
+    ]
+    for kwargs, param, message in cases:
+        with pytest.raises(openai.BadRequestError, match=message) as e:
+            c.chat.completions.create(model="faulty", messages=_user("hello"), **kwargs)
+        assert (e.value.param, e.value.type) == (param, "invalid_request_error"), kwargs
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(model="faulty", messages=[{"role": "robot", "content": "a"}])
+    assert e.value.param == "messages[0].role"
+
+
+def test_request_without_user_message_is_400_streamed_or_not(faulty_url):
+    # the prompt stage passes it through (a failed trace); the model needs a user message: InputError, the client's fault
+    messages = [{"role": "system", "content": "You are terse."}, {"role": "assistant", "content": "Hi!"}]
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError, match="the request has no user message") as e:
+            client(faulty_url).chat.completions.create(model="faulty", messages=messages, stream=stream)
+        assert e.value.type == "invalid_request_error", stream
+
+
+@pytest.mark.parametrize(
+    "prompt, error, status, kind",
+    [
+        ("crash", openai.InternalServerError, 500, "server_error"),
+        ("bad input", openai.BadRequestError, 400, "invalid_request_error"),
+        ("rate limited", openai.RateLimitError, 429, "upstream_error"),
+        ("upstream down", openai.InternalServerError, 502, "upstream_error"),
+    ],
+)
+def test_stream_failing_before_first_chunk_is_an_http_error(faulty_url, prompt, error, status, kind):
+    with pytest.raises(error) as e:
+        client(faulty_url).chat.completions.create(model="faulty", messages=_user(prompt), stream=True)
+    assert (e.value.status_code, e.value.type) == (status, kind)
+    r = httpx.post(f"{faulty_url}/chat/completions", json={"model": "faulty", "messages": _user(prompt), "stream": True}, timeout=30)
+    assert r.status_code == status and r.headers["content-type"] == "application/json"
+    assert r.json()["error"]["type"] == kind
+
+
+def test_stream_failing_after_content_sends_one_error_event_then_done(faulty_url):
+    body = {"model": "faulty", "messages": _user("crash late"), "stream": True}
+    with httpx.stream("POST", f"{faulty_url}/chat/completions", json=body, timeout=30) as r:
+        assert r.status_code == 200
+        lines = _sse_lines(r)  # a connection cut short would raise httpx.RemoteProtocolError here
+    assert all(line.startswith("data: ") for line in lines)
+    assert lines[-1] == "data: [DONE]"
+    events = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    errors = [ev for ev in events if "error" in ev]
+    assert errors == [events[-1]]
+    assert errors[0]["error"] == {"message": "internal error: RuntimeError: model crashed mid-answer", "type": "server_error", "param": None, "code": None}
+    text = "".join(ev["choices"][0]["delta"].get("content") or "" for ev in events[:-1])
+    assert text == "partial answer"
+
+    # the openai client: the content first, then an APIError carrying the error object
+    got = []
+    with pytest.raises(openai.APIError) as e:
+        for chunk in client(faulty_url).chat.completions.create(model="faulty", messages=_user("crash late"), stream=True):
+            got.append(chunk.choices[0].delta.content or "")
+    assert "".join(got) == "partial answer"
+    assert e.value.type == "server_error"
+
+
+async def test_client_disconnect_closes_the_pipeline_stream():
+    """A client that goes away while an event is being sent: the pipeline's stream is closed before
+    the response returns, not left suspended for the garbage collector."""
+    closed = []
+
+    class Tracked(Pipeline):
+        async def astream(self, *args, **kwargs):
+            try:
+                async for chunk in super().astream(*args, **kwargs):
+                    yield chunk
+            finally:
+                closed.append(True)
+
+    app = create_app(Tracked(FunctionLLM(lambda m: "some content")))
+    gone = asyncio.Event()
+    request = json.dumps({"model": "alignware", "messages": _user("hi"), "stream": True}).encode()
+    received = []
+
+    async def receive() -> dict[str, Any]:
+        if not received:
+            received.append(True)
+            return {"type": "http.request", "body": request, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and b"some content" in message.get("body", b""):
+            gone.set()  # the client disconnects while this event is on its way ...
+            await asyncio.Event().wait()  # ... so this send never completes
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"",
+        "root_path": "", "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+    }
+    await app(scope, receive, send)
+    assert closed == [True]
