@@ -84,6 +84,8 @@ def judge_name(judge: JudgeLike) -> str:
 
 def _prompt_list(prompts: PromptsLike, limit: int | None) -> tuple[list[list[Message]], list[str | None]]:
     """The conversations to answer, and each one's ``source`` (``None`` where the row has none)."""
+    if limit is not None and limit < 1:
+        raise InputError(f"limit must be at least 1, got {limit}")
     if isinstance(prompts, (str, Path)):
         rows: Sequence[Any] = load_prompts(prompts, limit=limit)
         if not rows:

@@ -266,12 +266,22 @@ class PromptRecord(BaseModel):
 
     _prompt = field_validator("prompt", mode="before")(PreferencePair._prompt.__func__)  # type: ignore[attr-defined]
 
+    @model_validator(mode="after")
+    def _last_is_user(self) -> "PromptRecord":
+        if self.prompt[-1].role != "user":
+            raise ValueError("the last message of prompt must be the user's")
+        return self
+
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     if not path.exists():
         raise InputError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start + 1} of the line)") from None
             if not line.strip():
                 continue
             try:
@@ -282,6 +292,8 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
 
 def _load(path: "str | os.PathLike[str]", model: type[BaseModel], limit: int | None) -> list[Any]:
     path = Path(path)
+    if limit is not None and limit < 1:
+        raise InputError(f"limit must be at least 1, got {limit}")
     rows = []
     for lineno, obj in _iter_jsonl(path):
         if not isinstance(obj, dict):

@@ -106,6 +106,17 @@ def test_load_pairs_reports_file_line_field(tmp_path):
         load_pairs(f)
     with pytest.raises(InputError, match="no such file"):
         load_pairs(tmp_path / "missing.jsonl")
+    f.write_bytes(json.dumps(good).encode() + b"\n" + json.dumps(dict(good, chosen="caf\u00e9")).encode().replace(b"\\u00e9", b"\xe9") + b"\n")
+    with pytest.raises(InputError, match=rf"{f}:2: not UTF-8 text"):
+        load_pairs(f)
+    f.write_text(json.dumps(good) + "\n" + json.dumps(good) + "\n")
+    assert len(load_pairs(f, limit=1)) == 1
+    for limit in (0, -5):
+        with pytest.raises(InputError, match=f"limit must be at least 1, got {limit}"):
+            load_pairs(f, limit=limit)
+    f.write_text(json.dumps({"prompt": "q"}) + "\n" + json.dumps({"prompt": last_assistant["prompt"]}) + "\n")
+    with pytest.raises(InputError, match=rf"{f}:2: the last message of prompt must be the user's"):
+        load_prompts(f)
 
 
 def test_shared_data_loads(shared_data):
