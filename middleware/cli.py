@@ -15,7 +15,7 @@ import importlib
 import logging
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from .errors import AlignwareError
 
@@ -38,6 +38,8 @@ def _load(target: str) -> Callable[[list[str]], int]:
         raise AlignwareError(f"this command is not available in this installation ({target}: {e})") from None
 
 
+CHAT_MAX_TOKENS = 256  # `alignware chat` answers without --max-tokens or a pipeline default
+
 def _usage() -> str:
     return (__doc__ or "").strip() + "\n"
 
@@ -48,7 +50,7 @@ def build_chat_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="litellm model string (e.g. openai/gpt-4o-mini) or a local model folder/.gguf file (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--pipeline", default=None, help="a pipeline YAML/JSON file (its llm is replaced by --model when given)")
     p.add_argument("--system", default=None, help="a system message")
-    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--max-tokens", type=int, default=None, help=f"default: the pipeline file's defaults, else {CHAT_MAX_TOKENS}")
     p.add_argument("--temperature", type=float, default=None, help="default: greedy for local models")
     p.add_argument("--trace", action="store_true", help="print the per-stage trace table after each answer")
     p.add_argument("--no-stream", action="store_true", help="print the answer when it is complete")
@@ -63,12 +65,17 @@ def _build_pipeline(args: argparse.Namespace):  # -> Pipeline
     if args.pipeline:
         cfg = PipelineConfig.load(args.pipeline)
         llm = make_llm(args.model) if args.model else cfg.build_llm()
-        return cfg.build(llm)
-    return Pipeline(make_llm(args.model))
+        pipe = cfg.build(llm)
+    else:
+        pipe = Pipeline(make_llm(args.model))
+    pipe.defaults.setdefault("max_tokens", CHAT_MAX_TOKENS)
+    return pipe
 
 
 def _answer(pipe, messages: list[dict], args: argparse.Namespace, out=sys.stdout) -> str:
-    params = {"max_tokens": args.max_tokens}
+    params: dict[str, Any] = {}
+    if args.max_tokens is not None:
+        params["max_tokens"] = args.max_tokens
     if args.temperature is not None:
         params["temperature"] = args.temperature
     if args.no_stream:

@@ -424,3 +424,19 @@ def test_pipeline_end_to_end(tiny_model_dir: Path, lively: LocalBackend) -> None
     direct = lively.complete(req("Please: Hello there"), model_stages=[steer(lively)])
     assert lively_pipe.chat("Hello there").text == direct.text + " [checked]"
     assert asyncio.run(lively_pipe.achat("Hello there")).text == direct.text + " [checked]"
+
+
+def test_chat_command_takes_max_tokens_from_the_pipeline_file(lively: LocalBackend, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``alignware chat --pipeline`` honours the file's ``defaults.max_tokens`` unless ``--max-tokens`` is given."""
+    from middleware.cli import main
+
+    lively.model.save_pretrained(tmp_path / "model")
+    lively.tokenizer.save_pretrained(tmp_path / "model")
+    cfg = tmp_path / "chat.yaml"
+    cfg.write_text(f"llm: {tmp_path / 'model'}\ndefaults: {{max_tokens: 3}}\n")
+    answers = []
+    for extra in ([], ["--max-tokens", "8"]):
+        assert main(["chat", "Hello", "--pipeline", str(cfg), "--no-stream", *extra]) == 0
+        answers.append(capsys.readouterr().out.rstrip("\n"))
+    short, longer = answers
+    assert short and longer.startswith(short) and len(longer) > len(short)
