@@ -52,6 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover
 VERDICTS = ("modified", "passed", "failed", "skipped")
 PLAIN = "plain"
 CHAIN = "pipeline"
+DEFAULT_EPSILON = 1e-4  # rewards closer than this tie
 
 
 @runtime_checkable
@@ -144,8 +145,7 @@ class VariantResult:
     ms_per_prompt: float
     stage_stats: list[StageStats] = field(default_factory=list)
     mean_words: float = 0.0
-    #: 95% confidence interval of ``win_rate`` over the prompts (normal approximation of the mean of the
-    #: per-prompt scores 1 / 0.5 / 0), clipped to [0, 1].
+    #: 95% confidence interval of ``win_rate`` over the prompts (:func:`win_rate_interval`).
     win_rate_ci: tuple[float, float] = (0.0, 1.0)
     #: 95% confidence interval of ``mean_gain`` over the prompts (normal approximation); ``None`` for one prompt.
     #: It uses the size of each gain, so it can separate a stage from the plain answer sooner than the win rate.
@@ -164,10 +164,17 @@ def mean_interval(values: Sequence[float], z: float = 1.96) -> tuple[float, floa
 
 
 def win_rate_interval(scores: Sequence[float], z: float = 1.96) -> tuple[float, float]:
-    """The confidence interval of the mean of per-prompt scores (1 win, 0.5 tie, 0 loss): mean ± z × the
-    standard error (sample standard deviation / √n), clipped to [0, 1]; ``(0, 1)`` for fewer than 2 scores."""
-    ci = mean_interval(scores, z)
-    return (0.0, 1.0) if ci is None else (max(0.0, ci[0]), min(1.0, ci[1]))
+    """The confidence interval of the win rate, the mean of per-prompt scores (1 win, 0.5 tie, 0 loss).
+
+    Normal approximation (mean ± z × sample standard deviation / √n) after adding one win and one loss,
+    as the Agresti–Coull interval does for a proportion: a few prompts with the same outcome (2 wins of
+    2) do not give a zero-width interval, and with many prompts the added pair hardly matters. Clipped
+    to [0, 1]; ``(0, 1)`` with no scores."""
+    if not scores:
+        return (0.0, 1.0)
+    ci = mean_interval([*scores, 1.0, 0.0], z)
+    assert ci is not None
+    return (max(0.0, ci[0]), min(1.0, ci[1]))
 
 
 @dataclass
@@ -446,7 +453,7 @@ def evaluate_pipeline(
     limit: int | None = None,
     seed: int = 0,
     max_tokens: int | None = None,
-    epsilon: float = 1e-4,
+    epsilon: float = DEFAULT_EPSILON,
     llm: LLM | None = None,
     per_stage: bool = True,
     progress: bool = True,
@@ -689,7 +696,7 @@ def rejudge(report: "str | Path | EvalReport | dict[str, Any]", judge: JudgeLike
         texts,
         rows,
         traces,
-        epsilon=data.get("epsilon", 1e-4) if epsilon is None else epsilon,
+        epsilon=data.get("epsilon", DEFAULT_EPSILON) if epsilon is None else epsilon,
         control=bool(data.get("controls")),
         progress=progress,
         head=head,
@@ -710,10 +717,22 @@ def pair_margins(judge: JudgeLike, pairs: "str | Path | Sequence[PreferencePair]
     return [s[i] - s[i + len(rows)] for i in range(len(rows))]
 
 
-def pairwise_accuracy(judge: JudgeLike, pairs: "str | Path | Sequence[PreferencePair]", *, limit: int | None = None, batch_size: int = 16, progress: bool = False) -> float:
-    """Share of labelled pairs where the judge scores ``chosen`` above ``rejected`` (ties count half)."""
-    m = pair_margins(judge, pairs, limit=limit, batch_size=batch_size, progress=progress)
-    return sum(1.0 if x > 0 else 0.5 if x == 0 else 0.0 for x in m) / len(m)
+def pairwise_accuracy(
+    judge: JudgeLike,
+    pairs: "str | Path | Sequence[PreferencePair]",
+    *,
+    limit: int | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+    epsilon: float = 0.0,
+) -> float:
+    """Share of labelled pairs where the judge scores ``chosen`` above ``rejected``; margins within
+    ``epsilon`` of zero are ties and count half."""
+    return _accuracy(pair_margins(judge, pairs, limit=limit, batch_size=batch_size, progress=progress), epsilon)
+
+
+def _accuracy(margins: Sequence[float], epsilon: float) -> float:
+    return sum(1.0 if x > epsilon else 0.0 if x < -epsilon else 0.5 for x in margins) / len(margins)
 
 
 # -- command line -----------------------------------------------------------------------------
@@ -729,11 +748,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", help="labelled pairs: report the judge's pairwise accuracy")
     p.add_argument("--rejudge", metavar="REPORT", help="score the answers of an earlier report.json with --judge (no generation)")
     p.add_argument("--limit", type=int, help="use the first N prompts / pairs")
-    p.add_argument("--seed", type=int, default=0, help="generation seed (default %(default)s)")
-    p.add_argument("--repeats", type=int, default=1, metavar="K",
-                   help="run each variant K times per prompt (seeds SEED..SEED+K-1) and compare mean rewards (default %(default)s)")
+    p.add_argument("--seed", type=int, default=None, help="generation seed (default 0)")
+    p.add_argument("--repeats", type=int, default=None, metavar="K",
+                   help="run each variant K times per prompt (seeds SEED..SEED+K-1) and compare mean rewards (default 1)")
     p.add_argument("--max-tokens", type=int, help="answer length (default: the config's defaults)")
-    p.add_argument("--epsilon", type=float, default=1e-4, help="rewards closer than this tie (default %(default)s)")
+    p.add_argument("--epsilon", type=float, default=None,
+                   help=f"rewards closer than this tie (default {DEFAULT_EPSILON:g}; with --rejudge the report's; with --pairs 0)")
     p.add_argument("--no-per-stage", action="store_true", help="only the whole chain, not each stage alone")
     p.add_argument("--no-control", action="store_true", help="leave out the first-sentence control row")
     p.add_argument("--out", default="runs/eval", help="where to write report.json/.md/.png (default %(default)s)")
@@ -748,13 +768,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1:
         print(f"error: --threads must be 1 or more, got {args.threads}", file=sys.stderr)
         return 2
-    if args.repeats < 1:
+    if args.repeats is not None and args.repeats < 1:
         print(f"error: --repeats must be 1 or more, got {args.repeats}", file=sys.stderr)
+        return 2
+    if args.epsilon is not None and args.epsilon < 0:
+        print(f"error: --epsilon must be 0 or more, got {args.epsilon}", file=sys.stderr)
         return 2
     try:
         if args.rejudge:
             if args.pipeline or args.prompts or args.pairs:
                 print("error: --rejudge takes the answers from the report: leave out --pipeline, --prompts and --pairs", file=sys.stderr)
+                return 2
+            generation = {"--limit": args.limit, "--seed": args.seed, "--repeats": args.repeats, "--max-tokens": args.max_tokens,
+                          "--no-per-stage": args.no_per_stage or None, "--no-control": args.no_control or None}
+            given = [flag for flag, value in generation.items() if value is not None]
+            if given:
+                print(f"error: --rejudge scores the report's answers as they are; {', '.join(given)} "
+                      "only apply when answers are generated", file=sys.stderr)
                 return 2
             report = rejudge(args.rejudge, args.judge, epsilon=args.epsilon, progress=not args.quiet)
             print(report.to_markdown())
@@ -766,8 +796,10 @@ def main(argv: list[str] | None = None) -> int:
                 print("error: give --pipeline CONFIG --prompts FILE, or --pairs FILE for pairwise accuracy", file=sys.stderr)
                 return 2
             margins = pair_margins(args.judge, args.pairs, limit=args.limit, progress=not args.quiet)
-            acc = sum(1.0 if x > 0 else 0.5 if x == 0 else 0.0 for x in margins) / len(margins)
-            out = {"judge": args.judge, "pairs": args.pairs, "n": len(margins), "accuracy": acc, "mean_margin": sum(margins) / len(margins)}
+            epsilon = args.epsilon or 0.0
+            acc = _accuracy(margins, epsilon)
+            out = {"judge": args.judge, "pairs": args.pairs, "n": len(margins), "accuracy": acc,
+                   "mean_margin": sum(margins) / len(margins), "epsilon": epsilon}
             print(f"pairwise accuracy of {args.judge} on {args.pairs}: {acc:.3f} ({len(margins)} pairs, mean margin {out['mean_margin']:+.3f})")
             if args.out:
                 Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -782,14 +814,14 @@ def main(argv: list[str] | None = None) -> int:
             prompts,
             args.judge,
             limit=args.limit,
-            seed=args.seed,
+            seed=0 if args.seed is None else args.seed,
             max_tokens=args.max_tokens,
-            epsilon=args.epsilon,
+            epsilon=DEFAULT_EPSILON if args.epsilon is None else args.epsilon,
             per_stage=not args.no_per_stage,
             progress=not args.quiet,
             threads=args.threads,
             control=not args.no_control,
-            repeats=args.repeats,
+            repeats=args.repeats or 1,
         )
     except (InputError, CheckpointError, AlignwareError) as e:
         print(f"error: {e}", file=sys.stderr)

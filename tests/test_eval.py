@@ -92,7 +92,7 @@ def test_wins_failures_skips_and_latency() -> None:
     assert alone.gain_ci == pytest.approx((15.75 - 1.96 * 5.25, 15.75 + 1.96 * 5.25))
     assert broken.gain_ci == (0.0, 0.0)
     md = report.to_markdown()
-    assert "| Longer | Longer | 87.5% | 3 / 1 / 0 | 63%-100% | +15.750 | +5.460 to +26.040 |" in md
+    assert "| Longer | Longer | 87.5% | 3 / 1 / 0 | 42%-100% | +15.750 | +5.460 to +26.040 |" in md
     one = evaluate_pipeline(Pipeline(FunctionLLM(echo), [Longer()]), PROMPTS[:1], LengthJudge(), progress=False, per_stage=False)
     assert one.variant("pipeline").gain_ci is None and "| +21.000 | - |" in one.to_markdown()
 
@@ -133,11 +133,11 @@ def test_cli_pipeline_and_pairs_modes(tiny_model_dir: Path, judge_dir: Path, tmp
     out = tmp_path / "report"
     assert main(["--pipeline", str(cfg), "--prompts", str(prompts), "--judge", str(judge_dir), "--limit", "3", "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "| pipeline | IdentityPromptStage, IdentityResponseStage | 50.0% | 0 / 3 / 0 | 50%-50% | +0.000 |" in printed
+    assert "| pipeline | IdentityPromptStage, IdentityResponseStage | 50.0% | 0 / 3 / 0 | 19%-81% | +0.000 |" in printed
     assert {p.name for p in out.iterdir()} >= {"report.json", "report.md", "report.png"}
     again = tmp_path / "rejudged"
     assert main(["--rejudge", str(out / "report.json"), "--judge", str(judge_dir), "--out", str(again), "--quiet"]) == 0
-    assert "| pipeline | IdentityPromptStage, IdentityResponseStage | 50.0% | 0 / 3 / 0 | 50%-50% | +0.000 |" in capsys.readouterr().out
+    assert "| pipeline | IdentityPromptStage, IdentityResponseStage | 50.0% | 0 / 3 / 0 | 19%-81% | +0.000 |" in capsys.readouterr().out
     assert json.loads((again / "report.json").read_text())["samples"] == json.loads((out / "report.json").read_text())["samples"]
 
     pairs = tmp_path / "pairs.jsonl"
@@ -192,7 +192,7 @@ def test_first_sentence_control_and_answer_lengths() -> None:
     assert control.name == "control: first sentence" and (control.wins, control.ties, control.losses) == (0, 0, 4)
     assert control.mean_words == 1 and report.plain_mean_words == 8
     assert report.variant("pipeline").mean_words == 12
-    assert "| control: first sentence | (none) | 0.0% | 0 / 0 / 4 | 0%-0% |" in report.to_markdown()
+    assert "| control: first sentence | (none) | 0.0% | 0 / 0 / 4 | 0%-49% |" in report.to_markdown()
     assert report.to_dict()["controls"][0]["win_rate"] == 0.0
     assert evaluate_pipeline(pipe, PROMPTS, LengthJudge(), progress=False, per_stage=False, control=False).controls == []
 
@@ -244,14 +244,37 @@ def test_rejudge_cli_and_bad_reports(tmp_path: Path, capsys: pytest.CaptureFixtu
         rejudge(tmp_path / "bad.json", LengthJudge())
     assert main(["--rejudge", "x.json", "--judge", "j", "--pairs", "p.jsonl"]) == 2
     assert "--rejudge takes the answers from the report" in capsys.readouterr().err
+    assert main(["--rejudge", "x.json", "--judge", "j", "--limit", "1", "--no-control"]) == 2
+    assert "--limit, --no-control only apply when answers are generated" in capsys.readouterr().err
+
+
+def test_tie_threshold_from_the_report_and_for_pairs(judge_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--rejudge keeps the report's epsilon unless --epsilon is given; --pairs applies --epsilon too."""
+    report = evaluate_pipeline(Pipeline(FunctionLLM(echo), [Longer()]), PROMPTS, judge_dir, progress=False, epsilon=1000.0)
+    assert report.variant("pipeline").ties == len(PROMPTS)
+    paths = report.write(tmp_path / "first")
+    assert main(["--rejudge", str(paths["json"]), "--judge", str(judge_dir), "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    again = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert again["epsilon"] == 1000.0 and again["variants"][0]["ties"] == len(PROMPTS)
+    capsys.readouterr()
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(PreferencePair(prompt=p, chosen="Yes, gladly, here it is.", rejected="No.").model_dump_json() + "\n" for p in PROMPTS))
+    out = tmp_path / "pairs_out"
+    assert main(["--judge", str(judge_dir), "--pairs", str(pairs), "--epsilon", "1000", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "pairwise.json").read_text())["accuracy"] == 0.5  # every margin is a tie
+    assert pairwise_accuracy(LengthJudge(), [PreferencePair(prompt="q", chosen="ab", rejected="a")], epsilon=5) == 0.5
 
 
 def test_win_rate_interval() -> None:
-    assert win_rate_interval([0.5] * 10) == (0.5, 0.5)
-    lo, hi = win_rate_interval([1.0, 0.0] * 20)  # mean 0.5, sd 0.506, n 40: 0.5 +- 1.96 * 0.08
-    assert lo == pytest.approx(0.5 - 1.96 * (40 / 39 * 0.25) ** 0.5 / 40 ** 0.5) and hi == pytest.approx(1 - lo)
-    assert win_rate_interval([1.0, 1.0, 1.0, 0.5]) [1] == 1.0  # clipped
-    assert win_rate_interval([1.0]) == (0.0, 1.0)
+    # one win and one loss are added: 10 ties -> 12 scores, mean 0.5, variance 0.5 / 11
+    lo, hi = win_rate_interval([0.5] * 10)
+    assert lo == pytest.approx(0.5 - 1.96 * (0.5 / 11) ** 0.5 / 12 ** 0.5) and hi == pytest.approx(1 - lo)
+    lo, hi = win_rate_interval([1.0, 0.0] * 20)  # 42 scores, mean 0.5, variance 10.5 / 41
+    assert lo == pytest.approx(0.5 - 1.96 * (10.5 / 41) ** 0.5 / 42 ** 0.5) and hi == pytest.approx(1 - lo)
+    lo, hi = win_rate_interval([1.0, 1.0])  # 2 wins of 2 is not certainty: [1, 1, 1, 0], mean 0.75, sd 0.5
+    assert lo == pytest.approx(0.75 - 1.96 * 0.5 / 2) and hi == 1.0  # clipped
+    assert win_rate_interval([]) == (0.0, 1.0)
     assert mean_interval([1.0, 3.0]) == pytest.approx((2 - 1.96, 2 + 1.96)) and mean_interval([5.0]) is None
 
 
