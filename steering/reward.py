@@ -691,6 +691,15 @@ def _lr_factor(step: int, total: int, warmup_ratio: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / span)))
 
 
+def _clear_run(out_dir: Path) -> None:
+    """Remove an earlier run's checkpoints and final model from ``out_dir`` (other files stay)."""
+    import shutil
+
+    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    for name in (CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE, PLOT_FILE):
+        (out_dir / name).unlink(missing_ok=True)
+
+
 def train_reward_model(
     pairs: "Sequence[PreferencePair] | str | Path",
     out_dir: str | Path,
@@ -715,6 +724,8 @@ def train_reward_model(
         callbacks: ``fn(step, row)`` after each step; an exception raised there stops the run (the last
             checkpoint stays, and calling again with the same arguments resumes from it).
         resume: continue from the newest good checkpoint in ``out_dir`` (the settings and data must match).
+            ``False`` starts over: the folder's checkpoints and final model from an earlier run are
+            removed first, so nothing of that run can be loaded from ``out_dir`` afterwards.
         progress: show tqdm progress bars.
 
     Returns:
@@ -746,6 +757,8 @@ def train_reward_model(
         "n_eval": len(held),
     }
     manager = CheckpointManager(out_dir, keep=tcfg.keep)
+    if not resume:
+        _clear_run(Path(out_dir))
     latest = manager.latest() if resume else None
     ckpt = None
     if latest is not None:
@@ -987,7 +1000,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--eval-every", type=int, help="evaluate every N steps (default: with each checkpoint)")
     r.add_argument("--keep", type=int, default=t.keep, help="checkpoints to keep (default %(default)s)")
     r.add_argument("--stop-after", type=int, help="stop after N steps in total (rerun to continue)")
-    r.add_argument("--fresh", action="store_true", help="ignore existing checkpoints in --out and start over")
+    r.add_argument("--fresh", action="store_true", help="start over: remove the earlier run's checkpoints and final model from --out first")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -1029,11 +1042,9 @@ def train_main(argv: list[str] | None = None) -> int:
             stop_after=args.stop_after,
         )
         pairs = load_pairs(args.data, limit=args.limit)
-        if args.fresh:
-            import shutil
-
-            shutil.rmtree(Path(args.out) / "checkpoints", ignore_errors=True)
-        res = train_reward_model(pairs, args.out, mcfg, tcfg, eval_pairs=args.eval_data, progress=not args.quiet, device=args.device)
+        res = train_reward_model(
+            pairs, args.out, mcfg, tcfg, eval_pairs=args.eval_data, resume=not args.fresh, progress=not args.quiet, device=args.device
+        )
     except (InputError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, InputError) else 1

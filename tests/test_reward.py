@@ -149,6 +149,22 @@ def test_mismatched_settings_refuse_to_resume(tiny_model_dir: Path, tmp_path: Pa
         train_reward_model(pairs, tmp_path / "r", model, TrainConfig(max_steps=4, batch_size=2, save_every=2), progress=False)
 
 
+def test_starting_over_leaves_nothing_of_the_earlier_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """``resume=False`` (``--fresh``) removes the earlier run's final model: a fresh run stopped early
+    must not leave ``RewardModel.load`` returning the earlier, finished model."""
+    pairs = toy_pairs(8)
+    model = cfg(tiny_model_dir, train="head")
+    first = train_reward_model(pairs, tmp_path / "r", model, TrainConfig(max_steps=4, batch_size=4, save_every=2), progress=False)
+    assert first.finished and (tmp_path / "r" / "reward_config.json").is_file()
+    flipped = [PreferencePair(prompt=p.prompt, chosen=p.rejected, rejected=p.chosen) for p in pairs]
+    again = train_reward_model(
+        flipped, tmp_path / "r", model, TrainConfig(max_steps=4, batch_size=4, save_every=1, stop_after=1), resume=False, progress=False
+    )
+    assert not again.finished and not (tmp_path / "r" / "reward_config.json").exists()
+    loaded = RewardModel.load(tmp_path / "r")
+    assert loaded.info["checkpoint_step"] == 1
+
+
 def test_corrupt_and_half_written_checkpoints(tiny_model_dir: Path, tmp_path: Path) -> None:
     pairs = toy_pairs(12)
     model = cfg(tiny_model_dir, train="lora", train_layers=1)
