@@ -131,8 +131,18 @@ def save_checkpoint(
     optimizer: Any = None,
     state: dict[str, Any] | None = None,
     extra_files: dict[str, str] | None = None,
+    rng: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint folder atomically. ``extra_files`` maps file names to text content."""
+    """Write a checkpoint folder atomically and return where it lies. ``extra_files`` maps file names to
+    text content. ``rng`` is the random state to store (default: the current one); a trainer passes the
+    state it captured at the start of a step when it saves that step's starting point.
+
+    When ``path`` already exists (a corrupt or stale checkpoint of the same step) it is replaced so that
+    a complete checkpoint of the step is visible at every moment from the first rename on: the new folder
+    is renamed in beside it (``<name>.<k>``, which sorts after ``<name>``), the old one is moved aside and
+    deleted, and the new one takes the name. If that last swap fails, the new checkpoint stays under its
+    side name, which is returned.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -144,23 +154,35 @@ def save_checkpoint(
         if optimizer is not None:
             opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
             save_file(opt_tensors, str(tmp / FILES[1]))
-        save_file(rng_state(), str(tmp / FILES[2]))
+        rng_tensors = rng if rng is not None else rng_state()
+        save_file({k: v.detach().cpu().contiguous() for k, v in rng_tensors.items()}, str(tmp / FILES[2]))
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
         files = [f.name for f in tmp.iterdir() if f.is_file()]
         full = dict(state or {}, step=step, optimizer_meta=opt_meta, sha256={n: sha256(tmp / n) for n in sorted(files)})
         (tmp / STATE).write_text(json.dumps(full, indent=2, default=str), encoding="utf-8")
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
+        if not path.exists():
             os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+            return path
+        k = 1
+        while path.with_name(f"{path.name}.{k}").exists():
+            k += 1
+        side = path.with_name(f"{path.name}.{k}")
+        os.replace(tmp, side)  # the new checkpoint is complete and visible from here on
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    aside: Path | None = None
+    try:
+        aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+        os.replace(path, aside / "old")
+        os.replace(side, path)
+    except OSError as e:
+        log.warning("checkpoint %s kept as %s: could not replace the old folder: %s", path.name, side.name, e)
+        return side
+    finally:
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
     return path
 
 
@@ -179,6 +201,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(path=path, step=int(state["step"]), model=model, optimizer=opt, rng=rng, state=state)
 
 
+def _step_of(path: Path) -> int:
+    """The step number in a checkpoint folder name ``step-0000120`` (or ``step-0000120.1``); -1 if none."""
+    try:
+        return int(path.name[len("step-") :].split(".", 1)[0])
+    except ValueError:
+        return -1
+
+
 class CheckpointManager:
     """Numbered checkpoints under ``root/checkpoints``; keeps the newest ``keep`` good ones."""
 
@@ -190,9 +220,11 @@ class CheckpointManager:
         return self.root / f"step-{step:07d}"
 
     def all(self) -> list[Path]:
+        """Checkpoint folders, oldest step first (whether or not they verify)."""
         if not self.root.is_dir():
             return []
-        return sorted(p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+        found = [p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("step-")]
+        return sorted(found, key=lambda p: (_step_of(p), p.name))
 
     def latest(self) -> Path | None:
         """The newest checkpoint that verifies; corrupt or half-written ones are skipped with a warning."""
@@ -205,11 +237,42 @@ class CheckpointManager:
         return None
 
     def save(self, step: int, **kw: Any) -> Path:
+        """Write checkpoint ``step`` (replacing a folder of that step atomically), then prune.
+
+        Pruning never deletes the checkpoint just written and counts only checkpoints that verify
+        towards ``keep``: it keeps the just-written one and the newest ``keep - 1`` other good ones.
+        Corrupt or half-written folders are removed only when a newer good checkpoint exists.
+        """
         p = save_checkpoint(self.path_for(step), step=step, **kw)
-        good = [q for q in self.all() if (q / STATE).is_file()]
-        for old in good[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        self.prune(p)
         return p
+
+    def prune(self, written: Path) -> None:
+        """Prune around ``written``, a checkpoint just saved (see :meth:`save`)."""
+        at = _step_of(written)
+        good: list[Path] = []
+        bad: list[Path] = []
+        for q in self.all():
+            if q == written:
+                continue
+            if _step_of(q) == at:  # an older folder of the step just written: replaced by it
+                shutil.rmtree(q, ignore_errors=True)
+                continue
+            try:
+                verify_checkpoint(q)
+                good.append(q)
+            except CheckpointError as e:
+                bad.append(q)
+                log.debug("checkpoint %s does not verify: %s", q, e)
+        keep = good[max(0, len(good) - (self.keep - 1)) :]
+        for q in good:
+            if q not in keep:
+                shutil.rmtree(q, ignore_errors=True)
+        newest_good = max([at] + [_step_of(q) for q in keep])
+        for q in bad:
+            if _step_of(q) < newest_good:
+                log.warning("removing checkpoint %s: it does not verify and a newer good one exists", q.name)
+                shutil.rmtree(q, ignore_errors=True)
 
 
 # -- data order ----------------------------------------------------------------------------

@@ -660,7 +660,9 @@ def build_corrector_data(
     Main examples: question = the flattened conversation (:func:`flatten_question`), answer = ``rejected``,
     correction = ``chosen``. Warm-up examples (``identity_warmup``, Aligner's first phase: learn to copy
     a good answer): answer = ``chosen``, correction = ``chosen``. Sources are rendered with ``template``.
-    Pairs whose ``chosen`` is empty are left out of both.
+    Pairs whose ``chosen`` is empty are left out of both. Both examples of a pair carry the pair's index
+    as ``group``, so ``train_sft`` leaves out the warm-up examples of held-out pairs (their targets are
+    the held-out targets).
 
     Returns:
         ``(examples, warmup_examples)``; ``warmup_examples`` is empty without ``identity_warmup``.
@@ -673,14 +675,14 @@ def build_corrector_data(
         raise InputError(f"template {tmpl.name!r} takes fields {list(tmpl.fields)}; a corrector template takes question and answer")
     examples: list[SFTExample] = []
     warmup: list[SFTExample] = []
-    for row in _as_pairs(pairs):
+    for i, row in enumerate(_as_pairs(pairs)):
         chosen = row.chosen.strip()
         if not chosen:
             continue
         question = flatten_question(row.prompt)
-        examples.append(SFTExample(source=tmpl.render(question=question, answer=row.rejected.strip()), target=chosen))
+        examples.append(SFTExample(source=tmpl.render(question=question, answer=row.rejected.strip()), target=chosen, group=i))
         if identity_warmup:
-            warmup.append(SFTExample(source=tmpl.render(question=question, answer=chosen), target=chosen))
+            warmup.append(SFTExample(source=tmpl.render(question=question, answer=chosen), target=chosen, group=i))
     return examples, warmup
 
 

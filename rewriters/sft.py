@@ -33,6 +33,7 @@ from middleware.training import (
     CheckpointManager,
     load_checkpoint,
     plot_history,
+    rng_state,
     set_rng_state,
     sha256,
     split_holdout,
@@ -68,10 +69,16 @@ __all__ = [
 
 @dataclass
 class SFTExample:
-    """One training pair. ``source`` is the rendered template text; ``target`` the text to learn."""
+    """One training pair. ``source`` is the rendered template text; ``target`` the text to learn.
+
+    ``group`` (optional) names the item the example was made from, e.g. the index of its preference
+    pair. ``train_sft`` holds out main examples; a warm-up example with the ``group`` of a held-out
+    example is left out of training too, so the held-out loss is measured on data never trained on.
+    """
 
     source: str
     target: str
+    group: int | str | None = None
 
 
 @dataclass
@@ -337,6 +344,35 @@ def _trainable(model: Any) -> dict[str, Any]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _snapshot(params: dict[str, Any], optimizer: Any) -> tuple[dict[str, Any], dict[Any, dict[str, Any]]]:
+    """Copies of the trainable weights and the optimizer state, taken before an update so that an
+    interrupted update can be undone (a LoRA adapter and its moments: a small share of the model)."""
+    import copy
+
+    import torch
+
+    with torch.no_grad():
+        weights = {n: p.detach().clone() for n, p in params.items()}
+        state = {
+            p: {k: v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v) for k, v in st.items()}
+            for p, st in optimizer.state.items()
+        }
+    return weights, state
+
+
+def _restore(snapshot: tuple[dict[str, Any], dict[Any, dict[str, Any]]], params: dict[str, Any], optimizer: Any) -> None:
+    """Put back the weights and optimizer state of :func:`_snapshot`."""
+    import torch
+
+    weights, state = snapshot
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(weights[n])
+    optimizer.state.clear()
+    for p, st in state.items():
+        optimizer.state[p] = st
+
+
 def _fingerprint(config: SFTConfig, examples: Sequence[SFTExample], warmup: Sequence[SFTExample]) -> str:
     """Identifies a run: everything that changes the weights (not eval/save intervals)."""
     h = hashlib.sha256()
@@ -347,6 +383,8 @@ def _fingerprint(config: SFTConfig, examples: Sequence[SFTExample], warmup: Sequ
     for tag, exs in ((b"M", examples), (b"W", warmup)):
         for ex in exs:
             h.update(tag + ex.source.encode() + b"\0" + ex.target.encode() + b"\1")
+            if ex.group is not None:  # groups decide which warm-up examples are held out
+                h.update(b"G" + str(ex.group).encode() + b"\2")
     return h.hexdigest()
 
 
@@ -472,8 +510,10 @@ def train_sft(
 
     A share ``config.eval_fraction`` of ``examples`` is held out; its loss is measured before step 1
     (the untrained adapter), every ``eval_every`` steps and at the end. ``warmup_examples`` (optional)
-    are trained on first, for ``config.warmup_epochs``. Checkpoints go to ``out_dir/checkpoints`` every
-    ``save_every`` steps and at the end; with ``resume`` a run continues from the newest good one (a
+    are trained on first, for ``config.warmup_epochs``, except those whose ``group`` is the ``group`` of
+    a held-out example (made from the same item, e.g. the same preference pair, they would leak its
+    target into training). Checkpoints go to ``out_dir/checkpoints`` every ``save_every`` steps and at
+    the end; with ``resume`` a run continues from the newest good one (a
     corrupt or half-written one is skipped with a warning) and ends with the same weights as an
     uninterrupted run. Checkpoints of a run with other settings or data raise ``InputError``.
 
@@ -508,10 +548,13 @@ def train_sft(
     rows = main_rows + warm_rows
     lengths = [len(r["input_ids"]) for r in rows]
     train_idx, eval_idx = split_holdout(len(main_rows), config.eval_fraction, config.seed) if main_rows else ([], [])
-    if not train_idx and not warm_rows:
-        raise InputError("no training examples left after holding out the evaluation share")
     eval_rows = [main_rows[i] for i in eval_idx]
-    warm_idx = list(range(len(main_rows), len(rows)))
+    held_groups = {examples[i].group for i in eval_idx} - {None}
+    warm_idx = [len(main_rows) + j for j, ex in enumerate(warmup) if ex.group is None or ex.group not in held_groups]
+    if held_groups:
+        log.info("left out %d warm-up examples of held-out groups", len(warm_rows) - len(warm_idx))
+    if not train_idx and not warm_idx:
+        raise InputError("no training examples left after holding out the evaluation share")
     plan = _Plan(
         [("warmup", warm_idx, config.warmup_epochs), ("main", train_idx, config.epochs)],
         lengths, config.batch_size, config.seed, config.max_steps,
@@ -559,7 +602,7 @@ def train_sft(
         if eval_untrained is not None:
             history.append({"step": 0, "eval_loss": eval_untrained})
 
-    def checkpoint(at: int) -> None:
+    def checkpoint(at: int, rng: dict[str, Any] | None = None) -> None:
         state = {
             "fingerprint": fingerprint,
             "config": config.to_dict(),
@@ -567,14 +610,21 @@ def train_sft(
             "eval_loss_untrained": eval_untrained,
             "total_steps": plan.total,
         }
-        manager.save(at, model_tensors=params, optimizer=optimizer, state=state)
+        manager.save(at, model_tensors=params, optimizer=optimizer, state=state, rng=rng)
 
     train_seconds = 0.0
     target_tokens = 0
     all_tokens = 0
     stopped = False
     interrupted = False
-    updating = False  # inside optimizer.step(): the weights may be half-updated
+    # Ctrl-C can land anywhere; what it saves is always the state at the end of the last finished step.
+    # ``step_rng`` is (step, random state at its start, before dropout drew any mask); ``committing`` is
+    # the step whose optimizer update is under way: until ``step`` reaches it the weights and moments
+    # may be half-updated, and ``snapshot`` holds them as of the end of step ``step``.
+    step_rng: tuple[int, dict[str, Any]] | None = None
+    committing: int | None = None
+    snapshot: tuple[dict[str, Any], dict[Any, dict[str, Any]]] | None = None
+    row: dict[str, Any] = {}
     saved_at = step
     last_eval: float | None = None
     # in a terminal the bar redraws in place; in a log file (nohup, CI) it writes a line every 30 s instead
@@ -585,6 +635,7 @@ def train_sft(
     )
     try:
         while step < plan.total:
+            step_rng = (step, rng_state())  # nothing random has been drawn for this step yet
             t0 = time.perf_counter()
             phase, epoch, idx = plan.batch(step)
             batch = {n: t.to(device) for n, t in collate([rows[i] for i in idx], pad_id).items()}
@@ -596,21 +647,21 @@ def train_sft(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
-            updating = True
-            optimizer.step()
-            step += 1
-            updating = False
             value = float(loss.detach())
-            train_seconds += time.perf_counter() - t0
             n_all = int(batch["attention_mask"].sum())
-            target_tokens += n
-            all_tokens += n_all
-            row: dict[str, Any] = {
-                "step": step, "loss": value, "lr": lr, "epoch": round(epoch, 4), "target_tokens": n, "tokens": n_all,
-            }
+            row = {"step": step + 1, "loss": value, "lr": lr, "epoch": round(epoch, 4), "target_tokens": n, "tokens": n_all}
             if phase.name == "warmup":
                 row["warmup"] = 1
+            snapshot = _snapshot(params, optimizer)
+            committing = step + 1
+            optimizer.step()
             history.append(row)
+            step += 1  # the step counts from here: weights, moments and history are those of ``step``
+            committing = None
+            snapshot = None
+            train_seconds += time.perf_counter() - t0
+            target_tokens += n
+            all_tokens += n_all
             bar.update(1)
             bar.set_postfix(loss=f"{value:.3f}", refresh=False)
             if eval_rows and (step % config.eval_every == 0 or step == plan.total):
@@ -625,14 +676,20 @@ def train_sft(
             if stopped:
                 break
     except KeyboardInterrupt:
-        # Ctrl-C: keep what was learnt. Between two optimizer steps the weights are those of ``step``:
-        # save them as a checkpoint and export the adapter below, then stop. During an update they may
-        # be half-written: keep the last checkpoint and stop without exporting.
+        # Ctrl-C: keep what was learnt and stop. An update that had not finished is undone, so the
+        # checkpoint and the exported adapter hold the weights and moments of the last finished step;
+        # within a step, the random state saved is the one the step started with (the masks dropout
+        # drew before the interrupt are drawn again on resume, as in an uninterrupted run).
         interrupted = stopped = True
-        if updating:
-            raise
+        if committing is not None and step != committing:
+            assert snapshot is not None
+            _restore(snapshot, params, optimizer)
+            if history and history[-1] is row:
+                history.pop()
+        # between steps (after the update) the random state now is the one the next step starts with
+        rng = step_rng[1] if step_rng is not None and step_rng[0] == step else None
         if step > saved_at:
-            checkpoint(step)
+            checkpoint(step, rng=rng)
             saved_at = step
     finally:
         bar.close()
@@ -648,6 +705,7 @@ def train_sft(
     manifest = _manifest(
         config, steps=step, total_steps=plan.total, finished=step >= plan.total,
         examples=len(examples), warmup_examples=len(warmup),
+        warmup_examples_held_out=len(warmup) - len(warm_idx),
         eval_loss_untrained=eval_untrained, eval_loss_final=last_eval,
         tokens_per_second=round(target_tokens / train_seconds, 2) if train_seconds else None,
     )

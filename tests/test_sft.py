@@ -238,3 +238,189 @@ def test_threads_flag_sets_torch_threads_and_rejects_zero() -> None:
         torch.set_num_threads(before)
     with pytest.raises(InputError, match="--threads must be 1 or more, got 0"):
         set_threads(0)
+
+
+# -- Ctrl-C inside a step, pruning around corrupt checkpoints ---------------------------------------
+def _assert_same_adapter(a_dir: Path, b_dir: Path) -> None:
+    import torch
+
+    a, b = _adapter_tensors(a_dir), _adapter_tensors(b_dir)
+    assert a.keys() == b.keys() and a
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_ctrl_c_during_a_forward_pass_resumes_to_the_uninterrupted_weights(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rewriters.sft as sft
+
+    cfg = _config(tiny_model_dir, lora_dropout=0.1)  # dropout draws random masks in every forward pass
+    full = train_sft(_examples(), cfg, tmp_path / "full", progress=False)
+
+    real = sft._LossFn.__call__
+    calls = {"train": 0}
+
+    def forward_then_ctrl_c(self, batch):
+        out = real(self, batch)  # the forward pass of the step has run: dropout has drawn its masks
+        if self.model.training:
+            calls["train"] += 1
+            if calls["train"] == 6:
+                raise KeyboardInterrupt  # Ctrl-C in step 6, before its update
+        return out
+
+    monkeypatch.setattr(sft._LossFn, "__call__", forward_then_ctrl_c)
+    cut = train_sft(_examples(), cfg, tmp_path / "cut", progress=False)
+    monkeypatch.setattr(sft._LossFn, "__call__", real)
+    assert cut.interrupted and cut.steps == 5
+    assert CheckpointManager(tmp_path / "cut").latest().name == "step-0000005"
+
+    resumed = train_sft(_examples(), cfg, tmp_path / "cut", progress=False)
+    assert resumed.resumed_from == 5 and resumed.steps == full.steps
+    _assert_same_adapter(tmp_path / "full", tmp_path / "cut")
+    assert resumed.eval_loss_final == full.eval_loss_final
+
+
+def test_ctrl_c_during_the_optimizer_update_saves_the_last_finished_step(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import torch
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    cfg = _config(tiny_model_dir, lora_dropout=0.1)
+    full = train_sft(_examples(), cfg, tmp_path / "full", progress=False)
+    calls = {"n": 0}
+
+    def half_update_then_ctrl_c(optimizer, args, kwargs) -> None:
+        calls["n"] += 1
+        if calls["n"] == 6:  # step 6's update ran; garble a weight as a half-written update would
+            with torch.no_grad():
+                optimizer.param_groups[0]["params"][0].add_(1.0)
+            raise KeyboardInterrupt
+
+    handle = register_optimizer_step_post_hook(half_update_then_ctrl_c)
+    try:
+        cut = train_sft(_examples(), cfg, tmp_path / "cut", progress=False)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C during optimizer.step() escaped train_sft instead of saving the last finished step")
+    finally:
+        handle.remove()
+    assert cut.interrupted and cut.steps == 5
+    assert [r["step"] for r in cut.history if "loss" in r] == [1, 2, 3, 4, 5]
+    ck = load_checkpoint(CheckpointManager(tmp_path / "cut").latest())
+    assert ck.step == 5
+    exported = _adapter_tensors(tmp_path / "cut")  # the adapter written on Ctrl-C: step 5's weights too
+    for v in exported.values():
+        assert any(v.shape == w.shape and torch.equal(v, w) for w in ck.model.values())
+
+    resumed = train_sft(_examples(), cfg, tmp_path / "cut", progress=False)
+    assert resumed.resumed_from == 5 and resumed.steps == full.steps
+    _assert_same_adapter(tmp_path / "full", tmp_path / "cut")  # weights and moments were those of step 5
+    assert resumed.history == full.history
+
+
+def test_a_corrupt_newer_checkpoint_never_pushes_out_the_good_ones(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train_sft(_examples(), _config(tiny_model_dir, save_every=2, epochs=2), out, progress=False)  # 8 steps
+    good = _adapter_tensors(out)
+    manager = CheckpointManager(out)
+    assert [p.name for p in manager.all()] == ["step-0000006", "step-0000008"]
+    blob = bytearray((manager.all()[-1] / "model.safetensors").read_bytes())
+    blob[-8:] = b"\xff" * 8
+    (manager.all()[-1] / "model.safetensors").write_bytes(bytes(blob))  # bit rot in step 8
+
+    # resume from step 6, a checkpoint every step, keep one; crash at step 8 before its checkpoint
+    cfg = _config(tiny_model_dir, save_every=1, epochs=2, keep_checkpoints=1)
+    seen: list[str | None] = []
+
+    def check_then_crash(row: dict) -> None:
+        latest = manager.latest()  # after the checkpoint of the previous step was written and pruned
+        seen.append(latest.name if latest else None)
+        if row["step"] == 8:
+            raise RuntimeError("disk error at step 8")
+
+    with pytest.raises(RuntimeError, match="disk error"):
+        train_sft(_examples(), cfg, out, progress=False, callback=check_then_crash)
+    assert seen == ["step-0000006", "step-0000007"]  # the newest written one, every time
+    assert manager.latest().name == "step-0000007" and load_checkpoint(manager.latest()).step == 7
+
+    # the rerun writes step 8 over the corrupt folder and keeps only it
+    res = train_sft(_examples(), cfg, out, progress=False)
+    assert res.resumed_from == 7
+    assert [p.name for p in manager.all()] == ["step-0000008"]
+    assert load_checkpoint(manager.latest()).step == 8
+    final = _adapter_tensors(out)
+    assert all((good[k] == final[k]).all() for k in good)
+
+
+def _fake_ckpt(value: float) -> dict:
+    import torch
+
+    return {"w": torch.full((3,), value)}
+
+
+def _corrupt(folder: Path) -> None:
+    (folder / "model.safetensors").write_bytes(b"rotten")
+
+
+def test_checkpoint_manager_prunes_verified_checkpoints_only(tmp_path: Path) -> None:
+    manager = CheckpointManager(tmp_path, keep=4)
+    for step in (1, 2, 3, 4):
+        manager.save(step, model_tensors=_fake_ckpt(step), state={})
+    assert len(manager.all()) == 4
+    manager.keep = 1
+    _corrupt(manager.path_for(3))
+    _corrupt(manager.path_for(4))
+    assert manager.latest() == manager.path_for(2)
+
+    # resumed from step 2, the run writes step 3 again: it replaces the corrupt folder and survives
+    # the pruning; step 4 is corrupt but the newest, so it is kept; the good ones beyond keep go
+    written = manager.save(3, model_tensors=_fake_ckpt(33.0), state={})
+    assert written == manager.path_for(3)
+    assert manager.all() == [manager.path_for(3), manager.path_for(4)]
+    assert manager.latest() == written and float(load_checkpoint(written).model["w"][0]) == 33.0
+
+    # once a newer good checkpoint exists, the corrupt one goes
+    manager.save(5, model_tensors=_fake_ckpt(5.0), state={})
+    assert manager.all() == [manager.path_for(5)]
+
+    # keep counts good checkpoints only: a corrupt one in between takes no place
+    manager.keep = 2
+    manager.save(6, model_tensors=_fake_ckpt(6.0), state={})
+    (manager.root / "step-0000007").mkdir()  # half-written: no state.json
+    manager.save(8, model_tensors=_fake_ckpt(8.0), state={})
+    assert manager.all() == [manager.path_for(6), manager.path_for(8)]
+
+
+@pytest.mark.parametrize("failing_call", [2, 3])
+def test_saving_over_a_step_folder_always_leaves_a_good_checkpoint_of_that_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing_call: int
+) -> None:
+    import os
+
+    import middleware.training as training
+
+    manager = CheckpointManager(tmp_path, keep=1)
+    manager.save(4, model_tensors=_fake_ckpt(4.0), state={})
+    _corrupt(manager.path_for(4))
+
+    real_replace = os.replace
+    calls = {"n": 0}
+
+    def flaky_replace(src, dst):  # a rename of the replacement fails (a crash would stop there)
+        calls["n"] += 1
+        if calls["n"] == failing_call:
+            raise OSError("simulated failure while swapping the folders")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(training.os, "replace", flaky_replace)
+    try:
+        manager.save(4, model_tensors=_fake_ckpt(44.0), state={})
+    except OSError:
+        pass
+    monkeypatch.setattr(training.os, "replace", real_replace)
+    latest = manager.latest()
+    assert latest is not None, "no good checkpoint of step 4 is left"
+    ck = load_checkpoint(latest)
+    assert ck.step == 4 and float(ck.model["w"][0]) == 44.0
+    # the next save tidies up: one good checkpoint under its plain name
+    manager.save(5, model_tensors=_fake_ckpt(5.0), state={})
+    assert manager.all() == [manager.path_for(5)]
