@@ -8,11 +8,13 @@ Under greedy decoding a batched answer is therefore the same as the answer to th
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Generator, Iterator, Sequence
 
 from .errors import AlignwareError, BackendError, InputError
 from .llm import LLM, ModelStages
@@ -21,6 +23,16 @@ from .stages import attached
 from .types import ChatChunk, ChatRequest, ChatResponse, StageTrace, Usage
 
 REPLACEMENT_CHAR = "\ufffd"
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what ``torch.Generator.manual_seed`` accepts
+_DONE = object()
+
+
+def check_sampling(temperature: float | None, seed: int | None) -> None:
+    """Raise ``InputError`` naming the field when ``temperature`` or ``seed`` cannot be used for sampling."""
+    if temperature is not None and not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+        raise InputError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if seed is not None and not (isinstance(seed, int) and SEED_RANGE[0] <= seed <= SEED_RANGE[1]):
+        raise InputError(f"seed must be an integer that fits in 64 bits (from -2**63 to 2**64 - 1), got {seed!r}")
 
 
 @dataclass
@@ -79,8 +91,10 @@ class LocalBackend(LLM):
     Temperature ``None`` or ``0`` decodes greedily; otherwise tokens are sampled with the request's
     temperature and ``top_p``, from a generator seeded with ``seed`` when the request sets one.
     ``usage.completion_tokens`` counts every token the model produced, the closing EOS included.
-    Calls from several threads run one after the other on the model. A failure inside generation
-    (a hook that raises, running out of memory) is raised as ``BackendError``.
+    Calls from several threads take turns on the model (``complete`` and ``batch`` whole, a stream one
+    token at a time). A failure inside generation (a hook that raises, running out of memory) is
+    raised as ``BackendError``; a request the backend cannot run (a bad temperature or seed, a
+    conversation the chat template rejects) as ``InputError``.
     """
 
     supports_model_stages = True
@@ -150,18 +164,41 @@ class LocalBackend(LLM):
     def stream(self, request: ChatRequest, *, model_stages: ModelStages = ()) -> Iterator[ChatChunk]:
         """Yield the answer piece by piece as tokens come, then a closing chunk with usage and trace.
 
-        The model stays locked and the model stages stay attached until the last token, and are
-        released when the stream ends, fails, or its consumer closes it early.
+        The model stages are attached once, for the whole stream, but each token is generated with
+        the model locked and the stages' hooks in place, and both are taken off again before a chunk is
+        handed over: whatever the consumer runs between chunks (a corrector on the same weights, another
+        request, on this thread or another) sees the model as it is outside the stream. The stages are
+        detached when the stream ends, fails, or its consumer closes it early.
         """
         row = self._row(request, incremental=True)
         traces: list[StageTrace] = []
+        steps = self._generate([row])
+        stages = contextlib.ExitStack()
+        hooks: _StageHooks | None = None
         sent = ""
-        with self._lock, attached(model_stages, self.model, request, traces):
-            for _ in self._generate([row]):
+        try:
+            while row.finish is None:
+                with self._lock:
+                    if hooks is None:
+                        hooks = _StageHooks(self.model, watch=bool(model_stages))
+                        stages.enter_context(attached(model_stages, self.model, request, traces))
+                        hooks.found()
+                    else:
+                        hooks.show()
+                    try:
+                        done = next(steps, _DONE) is _DONE
+                    finally:
+                        hooks.hide()
+                if done:
+                    break
                 safe = row.stream_safe_text()
                 if len(safe) > len(sent) and safe.startswith(sent):
                     yield ChatChunk(delta=safe[len(sent) :], model=self.name)
                     sent = safe
+        finally:
+            steps.close()
+            with self._lock:
+                stages.close()
         if len(row.text) > len(sent):
             yield ChatChunk(delta=row.text[len(sent) :], model=self.name)
         yield ChatChunk(finish_reason=row.finish, model=self.name, usage=self._usage(row), trace=traces)
@@ -211,7 +248,14 @@ class LocalBackend(LLM):
         messages = [m.model_dump() for m in request.messages]
         if self.system_prompt is not None and not any(m["role"] == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": self.system_prompt})
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        from jinja2 import TemplateError
+
+        try:
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except TemplateError as e:
+            if type(e) is TemplateError:  # the template's own raise_exception(...)
+                raise InputError(f"the model's chat template rejected the conversation: {e}") from e
+            raise InputError(f"the chat template of {self.name} cannot be rendered: {type(e).__name__}: {e}") from e
         ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         if not ids:
             raise InputError("the chat template rendered an empty prompt")
@@ -219,8 +263,7 @@ class LocalBackend(LLM):
 
     def _row(self, request: ChatRequest, *, incremental: bool) -> _Row:
         temperature, top_p = request.temperature, request.top_p
-        if temperature is not None and temperature < 0:
-            raise InputError(f"temperature must be 0 or more, got {temperature!r}")
+        check_sampling(temperature, request.seed)
         if top_p is not None and not 0 < top_p <= 1:
             raise InputError(f"top_p must be in (0, 1], got {top_p!r}")
         stops = [s for s in (request.stop or []) if s]
@@ -244,7 +287,7 @@ class LocalBackend(LLM):
         )
 
     # -- generation ---------------------------------------------------------------------
-    def _generate(self, rows: list[_Row]) -> Iterator[None]:
+    def _generate(self, rows: list[_Row]) -> Generator[None, None, None]:
         """Run ``rows`` as one left-padded batch, updating them in place; yield after every token."""
         try:
             yield from self._decode(rows)
@@ -342,6 +385,57 @@ class LocalBackend(LLM):
         return ChatResponse(
             text=row.text, finish_reason=row.finish or "length", model=self.name, usage=self._usage(row), trace=traces
         )
+
+
+class _StageHooks:
+    """The hooks that model stages registered on a model, taken off between the steps of a stream.
+
+    Built before the stages attach, ``found()`` after: the hooks added in between are the stages'.
+    ``hide()`` takes them out of the modules' hook tables and ``show()`` puts them back, so the stages'
+    ``attach`` runs once per stream, and whatever state their hooks keep carries on from step to step.
+    """
+
+    TABLES = (
+        "_forward_pre_hooks",
+        "_forward_pre_hooks_with_kwargs",
+        "_forward_hooks",
+        "_forward_hooks_with_kwargs",
+        "_forward_hooks_always_called",
+        "_backward_pre_hooks",
+        "_backward_hooks",
+    )
+
+    def __init__(self, model: Any, *, watch: bool = True) -> None:
+        self.model = model
+        self.watch = watch  # False: no stages, nothing to look for
+        self.before = {(id(m), t): set(d) for m, t, d in self._tables()} if watch else {}
+        self.added: list[tuple[dict[Any, Any], list[tuple[Any, Any]]]] = []
+
+    def _tables(self) -> Iterator[tuple[Any, str, dict[Any, Any]]]:
+        for module in self.model.modules():
+            for table in self.TABLES:
+                d = vars(module).get(table)
+                if isinstance(d, dict):
+                    yield module, table, d
+
+    def found(self) -> None:
+        if not self.watch:
+            return
+        for m, t, d in self._tables():
+            old = self.before.get((id(m), t), set())
+            new = [(k, v) for k, v in d.items() if k not in old]
+            if new:
+                self.added.append((d, new))
+        self.before = {}
+
+    def hide(self) -> None:
+        for d, items in self.added:
+            for k, _ in items:
+                d.pop(k, None)
+
+    def show(self) -> None:
+        for d, items in self.added:
+            d.update(items)
 
 
 def _model_name(model: "str | Path | None") -> str:

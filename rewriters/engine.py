@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal, Sequence
 
 from middleware.errors import AlignwareError, CheckpointError, InputError
-from middleware.local import REPLACEMENT_CHAR, eos_ids
+from middleware.local import REPLACEMENT_CHAR, check_sampling, eos_ids
 from middleware.models import EMBEDDED_NAME, load_causal_lm, resolve_model_path
 from middleware.training import sha256
 
@@ -198,13 +198,45 @@ class SharedBase:
                     warnings.filterwarnings("ignore", message=".*multiple adapters.*")
                     self.model.load_adapter(str(folder), adapter_name=name)
             except Exception as e:
+                cleanup = self._discard_adapter(name)
                 raise AlignwareError(
                     f"cannot load adapter {folder} onto base model {self.base_model}: {type(e).__name__}: {e}"
+                    + (f" (and removing the half-loaded adapter failed: {cleanup})" if cleanup else "")
                 ) from e
             self._adapters[name] = folder
             self._refresh_layers()
-            current, self._active = self._active, "\0"
-            self._apply(current)
+            self._reapply()
+
+    def _reapply(self) -> None:
+        """Switch every adapter layer to the current setting again (after peft changed which is active)."""
+        current, self._active = self._active, "\0"
+        self._apply(current)
+
+    def _discard_adapter(self, name: str) -> str | None:
+        """Remove whatever a failed ``load_adapter`` put into the model under ``name`` and switch the layers
+        back to the current setting, so the model computes exactly what it did before the attempt.
+
+        Returns ``None``, or a description of what could not be cleaned up."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        problem: str | None = None
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*was active which is now deleted.*")
+            for module in list(self.model.modules()):
+                if isinstance(module, BaseTunerLayer):
+                    try:
+                        module.delete_adapter(name)  # a no-op on layers the load never reached
+                    except Exception as e:  # pragma: no cover - peft internals
+                        problem = problem or f"{type(e).__name__}: {e}"
+        configs = getattr(self.model, "peft_config", None)
+        if isinstance(configs, dict):
+            configs.pop(name, None)
+            if not configs and getattr(self.model, "_hf_peft_config_loaded", False):
+                del self.model.peft_config
+                self.model._hf_peft_config_loaded = False
+        self._refresh_layers()
+        self._reapply()
+        return problem
 
     def _refresh_layers(self) -> None:
         from peft.tuners.tuners_utils import BaseTunerLayer
@@ -489,8 +521,7 @@ class TextGenerator:
         tp = float(top_p if top_p is not None else g.get("top_p", 1.0) or 1.0)
         if mnt < 1:
             raise InputError(f"max_new_tokens must be at least 1, got {mnt}")
-        if temp < 0:
-            raise InputError(f"temperature must be 0 or more, got {temp}")
+        check_sampling(temp, None)
         if not 0 < tp <= 1:
             raise InputError(f"top_p must be in (0, 1], got {tp}")
         return mnt, temp, tp
@@ -526,6 +557,7 @@ class TextGenerator:
     def _rows(self, encoded: list[list[int]], max_new: int, temperature: float, top_p: float, seed: int | None) -> list[_Row]:
         import torch
 
+        check_sampling(None, seed)
         rows = []
         for ids in encoded:
             room = min(max_new, self._context - len(ids)) if self._context else max_new

@@ -5,10 +5,11 @@ from __future__ import annotations
 import shutil
 import threading
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 
-from middleware.errors import CheckpointError, InputError
+from middleware.errors import AlignwareError, CheckpointError, InputError
 from rewriters.engine import SharedBase, TextGenerator
 from rewriters.sft import SFTConfig, init_adapter
 from rewriters.templates import get_template
@@ -191,3 +192,130 @@ def test_full_model_folder_and_errors(tiny_model_dir: Path, adapters: tuple[Path
     with pytest.raises(InputError, match="no adapter named"):
         with SharedBase.get(tiny_model_dir).using("nope"):
             pass
+
+
+def _mismatched_copy(good: Path, dest: Path) -> Path:
+    """``good`` with one LoRA tensor of the wrong rank: peft injects the layers, then the load fails."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(good, dest)
+    (dest / "alignware.json").unlink()  # no checksums to trip over first
+    weights = load_file(dest / "adapter_model.safetensors")
+    key = sorted(k for k in weights if "lora_B" in k)[-1]
+    weights[key] = torch.randn(weights[key].shape[0], weights[key].shape[1] + 1)
+    save_file(weights, dest / "adapter_model.safetensors")
+    return dest
+
+
+@pytest.mark.parametrize("with_good_adapter", [False, True])
+def test_failed_adapter_load_leaves_the_base_as_it_was(
+    tiny_model_dir: Path, adapters: tuple[Path, Path], tmp_path: Path, with_good_adapter: bool
+) -> None:
+    import torch
+
+    bad = _mismatched_copy(adapters[0], tmp_path / "bad")
+    shared = SharedBase.get(tiny_model_dir)
+    if with_good_adapter:
+        shared.add_adapter("good", adapters[1])
+    before = dict(shared.adapters)
+    with shared.using(None) as m:
+        plain0 = _logits(m, shared.tokenizer, TEXTS[1])
+    if with_good_adapter:
+        with shared.using("good") as m:
+            good0 = _logits(m, shared.tokenizer, TEXTS[1])
+    chat = shared.chat_backend(max_tokens=8)
+    from middleware.types import ChatRequest
+
+    question = ChatRequest.build("What is the capital of France?", temperature=0)
+    answer0 = chat.complete(question).text
+
+    with pytest.raises(AlignwareError) as info:
+        shared.add_adapter("bad", bad)
+    message = str(info.value)
+    assert str(bad.resolve()) in message and info.value.__cause__ is not None
+    assert f"{type(info.value.__cause__).__name__}: {info.value.__cause__}" in message
+
+    assert shared.adapters == before and shared.active_adapter is None
+    with shared.using(None) as m:
+        assert torch.equal(_logits(m, shared.tokenizer, TEXTS[1]), plain0)
+    if with_good_adapter:
+        with shared.using("good") as m:
+            assert torch.equal(_logits(m, shared.tokenizer, TEXTS[1]), good0)
+    assert chat.complete(question).text == answer0
+    with pytest.raises(InputError, match="no adapter named 'bad'"):
+        with shared.using("bad"):
+            pass
+    shared.add_adapter("bad", adapters[0])  # the name is free again and a sound folder loads under it
+    assert list(shared.adapters) == [*before, "bad"]
+    with shared.using(None) as m:
+        assert torch.equal(_logits(m, shared.tokenizer, TEXTS[1]), plain0)
+
+
+def test_generator_between_chat_stream_chunks_sees_no_stream_stages(adapters: tuple[Path, Path]) -> None:
+    """A corrector (adapter) or plain-base generator run on the consumer's thread between the chunks of a
+    steered chat stream gives exactly what it gives outside any stream."""
+    import contextlib
+
+    import torch
+
+    from middleware.stages import ModelStage
+    from middleware.types import ChatRequest
+
+    class AddVector(ModelStage):
+        def __init__(self, vector: torch.Tensor) -> None:
+            super().__init__()
+            self.vector = vector
+
+        @contextlib.contextmanager
+        def attach(self, model: Any) -> Iterator[None]:
+            def hook(module: Any, args: Any, output: Any) -> Any:
+                if isinstance(output, tuple):
+                    return (output[0] + self.vector,) + tuple(output[1:])
+                return output + self.vector
+
+            handle = model.model.layers[0].register_forward_hook(hook)
+            try:
+                yield
+            finally:
+                handle.remove()
+
+    co = TextGenerator.from_pretrained(adapters[1])
+    plain = TextGenerator.untrained(co.shared, template="bpo", kind="rewriter")
+    chat = co.shared.chat_backend(max_tokens=20)
+    steer = AddVector(torch.randn(co.model.config.hidden_size, generator=torch.Generator().manual_seed(0)) * 3.0)
+    text = co.render(question="What is the capital of France?", answer="Paris.")
+    question = ChatRequest.build("What is the capital of France?")
+
+    def run() -> tuple[str, str]:
+        return (co.generate(text, max_new_tokens=12, temperature=0.0)[0],
+                plain.generate(TEXTS[1], max_new_tokens=12, temperature=0.0)[0])
+
+    alone = run()
+    with steer.attach(co.model):
+        assert run() != alone  # the stage changes both outputs, so a leak would show
+    steered = chat.complete(question, model_stages=[steer]).text
+
+    inside: list[tuple[str, str]] = []
+    pieces: list[str] = []
+    for chunk in chat.stream(question, model_stages=[steer]):
+        pieces.append(chunk.delta)
+        if chunk.delta and len(inside) < 2:
+            assert co.shared.active_adapter is None
+            inside.append(run())
+    assert inside == [alone, alone]
+    assert steered != chat.complete(question).text and len([p for p in pieces if p]) > 2
+    assert "".join(pieces) == steered  # the stream itself kept its stage for every token
+    assert co.shared.active_adapter is None
+    assert all(not lay._forward_hooks for lay in co.model.model.layers)
+
+
+def test_bad_temperature_and_seed_are_input_errors(tiny_model_dir: Path) -> None:
+    gen = TextGenerator.untrained(tiny_model_dir, template="bpo", kind="rewriter")
+    for t in (float("nan"), float("inf")):
+        with pytest.raises(InputError, match="temperature must be a finite number"):
+            gen.generate("x", temperature=t, max_new_tokens=2)
+    with pytest.raises(InputError, match="seed"):
+        gen.generate("x", temperature=1.0, seed=2**70, max_new_tokens=2)
+    with pytest.raises(InputError, match="seed"):
+        list(gen.stream("x", temperature=1.0, seed=-(2**63) - 1, max_new_tokens=2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import math
 import threading
 from pathlib import Path
 from typing import Any, Iterator
@@ -159,6 +160,44 @@ def test_bad_parameters(lively: LocalBackend) -> None:
         lively.complete(req("Hi", temperature=-1))
     with pytest.raises(InputError, match="top_p"):
         lively.complete(req("Hi", temperature=1, top_p=0))
+
+
+@pytest.mark.parametrize("temperature", [math.nan, math.inf, -math.inf])
+def test_non_finite_temperature_is_an_input_error(lively: LocalBackend, temperature: float) -> None:
+    with pytest.raises(InputError, match="temperature must be a finite number >= 0"):
+        lively.complete(req("Hi", temperature=temperature, max_tokens=3))
+    with pytest.raises(InputError, match="temperature"):
+        list(lively.stream(req("Hi", temperature=temperature, max_tokens=3)))
+    with pytest.raises(InputError, match="temperature"):
+        lively.batch([req("Hi"), req("Hi", temperature=temperature)])
+
+
+def test_seed_outside_64_bits_is_an_input_error(lively: LocalBackend) -> None:
+    for seed in (2**64, 2**70, -(2**63) - 1):
+        with pytest.raises(InputError, match="seed must be an integer that fits in 64 bits"):
+            lively.complete(req("Hi", temperature=1.0, seed=seed, max_tokens=3))
+    for seed in (2**64 - 1, -(2**63), -1):  # the edges torch accepts still sample, repeatably
+        a = lively.complete(req("Hi", temperature=1.0, seed=seed, max_tokens=3))
+        assert a.text == lively.complete(req("Hi", temperature=1.0, seed=seed, max_tokens=3)).text
+
+
+def test_chat_template_raise_exception_is_an_input_error(lively: LocalBackend) -> None:
+    """A template that refuses a conversation (Gemma/Mistral-style ``raise_exception``) names the problem."""
+    tok = copy.deepcopy(lively.tokenizer)
+    tok.chat_template = (
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+        + lively.tokenizer.chat_template
+    )
+    backend = LocalBackend(model_obj=lively.model, tokenizer=tok, max_tokens=3)
+    system_first = req([{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi"}])
+    want = "the model's chat template rejected the conversation: System role not supported"
+    with pytest.raises(InputError, match=want):
+        backend.complete(system_first)
+    with pytest.raises(InputError, match=want):
+        list(backend.stream(system_first))
+    with pytest.raises(InputError, match=want):
+        LocalBackend(model_obj=lively.model, tokenizer=tok, max_tokens=3, system_prompt="be nice").complete(req("hi"))
+    assert backend.complete(req("hi")).text == lively.complete(req("hi", max_tokens=3)).text
 
 
 # -- greedy decoding ----------------------------------------------------------------------
@@ -344,17 +383,17 @@ def test_attach_failure_is_a_failed_trace_and_the_answer_comes_back(lively: Loca
     assert no_hooks(lively)
 
 
-def test_stream_keeps_hooks_until_the_end_and_drops_them_on_close(lively: LocalBackend) -> None:
+def test_stream_applies_hooks_to_its_own_tokens_only_and_drops_them_on_close(lively: LocalBackend) -> None:
     stage = steer(lively)
     steered = lively.complete(req(PROMPTS[1]), model_stages=[stage])
     chunks = list(lively.stream(req(PROMPTS[1]), model_stages=[stage]))
     assert "".join(c.delta for c in chunks) == steered.text
-    assert chunks[-1].trace[0].verdict == "modified"
+    assert [(t.verdict, t.reason) for t in chunks[-1].trace] == [("modified", "attached")]
 
     gen = lively.stream(req(PROMPTS[1]), model_stages=[stage])
     next(gen)
     next(gen)
-    assert layer(lively)._forward_hooks, "hooks must stay attached while the stream runs"
+    assert no_hooks(lively), "between chunks the model must be as it is outside the stream"
     gen.close()
     assert no_hooks(lively)
     done: list[ChatResponse] = []
@@ -362,6 +401,23 @@ def test_stream_keeps_hooks_until_the_end_and_drops_them_on_close(lively: LocalB
     t.start()
     t.join(timeout=30)
     assert done, "the model lock must be released when a stream is closed early"
+
+
+def test_calls_between_stream_chunks_do_not_see_the_streams_stages(lively: LocalBackend) -> None:
+    """Code the consumer runs between chunks (a chunked corrector, another request) on the same thread
+    gets the plain model, and the stream itself still gets its stages for every one of its tokens."""
+    stage = steer(lively)
+    plain = lively.complete(req(PROMPTS[2]))
+    steered = lively.complete(req(PROMPTS[1]), model_stages=[stage])
+    assert lively.complete(req(PROMPTS[2]), model_stages=[stage]).text != plain.text  # a leak would show
+    pieces, between = [], []
+    for chunk in lively.stream(req(PROMPTS[1]), model_stages=[stage]):
+        pieces.append(chunk.delta)
+        if chunk.delta and len(between) < 3:
+            between.append(lively.complete(req(PROMPTS[2])).text)
+    assert between == [plain.text] * 3
+    assert "".join(pieces) == steered.text
+    assert no_hooks(lively)
 
 
 def test_batch_with_model_stages_and_skip_if(lively: LocalBackend) -> None:
