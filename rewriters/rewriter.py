@@ -261,8 +261,9 @@ def _generation_defaults(template: "Template", generator: Any = None, **given: A
         "max_new_tokens": int(gen.get("max_new_tokens", 512)),
     }
     out.update({k: v for k, v in given.items() if v is not None})
-    if out["temperature"] < 0:
-        raise InputError(f"temperature must be 0 or more, got {out['temperature']!r}")
+    from middleware.local import check_sampling
+
+    check_sampling(out["temperature"], None)
     if not 0 < out["top_p"] <= 1:
         raise InputError(f"top_p must be in (0, 1], got {out['top_p']!r}")
     if out["max_new_tokens"] < 1:

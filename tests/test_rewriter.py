@@ -239,6 +239,8 @@ def test_from_config_errors_name_the_problem() -> None:
         PromptRewriter()
     with pytest.raises(InputError, match="exactly one field"):
         PromptRewriter.prompted(FixedLLM("x"), template="aligner-v1.0")
+    with pytest.raises(InputError, match="temperature must be a finite number >= 0, got nan"):
+        PromptRewriter.prompted(FixedLLM("x"), temperature=float("nan"))
 
 
 def test_model_mode_on_a_tiny_checkpoint(tiny_model_dir: Path) -> None:
