@@ -255,30 +255,10 @@ def test_failed_adapter_load_leaves_the_base_as_it_was(
 def test_generator_between_chat_stream_chunks_sees_no_stream_stages(adapters: tuple[Path, Path]) -> None:
     """A corrector (adapter) or plain-base generator run on the consumer's thread between the chunks of a
     steered chat stream gives exactly what it gives outside any stream."""
-    import contextlib
-
     import torch
 
-    from middleware.stages import ModelStage
     from middleware.types import ChatRequest
-
-    class AddVector(ModelStage):
-        def __init__(self, vector: torch.Tensor) -> None:
-            super().__init__()
-            self.vector = vector
-
-        @contextlib.contextmanager
-        def attach(self, model: Any) -> Iterator[None]:
-            def hook(module: Any, args: Any, output: Any) -> Any:
-                if isinstance(output, tuple):
-                    return (output[0] + self.vector,) + tuple(output[1:])
-                return output + self.vector
-
-            handle = model.model.layers[0].register_forward_hook(hook)
-            try:
-                yield
-            finally:
-                handle.remove()
+    from model_stages import AddVector
 
     co = TextGenerator.from_pretrained(adapters[1])
     plain = TextGenerator.untrained(co.shared, template="bpo", kind="rewriter")

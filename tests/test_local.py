@@ -19,6 +19,7 @@ from middleware.models import load_causal_lm
 from middleware.pipeline import Pipeline
 from middleware.stages import ModelStage, PromptStage, ResponseStage
 from middleware.types import ChatRequest, ChatResponse
+from model_stages import AddVector
 
 PROMPTS = [
     "Hi",
@@ -57,28 +58,6 @@ def layer(backend: LocalBackend, i: int = 0) -> torch.nn.Module:
 
 def no_hooks(backend: LocalBackend) -> bool:
     return all(not lay._forward_hooks for lay in backend.model.model.layers)
-
-
-class AddVector(ModelStage):
-    """Adds a fixed vector to the output of one decoder layer."""
-
-    def __init__(self, vector: torch.Tensor, layer_index: int = 0, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.vector = vector
-        self.layer_index = layer_index
-
-    @contextlib.contextmanager
-    def attach(self, model: Any) -> Iterator[None]:
-        def hook(module: Any, args: Any, output: Any) -> Any:
-            if isinstance(output, tuple):
-                return (output[0] + self.vector,) + tuple(output[1:])
-            return output + self.vector
-
-        handle = model.model.layers[self.layer_index].register_forward_hook(hook)
-        try:
-            yield
-        finally:
-            handle.remove()
 
 
 class RaisingHook(ModelStage):
