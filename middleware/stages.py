@@ -81,7 +81,8 @@ class Stage:
     Args:
         name: shown in traces (default: the class name).
         on_error: ``"pass"`` (default) passes the input through on error; ``"raise"`` raises ``StageError``.
-        timeout: seconds; a stage that takes longer counts as failed (``None``: no limit).
+        timeout: seconds; a stage that takes longer counts as failed (``None``: no limit). When
+            streaming, the stage's own time over the whole answer, not its wait for upstream chunks.
         skip_if: a predicate on the request; when true the stage is skipped.
     """
 
