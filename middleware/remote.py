@@ -553,7 +553,10 @@ class LiteLLMBackend(LLM):
             pool.shutdown(wait=True, cancel_futures=True)
 
     async def abatch(self, requests: Sequence[ChatRequest], *, model_stages: ModelStages = ()) -> list[ChatResponse]:
-        """Async ``batch``: at most ``max_concurrency`` requests in flight, results in order."""
+        """Async ``batch``: at most ``max_concurrency`` requests in flight, results in order.
+
+        The first failure is raised once the other requests are cancelled (none keeps running, or
+        starts, after ``abatch`` has raised)."""
         self._check_stages(model_stages)
         gate = asyncio.Semaphore(self.max_concurrency)
 
@@ -561,4 +564,11 @@ class LiteLLMBackend(LLM):
             async with gate:
                 return await self.acomplete(r)
 
-        return list(await asyncio.gather(*(one(r) for r in requests)))
+        tasks = [asyncio.ensure_future(one(r)) for r in requests]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise

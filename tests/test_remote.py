@@ -10,6 +10,7 @@ import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no cost-map download at import
 
+import asyncio
 import json
 import threading
 import time
@@ -384,6 +385,16 @@ def test_batch_keeps_order(server: FakeOpenAI) -> None:
 async def test_abatch_keeps_order(server: FakeOpenAI) -> None:
     out = await remote(server, max_concurrency=2).abatch([req(f"q{i}") for i in range(4)])
     assert [r.text for r in out] == [f"echo: q{i}" for i in range(4)]
+
+
+async def test_abatch_failure_leaves_no_request_running(server: FakeOpenAI) -> None:
+    server.script("primary", fail(400, "bad request"), ok("fine"))
+    before = asyncio.all_tasks()
+    with pytest.raises(BackendError, match="bad request"):
+        await remote(server, max_concurrency=1).abatch([req(f"q{i}") for i in range(4)])
+    left = [t for t in asyncio.all_tasks() - before if not t.done()]
+    assert left == []  # the three requests queued behind the failure were cancelled, not left to run
+    assert server.calls("primary") == 1
 
 
 # -- the pipeline around a remote model ----------------------------------------------------------
