@@ -759,6 +759,22 @@ class RewriterDataReport:
         return d
 
 
+def _cache_identity(given: Any, llm: LLM) -> str:
+    """What names a model in the answer caches: a local folder by its full path (two folders may share a
+    name), a function by its module and qualified name, a remote model by its model string and endpoint."""
+    if isinstance(given, (str, os.PathLike)):
+        path = Path(str(given).removeprefix("local:")).expanduser()
+        if path.exists():
+            return str(path.resolve())
+    fn = getattr(llm, "fn", None)
+    if callable(fn):
+        return f"{llm.name}:{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+    name = str(getattr(llm, "model", None) or llm.name)
+    extra = getattr(llm, "litellm_kwargs", None)
+    base = extra.get("api_base") if isinstance(extra, dict) else None
+    return f"{name}@{base}" if base else name
+
+
 class _TextCache:
     """Model answers on disk (the teacher's, or the target's for reward selection), one JSON file per
     ``sha256(model + NUL + prompt)``; written atomically."""
@@ -777,7 +793,9 @@ class _TextCache:
             obj = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        if obj.get("model") != self.model or obj.get("prompt") != prompt or not isinstance(obj.get("response"), str):
+        if not isinstance(obj, dict) or obj.get("model") != self.model or obj.get("prompt") != prompt:
+            return None  # another entry, or a damaged file: a miss, answered again
+        if not isinstance(obj.get("response"), str):
             return None
         return obj["response"]
 
@@ -888,9 +906,7 @@ def select_by_reward(
         from middleware.models import cache_dir as _cache_root
 
         cache_dir = _cache_root() / "answers"
-    name = getattr(llm, "model", None) or llm.name
-    if isinstance(target, str) and Path(target.removeprefix("local:")).expanduser().exists():
-        name = str(Path(target.removeprefix("local:")).expanduser().resolve())  # two folders may share a name
+    name = _cache_identity(target, llm)
     decoding = "" if temperature is None else f"|temperature={temperature}"
     caches = [_TextCache(Path(cache_dir), f"{name}|max_tokens={max_tokens}|seed={seed + k}{decoding}") for k in range(samples)]
     order = sorted(rewrites)
@@ -1042,7 +1058,7 @@ def build_rewriter_data(
     if need:
         assert teacher is not None
         llm = _resolve_llm(teacher)
-        model_name = getattr(llm, "model", None) or llm.name
+        model_name = f"{_cache_identity(teacher, llm)}|temperature={teacher_temperature}|max_tokens={teacher_max_tokens}"
         if cache_dir is None:
             from middleware.models import cache_dir as _cache_root
 

@@ -410,6 +410,30 @@ def test_second_run_makes_no_teacher_calls(tmp_path: Path, litellm_calls: list) 
     other = LiteLLMBackend("openai/y", mock_response=TEACHER_OK, max_retries=0)
     _, r3 = build_rewriter_data(pairs, other, cache_dir=tmp_path, progress=False)
     assert r3.teacher_calls == 4 and r3.cache_hits == 0
+    # nor do the same model behind another endpoint, or other teacher decoding settings
+    elsewhere = LiteLLMBackend("openai/x", mock_response=TEACHER_OK, max_retries=0, api_base="http://127.0.0.1:9/v1")
+    assert build_rewriter_data(pairs, elsewhere, cache_dir=tmp_path, progress=False)[1].cache_hits == 0
+    cooler = build_rewriter_data(pairs, teacher, cache_dir=tmp_path, teacher_temperature=0.0, progress=False)[1]
+    assert cooler.teacher_calls == 4 and cooler.cache_hits == 0
+
+
+def test_teacher_cache_tells_functions_apart_and_survives_damaged_files(tmp_path: Path) -> None:
+    pairs = [p for p in _pairs() if "teacher" not in p.question]
+
+    def teacher_a(messages: Any) -> str:
+        return TEACHER_OK
+
+    def teacher_b(messages: Any) -> str:
+        return TEACHER_OK
+
+    _, first = build_rewriter_data(pairs, FunctionLLM(teacher_a), cache_dir=tmp_path, progress=False)
+    _, again = build_rewriter_data(pairs, FunctionLLM(teacher_a), cache_dir=tmp_path, progress=False)
+    _, other = build_rewriter_data(pairs, FunctionLLM(teacher_b), cache_dir=tmp_path, progress=False)
+    assert (first.teacher_calls, again.cache_hits, other.cache_hits, other.teacher_calls) == (4, 4, 0, 4)
+    for f in tmp_path.rglob("*.json"):
+        f.write_text("null")  # valid JSON, not an entry: a miss, asked again
+    _, damaged = build_rewriter_data(pairs, FunctionLLM(teacher_a), cache_dir=tmp_path, progress=False)
+    assert damaged.teacher_calls == 4 and damaged.cache_hits == 0 and damaged.teacher_failures == 0
 
 
 def test_without_teacher_rows_lacking_a_target_are_counted() -> None:
