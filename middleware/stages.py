@@ -389,7 +389,9 @@ class ResponseStage(Stage):
         """Apply ``process_stream`` with the failure policy; appends this stage's trace when done.
 
         On failure before anything was yielded, the whole original answer passes through; after a
-        partial output, the rest of the original answer follows it. ``timeout`` counts the stage's own
+        partial output, the part of the original answer the stage had not read yet follows it (what it
+        had read but not answered for is gone: a stage that streams piece by piece should pass a
+        failing piece through itself, as the chunked ``ResponseCorrector`` does). ``timeout`` counts the stage's own
         time over the whole stream, not the time it waits for upstream chunks. An error raised by the
         upstream itself (the LLM's stream broke) is not the stage's failure: it propagates.
         """

@@ -304,10 +304,12 @@ CHUNK_INSTRUCTION = (
 
 @dataclass
 class _ChunkState:
-    """The corrected and original groups so far, for the context window."""
+    """The corrected and original groups so far, for the context window; ``failed`` once a group's
+    correction raised (the rest of the answer then passes through uncorrected)."""
 
     originals: list[str]
     corrected: list[str]
+    failed: bool = False
 
     @classmethod
     def new(cls) -> "_ChunkState":
@@ -522,11 +524,21 @@ class ResponseCorrector(ResponseStage):
         return self._decide(answer, out, "kept the original answer")
 
     def _correct_chunk(self, question: str, state: _ChunkState, piece: str, index: int, seed: int | None) -> tuple[str, str | None]:
-        if not piece.strip():
+        """Correct one group. When the model fails on a group (and ``on_error`` is ``"pass"``), that group
+        and every later one pass through as they are, so the groups already sent are followed by the
+        rest of the original answer, with nothing lost or repeated."""
+        if not piece.strip() or state.failed:
             text, reason = piece, None
         else:
-            out = self._complete(self._chunk_prompt(question, state, piece), self._chunk_params(piece), seed)
-            text, reason = self._decide(piece, out, f"chunk {index + 1}: kept the original")
+            try:
+                out = self._complete(self._chunk_prompt(question, state, piece), self._chunk_params(piece), seed)
+            except Exception as e:
+                if self.on_error == "raise":
+                    raise
+                state.failed = True
+                text, reason = piece, f"chunk {index + 1}: {type(e).__name__}: {e}; the rest of the answer passes through uncorrected"
+            else:
+                text, reason = self._decide(piece, out, f"chunk {index + 1}: kept the original")
         state.originals.append(piece)
         state.corrected.append(text)
         return text, reason

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from middleware.errors import InputError
+from middleware.errors import InputError, StageError
 from middleware.llm import LLM, FunctionLLM
 from middleware.pipeline import Pipeline
 from middleware.types import ChatChunk, ChatRequest, ChatResponse, PreferencePair, save_pairs
@@ -428,3 +428,34 @@ def test_deterministic_when_greedy() -> None:
     assert ResponseCorrector(gen).deterministic()  # Aligner decodes greedily
     assert not ResponseCorrector(gen, temperature=0.7).deterministic()
     assert not ResponseCorrector(gen, timeout=3).deterministic()
+
+
+def test_chunked_correction_failing_midway_passes_the_rest_through() -> None:
+    """The model fails on the second sentence group: the first group stays corrected, the failing group
+    and all later ones pass through as they were, streamed or not; nothing is lost or repeated."""
+
+    def flaky(fail_on: int) -> FunctionLLM:
+        calls = {"n": 0}
+
+        def fn(messages: list[dict[str, str]]) -> str:
+            calls["n"] += 1
+            if calls["n"] == fail_on:
+                raise ConnectionError("backend hiccup")
+            return messages[-1]["content"].split("Next piece of the original answer:\n", 1)[1].upper()
+
+        return FunctionLLM(fn)
+
+    answer = "Cats are small mammals. They like to sleep a lot. They purr when happy. The end."
+    pieces = [w + " " for w in answer.split(" ")]
+    pieces[-1] = pieces[-1].rstrip()
+    expected = "CATS ARE SMALL MAMMALS. They like to sleep a lot. They purr when happy. The end."
+    request = ChatRequest.build("Tell me about cats.")
+    traces: list[Any] = []
+    streamed = "".join(ResponseCorrector.prompted(flaky(2), streaming="chunked", chunk_min_chars=10).run_stream(request, iter(pieces), traces))
+    assert streamed == expected
+    assert traces[0].verdict == "modified" and "chunk 2: ConnectionError: backend hiccup" in traces[0].reason
+    whole, trace = ResponseCorrector.prompted(flaky(2), streaming="chunked", chunk_min_chars=10).run(request, ChatResponse(text=answer))
+    assert whole.text == expected and trace.verdict == "modified"
+    strict = ResponseCorrector.prompted(flaky(2), streaming="chunked", chunk_min_chars=10, on_error="raise")
+    with pytest.raises(StageError, match="backend hiccup"):
+        "".join(strict.run_stream(request, iter(pieces), []))
