@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -49,6 +50,29 @@ def _is_checkpoint(d: Path) -> bool:
     return (d / "config.json").is_file() and any(d.glob("*.safetensors")) and (d / "tokenizer_config.json").is_file()
 
 
+SOURCE_FILE = "alignware-source.json"  # in a converted folder: the GGUF it came from and its weight files' sizes
+
+
+def _source_stamp(gguf: Path) -> dict[str, Any]:
+    st = gguf.stat()
+    return {"gguf": str(gguf.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _conversion_ok(out: Path, gguf: Path) -> bool:
+    """Whether ``out`` is a complete conversion of ``gguf`` as it is now: the same file (path, size and
+    modification time) and weight files of the sizes written. A replaced GGUF or a truncated cache converts again."""
+    if not _is_checkpoint(out):
+        return False
+    try:
+        meta = json.loads((out / SOURCE_FILE).read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or meta.get("source") != _source_stamp(gguf):
+            return False
+        sizes = meta.get("sizes")
+        return isinstance(sizes, dict) and bool(sizes) and all((out / n).stat().st_size == s for n, s in sizes.items())
+    except (OSError, ValueError):
+        return False
+
+
 def convert_gguf(gguf: Path, out: Path) -> Path:
     """Dequantise a GGUF file into a plain transformers checkpoint folder at ``out`` (atomically)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -66,6 +90,8 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     try:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        sizes = {f.name: f.stat().st_size for f in tmp.glob("*.safetensors")}
+        (tmp / SOURCE_FILE).write_text(json.dumps({"source": _source_stamp(gguf), "sizes": sizes}, indent=2), encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -78,9 +104,8 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
 def embedded_model_dir() -> Path:
     """The embedded model as a plain checkpoint folder, converted from GGUF on first use."""
     out = cache_dir() / "models" / EMBEDDED_NAME
-    if _is_checkpoint(out):
-        return out
-    return convert_gguf(embedded_gguf_path(), out)
+    gguf = embedded_gguf_path()
+    return out if _conversion_ok(out, gguf) else convert_gguf(gguf, out)
 
 
 def resolve_model_path(path: "str | os.PathLike[str] | None") -> Path:
@@ -93,7 +118,7 @@ def resolve_model_path(path: "str | os.PathLike[str] | None") -> Path:
             raise AlignwareError(f"{p}: no such GGUF file")
         digest = hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:10]
         out = cache_dir() / "models" / f"{p.stem}-{digest}"
-        return out if _is_checkpoint(out) else convert_gguf(p, out)
+        return out if _conversion_ok(out, p) else convert_gguf(p, out)
     if not p.is_dir():
         raise AlignwareError(f"{p}: not a model folder or .gguf file")
     if not (p / "config.json").is_file():
