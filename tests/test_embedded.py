@@ -28,7 +28,7 @@ def test_gguf_conversion_is_cached_and_redone_when_damaged(tmp_path, monkeypatch
 
     from middleware.models import embedded_gguf_path, load_causal_lm, resolve_model_path
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("ALIGNWARE_CACHE", str(tmp_path / "cache"))
     gguf = tmp_path / "model.gguf"
     shutil.copyfile(embedded_gguf_path(), gguf)
     out = resolve_model_path(gguf)
