@@ -1221,7 +1221,7 @@ def train_main(argv: Sequence[str]) -> int:
         args.teacher,
         cache_dir=args.cache_dir,
         max_concurrency=args.max_concurrency,
-        progress=sys.stderr.isatty(),
+        progress=not args.quiet and sys.stderr.isatty(),
         filter_given=args.filter_given,
         template=config.template,
         judge=args.judge,
