@@ -15,7 +15,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, ClassVar, ContextManager, Iterator, Literal, Sequence
 
-from .errors import StageError
+from .errors import InputError, StageError
 from .types import ChatRequest, ChatResponse, StageTrace, Verdict
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -200,7 +200,10 @@ class Stage:
 def _user_text(request: ChatRequest) -> str:
     """The last user message for a trace; empty when the request has none (the stage then fails on
     its own terms and the request passes through)."""
-    return next((m.content for m in reversed(request.messages) if m.role == "user"), "")
+    try:
+        return request.last_user_message
+    except InputError:
+        return ""
 
 
 def _verdict(changed: bool, notes: list[str]) -> tuple[Verdict, str | None]:
@@ -423,16 +426,11 @@ class ResponseStage(Stage):
         except Exception as e:
             if feed.error is not None:
                 raise feed.error from None
-            rest = feed.rest()
-            traces.append(self._failed(e, t0, "".join(feed.seen + rest)))  # raises when on_error="raise"
-            if not out:
-                yield "".join(feed.seen + rest)
-            elif rest:
-                yield "".join(rest)
+            tail = self._stream_failed(e, t0, feed, feed.rest(), out, traces)
+            if tail:
+                yield tail
             return
-        before, after = "".join(feed.seen), "".join(out)
-        verdict, reason = _verdict(before != after, notes)
-        traces.append(self._trace(verdict, time.perf_counter() - t0, before=before, after=after, reason=reason))
+        traces.append(self._stream_done(t0, feed, out, notes))
 
     def _step_with_timeout(self, step: Callable[[], Any], feed: "_Feed", t0: float) -> Any:
         """Run one ``step`` in a worker thread; raise ``TimeoutError`` once the stage's own time (the
@@ -480,16 +478,24 @@ class ResponseStage(Stage):
         except Exception as e:
             if feed.error is not None:
                 raise feed.error from None
-            rest = await feed.rest()
-            traces.append(self._failed(e, t0, "".join(feed.seen + rest)))  # raises when on_error="raise"
-            if not out:
-                yield "".join(feed.seen + rest)
-            elif rest:
-                yield "".join(rest)
+            tail = self._stream_failed(e, t0, feed, await feed.rest(), out, traces)
+            if tail:
+                yield tail
             return
+        traces.append(self._stream_done(t0, feed, out, notes))
+
+    def _stream_failed(
+        self, exc: Exception, t0: float, feed: "_FeedState", rest: list[str], out: list[str], traces: list[StageTrace]
+    ) -> str:
+        """Record the failure (``StageError`` when ``on_error="raise"``) and return what follows the
+        stage's output: the whole original answer if it sent nothing, else the part it had not read."""
+        traces.append(self._failed(exc, t0, "".join(feed.seen + rest)))
+        return "".join(rest if out else feed.seen + rest)
+
+    def _stream_done(self, t0: float, feed: "_FeedState", out: list[str], notes: list[str]) -> StageTrace:
         before, after = "".join(feed.seen), "".join(out)
         verdict, reason = _verdict(before != after, notes)
-        traces.append(self._trace(verdict, time.perf_counter() - t0, before=before, after=after, reason=reason))
+        return self._trace(verdict, time.perf_counter() - t0, before=before, after=after, reason=reason)
 
     async def _astep_with_timeout(self, step: Callable[[], Any], feed: "_AsyncFeed", t0: float) -> Any:
         """Async twin of :meth:`_step_with_timeout`: the step is cancelled when it times out, never
@@ -525,6 +531,16 @@ class _FeedState:
         self.pull_started: float | None = None  # set while waiting for one
         self.closed = False
 
+    def _pull_started(self) -> float:
+        if self.closed:
+            raise _StreamAbandoned("the stage timed out; the rest of the answer passed through")
+        self.pull_started = time.perf_counter()
+        return self.pull_started
+
+    def _pull_ended(self, started: float) -> None:
+        self.waited += time.perf_counter() - started
+        self.pull_started = None
+
     def own_time(self, t0: float) -> float:
         """Seconds since ``t0`` less those spent waiting for upstream chunks."""
         now = time.perf_counter()
@@ -545,9 +561,7 @@ class _Feed(_FeedState):
     def pieces(self) -> Iterator[str]:
         while True:
             with self.lock:
-                if self.closed:
-                    raise _StreamAbandoned("the stage timed out; the rest of the answer passed through")
-                started = self.pull_started = time.perf_counter()
+                started = self._pull_started()
                 try:
                     piece = next(self.upstream)
                 except StopIteration:
@@ -556,8 +570,7 @@ class _Feed(_FeedState):
                     self.error = e
                     raise
                 finally:
-                    self.waited += time.perf_counter() - started
-                    self.pull_started = None
+                    self._pull_ended(started)
                 self.seen.append(piece)
             yield piece
 
@@ -576,9 +589,7 @@ class _AsyncFeed(_FeedState):
 
     async def pieces(self) -> AsyncIterator[str]:
         while True:
-            if self.closed:
-                raise _StreamAbandoned("the stage timed out; the rest of the answer passed through")
-            started = self.pull_started = time.perf_counter()
+            started = self._pull_started()
             try:
                 piece = await self.upstream.__anext__()
             except StopAsyncIteration:
@@ -587,8 +598,7 @@ class _AsyncFeed(_FeedState):
                 self.error = e
                 raise
             finally:
-                self.waited += time.perf_counter() - started
-                self.pull_started = None
+                self._pull_ended(started)
             self.seen.append(piece)
             yield piece
 
