@@ -209,12 +209,23 @@ def _step_of(path: Path) -> int:
         return -1
 
 
+def _stamp(folder: Path) -> tuple[Any, ...]:
+    """The names, sizes and modification times of a folder's files: a cheap sign that none changed."""
+    try:
+        return tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir() if f.is_file()))
+    except OSError:
+        return ()
+
+
 class CheckpointManager:
     """Numbered checkpoints under ``root/checkpoints``; keeps the newest ``keep`` good ones."""
 
     def __init__(self, root: str | Path, keep: int = 2) -> None:
         self.root = Path(root) / "checkpoints"
         self.keep = max(1, keep)
+        # checkpoints this manager wrote or verified, with their files' sizes and times then: pruning does
+        # not hash them again unless a file changed
+        self._verified: dict[Path, tuple[Any, ...]] = {}
 
     def path_for(self, step: int) -> Path:
         return self.root / f"step-{step:07d}"
@@ -244,6 +255,7 @@ class CheckpointManager:
         Corrupt or half-written folders are removed only when a newer good checkpoint exists.
         """
         p = save_checkpoint(self.path_for(step), step=step, **kw)
+        self._verified[p] = _stamp(p)
         self.prune(p)
         return p
 
@@ -257,9 +269,12 @@ class CheckpointManager:
                 continue
             if _step_of(q) == at:  # an older folder of the step just written: replaced by it
                 shutil.rmtree(q, ignore_errors=True)
+                self._verified.pop(q, None)
                 continue
             try:
-                verify_checkpoint(q)
+                if self._verified.get(q) != _stamp(q):
+                    verify_checkpoint(q)
+                    self._verified[q] = _stamp(q)
                 good.append(q)
             except CheckpointError as e:
                 bad.append(q)
@@ -268,6 +283,7 @@ class CheckpointManager:
         for q in good:
             if q not in keep:
                 shutil.rmtree(q, ignore_errors=True)
+                self._verified.pop(q, None)
         newest_good = max([at] + [_step_of(q) for q in keep])
         for q in bad:
             if _step_of(q) < newest_good:
