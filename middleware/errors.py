@@ -10,8 +10,13 @@ class AlignwareError(Exception):
 class InputError(AlignwareError, ValueError):
     """A request, a data file or a configuration is malformed.
 
-    The message names what was wrong and where (file, line, field).
+    The message names what was wrong and where (file, line, field). ``field``, where set, is the
+    request field at fault in OpenAI's notation (``temperature``, ``messages[0].role``).
     """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class BackendError(AlignwareError):

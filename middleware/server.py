@@ -19,7 +19,6 @@ fails later ends with a single ``data: {"error": ...}`` event and ``data: [DONE]
 import argparse
 import json
 import logging
-import re
 import secrets
 import time
 from typing import Any, AsyncIterator, Sequence
@@ -33,31 +32,6 @@ from .types import ChatChunk, ChatRequest, ChatResponse
 log = logging.getLogger("alignware")
 
 GEN_PARAMS = ("temperature", "top_p", "max_tokens", "stop", "seed")
-BODY_FIELDS = frozenset(("messages", "model", *GEN_PARAMS, "max_completion_tokens", "metadata", "user", "stream", "stream_options"))
-
-
-class RequestFieldError(InputError):
-    """An ``InputError`` about one field of the request body; ``param`` names the field."""
-
-    def __init__(self, message: str, param: str | None) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-# "bad request: temperature: ...", "messages[0]: role: ...", "metadata: ...": the field a message starts with
-_FIELD_PATH = re.compile(r"(?:bad request: )?(?P<field>[a-z_]+)(?P<index>\[\d+\])?(?:: (?P<loc>[a-z_][\w.]*)(?=: ))?")
-
-
-def _param_of(message: str) -> str | None:
-    """The request field an ``InputError`` message names (``messages[0].role``), or ``None``."""
-    m = _FIELD_PATH.match(message)
-    if m is None or m["field"] not in BODY_FIELDS:
-        return None
-    if not m["index"]:
-        return m["field"]
-    return m["field"] + m["index"] + (f".{m['loc']}" if m["loc"] else "")
-
-
 def _error_object(message: str, kind: str, param: str | None = None) -> dict[str, Any]:
     return {"message": message, "type": kind, "param": param, "code": None}
 
@@ -71,14 +45,13 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", param
 def error_for(exc: BaseException) -> tuple[int, dict[str, Any]]:
     """The HTTP status and the OpenAI ``error`` object for an exception; both paths (JSON and stream) use it.
 
-    ``InputError`` → 400 ``invalid_request_error`` (``param`` names the field where the message does);
+    ``InputError`` → 400 ``invalid_request_error`` (``param``: its ``field``);
     ``BackendError`` → the provider's status when it is an error status, else 502, ``upstream_error``;
     anything else (``StageError``, other ``AlignwareError``s, any exception) → 500 ``server_error``,
     with the traceback logged on the ``alignware`` logger.
     """
     if isinstance(exc, InputError):
-        param = exc.param if isinstance(exc, RequestFieldError) else _param_of(str(exc))
-        return 400, _error_object(str(exc), "invalid_request_error", param)
+        return 400, _error_object(str(exc), "invalid_request_error", exc.field)
     if isinstance(exc, BackendError):
         status = exc.status_code if exc.status_code is not None and 400 <= exc.status_code <= 599 else 502
         log.warning("upstream error (answered %d): %s", status, exc)
@@ -100,19 +73,19 @@ def _object_field(body: dict[str, Any], name: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise RequestFieldError(f"{name}: must be an object, got {type(value).__name__}", name)
+        raise InputError(f"{name}: must be an object, got {type(value).__name__}", field=name)
     return value
 
 
 def request_from_openai(body: dict[str, Any]) -> ChatRequest:
     """Map an OpenAI chat-completions body to a ``ChatRequest``; ``InputError`` names the bad field
-    (a ``RequestFieldError`` whose ``param`` is the field)."""
+    (in its message and its ``field``)."""
     if not isinstance(body, dict):
-        raise RequestFieldError("the request body must be a JSON object", None)
+        raise InputError("the request body must be a JSON object")
     if "messages" not in body:
-        raise RequestFieldError("messages: field required", "messages")
+        raise InputError("messages: field required", field="messages")
     if not isinstance(body["messages"], (str, list)):
-        raise RequestFieldError(f"messages: must be an array of messages, got {type(body['messages']).__name__}", "messages")
+        raise InputError(f"messages: must be an array of messages, got {type(body['messages']).__name__}", field="messages")
     _object_field(body, "stream_options")
     params = {k: body[k] for k in GEN_PARAMS if body.get(k) is not None}
     from_completion_tokens = body.get("max_completion_tokens") is not None and "max_tokens" not in params
@@ -124,10 +97,9 @@ def request_from_openai(body: dict[str, Any]) -> ChatRequest:
     try:
         return ChatRequest.build(body["messages"], model=body.get("model"), metadata=metadata, **params)
     except InputError as e:
-        param = _param_of(str(e))
-        if param == "max_tokens" and from_completion_tokens:
-            param = "max_completion_tokens"
-        raise RequestFieldError(str(e), param) from None
+        if e.field == "max_tokens" and from_completion_tokens:
+            raise InputError(str(e), field="max_completion_tokens") from None
+        raise
 
 
 def _completion(resp: ChatResponse, model: str) -> dict[str, Any]:
@@ -180,7 +152,7 @@ def create_app(pipeline: Pipeline, *, model_name: str = "alignware", api_key: "s
             req = request_from_openai(body)
             include_usage = bool(_object_field(body, "stream_options").get("include_usage"))
         except (InputError, ValidationError) as e:
-            return _error_response(e if isinstance(e, InputError) else RequestFieldError(str(e), None))
+            return _error_response(e if isinstance(e, InputError) else InputError(str(e)))
         if body.get("stream"):
             # Start the pipeline before answering: a failure before the first chunk gets its own
             # HTTP status and JSON body, not a 200 with an error event.

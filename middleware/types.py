@@ -80,8 +80,16 @@ def to_messages(messages: MessagesLike) -> list[Message]:
         try:
             out.append(Message.model_validate(m))
         except ValidationError as e:
-            raise InputError(f"messages[{i}]: {_first_error(e)}") from None
+            loc = _error_field(e)
+            raise InputError(f"messages[{i}]: {_first_error(e)}", field=f"messages[{i}]" + (f".{loc}" if loc else "")) from None
     return out
+
+
+def _error_field(e: ValidationError) -> str | None:
+    """The location of the first error as a field path: ``messages[0].role``, ``temperature``."""
+    loc = e.errors()[0]["loc"]
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    return path or None
 
 
 def _first_error(e: ValidationError) -> str:
@@ -134,7 +142,7 @@ class ChatRequest(BaseModel):
         try:
             return cls(messages=to_messages(messages), **params)
         except ValidationError as e:
-            raise InputError(f"bad request: {_first_error(e)}") from None
+            raise InputError(f"bad request: {_first_error(e)}", field=_error_field(e)) from None
 
     @property
     def last_user_index(self) -> int:
