@@ -24,7 +24,7 @@ COMMANDS: dict[str, str] = {
     "demo": "middleware.demo:main",
     "eval": "middleware.evaluate:main",
     "serve": "middleware.server:serve_main",
-    "train reward": "steering.reward:train_main",
+    "train reward": "judge.cli:train_main",
     "train rewriter": "rewriters.rewriter:train_main",
     "train corrector": "rewriters.corrector:train_main",
 }

@@ -57,7 +57,7 @@ def _reward_dir(pairs_file: Path, backbone: str) -> Path:
 
 def get_judge(pairs_file: Path, *, backbone: str = "embedded", retrain: bool = False, progress: bool = True, out=sys.stdout) -> Any:
     """The demo reward model: loaded from the cache, else trained (resuming an interrupted run)."""
-    from steering.reward import RewardConfig, RewardModel, TrainConfig, train_reward_model
+    from judge import RewardConfig, RewardModel, TrainConfig, train_reward_model
 
     folder = _reward_dir(pairs_file, backbone)
     if retrain and folder.exists():

@@ -14,7 +14,7 @@ from middleware.llm import FunctionLLM
 from middleware.pipeline import Pipeline
 from middleware.stages import IdentityPromptStage, IdentityResponseStage, PromptStage, ResponseStage
 from middleware.types import ChatRequest, ChatResponse, PreferencePair
-from steering.reward import RewardConfig, RewardModel
+from judge import RewardConfig, RewardModel
 
 PROMPTS = ["What is the capital of France?", "How can I help you today?", "Please improve this prompt.", "Hello!"]
 

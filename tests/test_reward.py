@@ -12,15 +12,9 @@ import torch
 from middleware.errors import CheckpointError, InputError
 from middleware.training import CheckpointManager, load_checkpoint
 from middleware.types import PreferencePair
-from steering.reward import (
-    RewardConfig,
-    RewardModel,
-    TrainConfig,
-    _fit,
-    accuracy_from_margins,
-    train_main,
-    train_reward_model,
-)
+from judge import RewardConfig, RewardModel, TrainConfig, accuracy_from_margins, train_reward_model
+from judge.cli import train_main
+from judge.encoding import fit as _fit
 
 QUESTIONS = ["What is the capital of France?", "How can I help you today?", "Please improve this prompt.", "Hello! What is the quick fox?"]
 
