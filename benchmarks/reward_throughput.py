@@ -53,7 +53,7 @@ def ours(pairs, args, rm_cfg) -> float:
             pairs,
             d,
             rm_cfg,
-            TrainConfig(epochs=1, batch_size=args.batch_size, lr=args.lr, head_lr=args.lr, eval_fraction=0.0, save_every=10**6, seed=args.seed, warmup_ratio=0.0),
+            TrainConfig(epochs=1, batch_size=args.batch_size, learning_rate=args.lr, head_lr=args.lr, eval_fraction=0.0, save_every=10**6, seed=args.seed, warmup_ratio=0.0),
             progress=False,
         )
     return float(res.metrics["pairs_per_second"])

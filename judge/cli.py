@@ -1,12 +1,14 @@
-"""``alignware train reward``: train a reward model on preference pairs from the command line."""
+"""``alignware train reward``: train a reward model on preference pairs from the command line.
+
+The flags every ``alignware train ...`` verb shares and the exit codes are those of
+``middleware.training`` (``add_training_flags``, ``run_train_command``).
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from middleware.errors import CheckpointError, InputError
-from middleware.training import set_threads
+from middleware.training import EXIT_INTERRUPTED, EXIT_OK, add_training_flags, run_train_command, set_threads
 from middleware.types import load_pairs
 
 from .config import PLOT_FILE, RewardConfig, TrainConfig
@@ -23,7 +25,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="preference pairs (JSONL: prompt, chosen, rejected)")
     p.add_argument("--out", required=True, help="run folder: checkpoints, the final model, metrics.json, training.png")
     p.add_argument("--eval-data", help="held-out pairs (default: --eval-fraction of --data)")
-    p.add_argument("--eval-fraction", type=float, default=t.eval_fraction, help="share of --data held out (default %(default)s)")
     p.add_argument("--limit", type=int, help="use only the first N pairs of --data")
     m = p.add_argument_group("model")
     m.add_argument("--backbone", default=d.backbone, help="'embedded', a model folder or a .gguf file (default %(default)s)")
@@ -34,68 +35,60 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--lora-r", type=int, default=d.lora_r)
     m.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
     m.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
-    o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=float, default=t.epochs, help="default %(default)s")
-    o.add_argument("--max-steps", type=int, help="total steps (overrides --epochs)")
-    o.add_argument("--batch-size", type=int, default=t.batch_size, help="pairs per step (default %(default)s)")
-    o.add_argument("--lr", type=float, help="learning rate (default: 2e-4 lora, 5e-5 full, 1e-3 head)")
-    o.add_argument("--head-lr", type=float, help="learning rate of the head (default: max(lr, 1e-3))")
+    o = p.add_argument_group("training")
+    add_training_flags(
+        o, epochs=t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate, eval_fraction=t.eval_fraction,
+        eval_every=t.eval_every, save_every=t.save_every, keep_checkpoints=t.keep_checkpoints, seed=t.seed, unit="pairs",
+        learning_rate_help="learning rate (default: 2e-4 lora, 5e-5 full, 1e-3 head)",
+        eval_every_help="evaluate every N steps (default: with each checkpoint)", device=True,
+    )
+    o.add_argument("--head-lr", type=float, help="learning rate of the head (default: max(learning rate, 1e-3))")
     o.add_argument("--weight-decay", type=float, default=t.weight_decay)
     o.add_argument("--warmup-ratio", type=float, default=t.warmup_ratio)
-    o.add_argument("--seed", type=int, default=t.seed)
     o.add_argument("--no-bucket", action="store_true", help="do not group pairs of similar length")
     o.add_argument("--no-share-prompt", action="store_true", help="encode the prompt separately for each answer")
-    r = p.add_argument_group("checkpoints")
-    r.add_argument("--save-every", type=int, default=t.save_every, help="checkpoint every N steps (default %(default)s)")
-    r.add_argument("--eval-every", type=int, help="evaluate every N steps (default: with each checkpoint)")
-    r.add_argument("--keep", type=int, default=t.keep, help="checkpoints to keep (default %(default)s)")
-    r.add_argument("--stop-after", type=int, help="stop after N steps in total (rerun to continue)")
-    r.add_argument("--fresh", action="store_true", help="start over: remove the earlier run's checkpoints and final model from --out first")
-    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: one per core)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    o.add_argument("--stop-after", type=int, help="stop after N steps in total (rerun to continue)")
     return p
 
 
-def train_main(argv: list[str] | None = None) -> int:
-    """``alignware train reward ...``: returns the process exit status."""
-    args = _parser().parse_args(argv)
-    try:
-        set_threads(args.threads)
-        mcfg = RewardConfig(
-            backbone=args.backbone,
-            max_length=args.max_length,
-            layers=args.layers,
-            train=args.train,
-            train_layers=args.train_layers,
-            lora_r=args.lora_r,
-            lora_alpha=args.lora_alpha,
-            lora_dropout=args.lora_dropout,
-        )
-        tcfg = TrainConfig(
-            epochs=args.epochs,
-            max_steps=args.max_steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            head_lr=args.head_lr,
-            weight_decay=args.weight_decay,
-            warmup_ratio=args.warmup_ratio,
-            eval_fraction=0.0 if args.eval_data else args.eval_fraction,
-            eval_every=args.eval_every,
-            save_every=args.save_every,
-            keep=args.keep,
-            seed=args.seed,
-            bucket=not args.no_bucket,
-            share_prompt=not args.no_share_prompt,
-            stop_after=args.stop_after,
-        )
-        pairs = load_pairs(args.data, limit=args.limit)
-        res = train_reward_model(
-            pairs, args.out, mcfg, tcfg, eval_pairs=args.eval_data, resume=not args.fresh, progress=not args.quiet, device=args.device
-        )
-    except (InputError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, InputError) else 1
+def _configs(args: argparse.Namespace) -> tuple[RewardConfig, TrainConfig]:
+    mcfg = RewardConfig(
+        backbone=args.backbone,
+        max_length=args.max_length,
+        layers=args.layers,
+        train=args.train,
+        train_layers=args.train_layers,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+    )
+    tcfg = TrainConfig(
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        head_lr=args.head_lr,
+        weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio,
+        eval_fraction=0.0 if args.eval_data else args.eval_fraction,
+        eval_every=args.eval_every,
+        save_every=args.save_every,
+        keep_checkpoints=args.keep_checkpoints,
+        seed=args.seed,
+        bucket=not args.no_bucket,
+        share_prompt=not args.no_share_prompt,
+        stop_after=args.stop_after,
+    )
+    return mcfg, tcfg
+
+
+def _train(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
+    mcfg, tcfg = _configs(args)
+    pairs = load_pairs(args.data, limit=args.limit)
+    res = train_reward_model(
+        pairs, args.out, mcfg, tcfg, eval_pairs=args.eval_data, resume=args.resume, progress=not args.quiet, device=args.device
+    )
     m = res.metrics
     acc = f"{m['eval_acc']:.3f}" if m.get("eval_acc") is not None else "n/a"
     pps = f"{m['pairs_per_second']:.2f}" if m.get("pairs_per_second") else "n/a"
@@ -103,9 +96,19 @@ def train_main(argv: list[str] | None = None) -> int:
         feat = f" (head only; backbone features took {m['feature_seconds_this_run']:.0f} s)" if m.get("feature_seconds_this_run") else ""
         print(f"done: {res.steps} steps, held-out pairwise accuracy {acc} on {m['n_eval']} pairs, {pps} pairs/s{feat}")
         print(f"model: {res.out_dir}  (RewardModel.load({str(res.out_dir)!r}))  plot: {res.out_dir / PLOT_FILE}")
+    elif res.interrupted:
+        print(f"interrupted after {res.steps} of {res.total_steps} steps (held-out accuracy {acc}): the last finished step "
+              "is saved; rerun the same command to resume")
+        return EXIT_INTERRUPTED
     else:
         print(f"stopped after {res.steps} of {res.total_steps} steps (held-out accuracy {acc}); rerun the same command to resume")
-    return 0
+    return EXIT_OK
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """``alignware train reward ...``: returns the process exit status (see ``run_train_command``)."""
+    args = _parser().parse_args(argv)
+    return run_train_command(lambda: _train(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

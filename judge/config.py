@@ -69,15 +69,15 @@ class TrainConfig:
         epochs: passes over the training pairs (fractions allowed); ``max_steps`` overrides it.
         max_steps: total optimizer steps of the run.
         batch_size: pairs per step.
-        lr: learning rate of the backbone weights (``None``: 2e-4 for LoRA, 5e-5 for full, 1e-3 for head).
-        head_lr: learning rate of the head (``None``: ``max(lr, 1e-3)``).
+        learning_rate: learning rate of the backbone weights (``None``: 2e-4 for LoRA, 5e-5 for full, 1e-3 for head).
+        head_lr: learning rate of the head (``None``: ``max(learning_rate, 1e-3)``).
         weight_decay: AdamW weight decay.
         warmup_ratio: fraction of the steps with a linear warm-up; the rest decays on a cosine to zero.
         grad_clip: gradient norm clip (``None``: off).
         eval_fraction: share of the pairs held out for evaluation (0: none).
         eval_every: evaluate the held-out pairs every N steps (``None``: with every checkpoint) and at the end.
         save_every: write a checkpoint every N steps (and at the end).
-        keep: how many checkpoints to keep.
+        keep_checkpoints: how many checkpoints to keep.
         seed: seeds the split, the head's initialisation and the data order.
         bucket: group pairs of similar length into batches (less padding).
         share_prompt: encode the prompt once per pair (packed rows) instead of twice.
@@ -87,7 +87,7 @@ class TrainConfig:
     epochs: float = 1.0
     max_steps: int | None = None
     batch_size: int = 8
-    lr: float | None = None
+    learning_rate: float | None = None
     head_lr: float | None = None
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
@@ -95,7 +95,7 @@ class TrainConfig:
     eval_fraction: float = 0.1
     eval_every: int | None = None
     save_every: int = 50
-    keep: int = 2
+    keep_checkpoints: int = 2
     seed: int = 0
     bucket: bool = True
     share_prompt: bool = True
@@ -112,13 +112,13 @@ class TrainConfig:
             raise InputError(f"epochs must be positive, got {self.epochs}")
 
     def lrs(self, mode: TrainMode) -> tuple[float, float]:
-        base = self.lr if self.lr is not None else {"lora": 2e-4, "full": 5e-5, "head": 1e-3}[mode]
+        base = self.learning_rate if self.learning_rate is not None else {"lora": 2e-4, "full": 5e-5, "head": 1e-3}[mode]
         head = self.head_lr if self.head_lr is not None else max(base, 1e-3)
         return base, head
 
     def identity(self) -> dict[str, Any]:
         """The settings a resumed run must share with the interrupted one."""
         d = asdict(self)
-        for k in ("stop_after", "keep", "eval_every", "save_every"):
+        for k in ("stop_after", "keep_checkpoints", "eval_every", "save_every"):
             d.pop(k)
         return d

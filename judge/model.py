@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from middleware.errors import AlignwareError, CheckpointError
 from middleware.models import decoder_layers_path, resolve_model_path
-from middleware.training import CheckpointManager, load_checkpoint, sha256, write_json_atomic
+from middleware.checkpoints import CheckpointManager, load_checkpoint, sha256, write_json_atomic
 from middleware.types import PreferencePair
 
 from .config import CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE, RewardConfig

@@ -15,7 +15,6 @@ Example::
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import shutil
@@ -28,16 +27,17 @@ import torch
 from tqdm.auto import tqdm
 
 from middleware.errors import InputError
+from middleware.checkpoints import CheckpointManager, write_json_atomic
 from middleware.training import (
-    CheckpointManager,
-    batches,
-    epoch_order,
-    load_checkpoint,
+    BatchPlan,
+    LRSchedule,
+    Phase,
+    TrainingLoop,
+    latest_checkpoint,
     plot_history,
-    set_rng_state,
+    restore_optimizer,
+    run_differences,
     split_holdout,
-    tensors_to_optimizer,
-    write_json_atomic,
 )
 from middleware.types import PreferencePair, load_pairs
 
@@ -53,7 +53,8 @@ StepCallback = Callable[[int, dict[str, Any]], None]
 
 @dataclass
 class TrainResult:
-    """What ``train_reward_model`` returns."""
+    """What ``train_reward_model`` returns; ``interrupted``: Ctrl-C stopped it (the last finished step
+    is saved; calling again resumes)."""
     model: RewardModel
     out_dir: Path
     steps: int
@@ -61,6 +62,7 @@ class TrainResult:
     finished: bool
     metrics: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
+    interrupted: bool = False
 
 
 def _fingerprint(pairs: Sequence[PreferencePair]) -> str:
@@ -71,35 +73,47 @@ def _fingerprint(pairs: Sequence[PreferencePair]) -> str:
     return h.hexdigest()[:16]
 
 
-def _schedule(lengths: Sequence[int], epoch: int, cfg: TrainConfig) -> list[list[int]]:
-    """Batches (positions into the training list) of one epoch: a seeded shuffle, then, with
-    ``bucket``, sorting by length inside windows of 32 batches and shuffling the batch order."""
-
-    order = epoch_order(len(lengths), epoch, cfg.seed)
-    if not cfg.bucket:
-        return list(batches(order, cfg.batch_size))
-    window = cfg.batch_size * 32
-    out: list[list[int]] = []
-    for w in range(0, len(order), window):
-        chunk = sorted(order[w : w + window], key=lambda i: lengths[i])
-        out.extend(batches(chunk, cfg.batch_size))
-    g = torch.Generator().manual_seed(cfg.seed * 7919 + epoch + 1)
-    return [out[i] for i in torch.randperm(len(out), generator=g).tolist()]
-
-
-def _lr_factor(step: int, total: int, warmup_ratio: float) -> float:
-    warm = int(round(total * warmup_ratio))
-    if warm > 0 and step < warm:
-        return (step + 1) / warm
-    span = max(1, total - warm)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / span)))
-
-
 def _clear_run(out_dir: Path) -> None:
     """Remove an earlier run's checkpoints and final model from ``out_dir`` (other files stay)."""
     shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     for name in (CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE, PLOT_FILE):
         (out_dir / name).unlink(missing_ok=True)
+
+
+def _saved_run(state: dict[str, Any]) -> dict[str, Any]:
+    """The run identity stored with a checkpoint; ``lr`` is the name earlier versions gave ``learning_rate``."""
+    run = dict(state.get("run", {}))
+    train = run.get("train")
+    if isinstance(train, dict) and "lr" in train:
+        run["train"] = {("learning_rate" if k == "lr" else k): v for k, v in train.items()}
+    return run
+
+
+def _split_pairs(
+    pairs: "Sequence[PreferencePair] | str | Path", eval_pairs: "Sequence[PreferencePair] | str | Path | None", tcfg: TrainConfig
+) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """(training pairs, held-out pairs): ``eval_pairs`` when given, else a seeded share of ``pairs``."""
+    all_pairs = load_pairs(pairs) if isinstance(pairs, (str, Path)) else list(pairs)
+    if not all_pairs:
+        raise InputError(f"{pairs if isinstance(pairs, (str, Path)) else 'pairs'}: no preference pairs to train on")
+    if eval_pairs is not None:
+        return all_pairs, load_pairs(eval_pairs) if isinstance(eval_pairs, (str, Path)) else list(eval_pairs)
+    tr_idx, ev_idx = split_holdout(len(all_pairs), tcfg.eval_fraction, tcfg.seed)
+    return [all_pairs[i] for i in tr_idx], [all_pairs[i] for i in ev_idx]
+
+
+def _optimizer(net: Any, mcfg: RewardConfig, tcfg: TrainConfig) -> tuple[Any, dict[str, Any], list[float]]:
+    """(AdamW with the head's and the backbone's parameter groups, the trainable parameters by name
+    (head first), the groups' peak learning rates)."""
+    base_lr, head_lr = tcfg.lrs(mcfg.train)
+    head = {n: p for n, p in net.named_parameters() if p.requires_grad and n.startswith("head.")}
+    body = {n: p for n, p in net.named_parameters() if p.requires_grad and not n.startswith("head.")}
+    groups = [{"params": list(head.values()), "lr": head_lr, "base_lr": head_lr}]
+    peaks = [head_lr]
+    if body:
+        groups.append({"params": list(body.values()), "lr": base_lr, "base_lr": base_lr})
+        peaks.append(base_lr)
+    return torch.optim.AdamW(groups, weight_decay=tcfg.weight_decay), {**head, **body}, peaks
 
 
 def train_reward_model(
@@ -131,21 +145,13 @@ def train_reward_model(
         progress: show tqdm progress bars.
 
     Returns:
-        A ``TrainResult``; ``finished`` is false when ``stop_after`` ended the run early.
+        A ``TrainResult``; ``finished`` is false when ``stop_after`` or Ctrl-C (``interrupted``) ended
+        the run early. Ctrl-C saves the last finished step as a checkpoint, as the SFT trainer does.
     """
     mcfg = model or RewardConfig()
     tcfg = train or TrainConfig()
     out_dir = Path(out_dir)
-    all_pairs = load_pairs(pairs) if isinstance(pairs, (str, Path)) else list(pairs)
-    if not all_pairs:
-        raise InputError(f"{pairs if isinstance(pairs, (str, Path)) else 'pairs'}: no preference pairs to train on")
-    if eval_pairs is not None:
-        held = load_pairs(eval_pairs) if isinstance(eval_pairs, (str, Path)) else list(eval_pairs)
-        train_pairs = all_pairs
-    else:
-        tr_idx, ev_idx = split_holdout(len(all_pairs), tcfg.eval_fraction, tcfg.seed)
-        train_pairs, held = [all_pairs[i] for i in tr_idx], [all_pairs[i] for i in ev_idx]
-
+    train_pairs, held = _split_pairs(pairs, eval_pairs, tcfg)
     run_id = {
         "model": asdict(mcfg),
         "train": tcfg.identity(),
@@ -154,18 +160,15 @@ def train_reward_model(
         "n_train": len(train_pairs),
         "n_eval": len(held),
     }
-    manager = CheckpointManager(out_dir, keep=tcfg.keep)
+    manager = CheckpointManager(out_dir, keep=tcfg.keep_checkpoints)
     if not resume:
         _clear_run(Path(out_dir))
-    latest = manager.latest() if resume else None
-    ckpt = None
-    if latest is not None:
-        ckpt = load_checkpoint(latest)
-        prev = ckpt.state.get("run", {})
-        diff = sorted(k for k in run_id if json.dumps(prev.get(k), sort_keys=True, default=str) != json.dumps(run_id[k], sort_keys=True, default=str))
+    ckpt = latest_checkpoint(manager, resume=resume)
+    if ckpt is not None:
+        diff = run_differences(_saved_run(ckpt.state), run_id)
         if diff:
             raise InputError(
-                f"{out_dir} holds a run with different {', '.join(diff)} (checkpoint {latest.name}); "
+                f"{out_dir} holds a run with different {', '.join(diff)} (checkpoint {ckpt.path.name}); "
                 "use another output folder, or start over there (--fresh / resume=False)"
             )
 
@@ -180,21 +183,13 @@ def train_reward_model(
     spe = math.ceil(len(enc_train) / tcfg.batch_size)
     total = tcfg.max_steps if tcfg.max_steps is not None else max(1, math.ceil(tcfg.epochs * spe))
     eval_every = tcfg.eval_every or tcfg.save_every
-    base_lr, head_lr = tcfg.lrs(mcfg.train)
-    head_params = [p for n, p in net.named_parameters() if p.requires_grad and n.startswith("head.")]
-    body_params = [p for n, p in net.named_parameters() if p.requires_grad and not n.startswith("head.")]
-    groups = [{"params": head_params, "lr": head_lr, "base_lr": head_lr}]
-    if body_params:
-        groups.append({"params": body_params, "lr": base_lr, "base_lr": base_lr})
-    opt = torch.optim.AdamW(groups, weight_decay=tcfg.weight_decay)
+    opt, params, peaks = _optimizer(net, mcfg, tcfg)
 
     history: list[dict[str, Any]] = []
     start = 0
     if ckpt is not None:
         rm.load_trainable_state(ckpt.model, source=str(ckpt.path))
-        if ckpt.optimizer:
-            tensors_to_optimizer(opt, ckpt.optimizer, ckpt.state.get("optimizer_meta", {}))
-        set_rng_state(ckpt.rng)
+        restore_optimizer(ckpt, opt)
         history = list(ckpt.state.get("history", []))
         start = ckpt.step
         log.info("resuming from %s (step %d of %d)", ckpt.path, start, total)
@@ -206,7 +201,6 @@ def train_reward_model(
         for name, enc in (("train", enc_train), ("eval", enc_eval)):
             if enc and (name == "eval" or start < total):
                 feats[name] = _features(rm, enc, tcfg, progress, desc=f"features ({name})")
-
     feature_seconds = time.perf_counter() - t_feat
 
     def rewards_for(idx: list[int]) -> tuple[Any, Any]:
@@ -237,9 +231,14 @@ def train_reward_model(
             log.warning("could not draw %s: %s", out_dir / PLOT_FILE, e)
 
     last_plot = [time.monotonic()]
+    window: list[dict[str, Any]] = []
 
-    def save(step: int) -> None:
-        manager.save(step, model_tensors=rm.trainable_state(), optimizer=opt, state={"run": run_id, "history": history, "total_steps": total})
+    def save(step: int, rng: dict[str, Any] | None = None) -> None:
+        if window:  # a run stopped between two history rows keeps the steps it did
+            history.append(_mean_row(window))
+            window.clear()
+        state = {"run": run_id, "history": history, "total_steps": total}
+        manager.save(step, model_tensors=rm.trainable_state(), optimizer=opt, state=state, rng=rng)
         if time.monotonic() - last_plot[0] > 60:  # a live plot for long runs, without slowing short ones
             plot()
             last_plot[0] = time.monotonic()
@@ -248,61 +247,57 @@ def train_reward_model(
         history.append({"step": 0, **evaluate()})
 
     stop = total if tcfg.stop_after is None else min(total, max(start, tcfg.stop_after))
-    train_time, trained_pairs = 0.0, 0
     log_every = _log_every(total, tcfg.save_every)
-    window: list[dict[str, Any]] = []
-    net.train()
-    bar = tqdm(total=total, initial=start, desc="training reward model", unit="step", disable=not progress, dynamic_ncols=True)
-    schedule_cache: dict[int, list[list[int]]] = {}
-    step = start
-    try:
-        while step < stop:
-            epoch, k = divmod(step, spe)
-            if epoch not in schedule_cache:
-                schedule_cache.clear()
-                schedule_cache[epoch] = _schedule(lengths, epoch, tcfg)
-            idx = schedule_cache[epoch][k]
-            factor = _lr_factor(step, total, tcfg.warmup_ratio)
-            for gr in opt.param_groups:
-                gr["lr"] = gr["base_lr"] * factor
-            t0 = time.perf_counter()
-            rc, rr = rewards_for(idx)
-            margin = rc - rr
-            loss = -torch.nn.functional.logsigmoid(margin).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if tcfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], tcfg.grad_clip)
-            opt.step()
-            train_time += time.perf_counter() - t0
-            trained_pairs += len(idx)
-            step += 1
-            row: dict[str, Any] = {"step": step, "loss": float(loss.detach()), "train_acc": accuracy_from_margins(margin.detach().tolist())}
-            window.append(row)
-            if step % log_every == 0 or step == total:
-                history.append(_mean_row(window))
-                window.clear()
-            if step % eval_every == 0 or step == total:
-                ev = evaluate()
-                net.train()
-                if ev:
-                    history.append({"step": step, **ev})
-                    row = {**row, **ev}
-            if step % tcfg.save_every == 0 or step == total:
-                save(step)
-            post = {"loss": f"{row['loss']:.3f}", "pairs/s": f"{trained_pairs / max(train_time, 1e-9):.2f}"}
-            if "eval_acc" in row:
-                post["eval_acc"] = f"{row['eval_acc']:.3f}"
-            bar.set_postfix(post, refresh=False)  # drawn by update(), at most every mininterval
-            bar.update(1)
-            for cb in callbacks:
-                cb(step, row)
-    finally:
-        bar.close()
-    if start < step < total and step % tcfg.save_every != 0:
-        if window:
+    plan = BatchPlan([Phase("main", list(range(len(enc_train))), 0, spe, total)], lengths, tcfg.batch_size, tcfg.seed,
+                     window=32, bucket=tcfg.bucket)
+    pairs_done = {"n": 0, "last": 0}
+    current: dict[str, Any] = {}
+
+    def compute(step: int) -> tuple[Any, Callable[[], dict[str, Any]]]:
+        idx = plan.batch(step)[2]
+        pairs_done["last"] = len(idx)
+        rc, rr = rewards_for(idx)
+        margin = rc - rr
+        loss = -torch.nn.functional.logsigmoid(margin).mean()
+        return loss, lambda: {"step": step + 1, "loss": float(loss.detach()), "train_acc": accuracy_from_margins(margin.detach().tolist())}
+
+    def on_step(step: int, row: dict[str, Any]) -> bool:
+        pairs_done["n"] += pairs_done["last"]
+        if step % log_every == 0 or step == total:
             history.append(_mean_row(window))
-        save(step)
+            window.clear()
+        current.clear()
+        current.update(row)
+        if step % eval_every == 0 or step == total:
+            ev = evaluate()
+            net.train()
+            if ev:
+                history.append({"step": step, **ev})
+                current.update(ev)
+        return False
+
+    def after_save(step: int, row: dict[str, Any]) -> None:
+        post = {"loss": f"{current['loss']:.3f}", "pairs/s": f"{pairs_done['n'] / max(loop.train_seconds, 1e-9):.2f}"}
+        if "eval_acc" in current:
+            post["eval_acc"] = f"{current['eval_acc']:.3f}"
+        loop.bar.set_postfix(post, refresh=False)  # drawn by update(), at most every mininterval
+        for cb in callbacks:
+            cb(step, dict(current))
+
+    def unrecord(row: dict[str, Any]) -> None:
+        if window and window[-1] is row:
+            window.pop()
+
+    net.train()
+    schedule = LRSchedule(total, warmup=int(round(total * tcfg.warmup_ratio)), decay="cosine")
+    loop = TrainingLoop(params, opt, schedule, peaks, save_every=tcfg.save_every, grad_clip=tcfg.grad_clip,
+                        desc="training reward model", progress=progress)
+    done = loop.run(compute, start=start, stop=stop, save=save, record=window.append, unrecord=unrecord,
+                    on_step=on_step, after_save=after_save)
+    step, train_time = done.step, done.train_seconds
+    if start < step < total and step % tcfg.save_every != 0:
+        if not done.interrupted:  # Ctrl-C saved its step already
+            save(step)
         plot()  # a time-boxed run (stop_after) keeps everything it did
 
     finished = step >= total
@@ -313,7 +308,7 @@ def train_reward_model(
         "finished": finished,
         "n_train": len(enc_train),
         "n_eval": len(enc_eval),
-        "pairs_per_second": trained_pairs / train_time if train_time > 0 else None,
+        "pairs_per_second": pairs_done["n"] / train_time if train_time > 0 else None,
         "train_seconds_this_run": train_time,
         "feature_seconds_this_run": feature_seconds if mcfg.train == "head" else None,
         "eval_acc": evals[-1]["eval_acc"] if evals else None,
@@ -326,7 +321,10 @@ def train_reward_model(
         write_json_atomic(out_dir / METRICS_FILE, metrics)
         plot()
     net.eval()
-    return TrainResult(model=rm, out_dir=out_dir, steps=step, total_steps=total, finished=finished, metrics=metrics, history=history)
+    return TrainResult(
+        model=rm, out_dir=out_dir, steps=step, total_steps=total, finished=finished, metrics=metrics, history=history,
+        interrupted=done.interrupted,
+    )
 
 
 def _log_every(total: int, save_every: int) -> int:

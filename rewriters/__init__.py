@@ -47,8 +47,8 @@ _LAZY: dict[str, str] = {
     "TextGenerator": ".engine",
     "Generation": ".engine",
     # training
-    "SFTExample": ".sft",
-    "SFTConfig": ".sft",
+    "SFTExample": ".sft_data",
+    "SFTConfig": ".sft_data",
     "SFTResult": ".sft",
     "train_sft": ".sft",
 }
@@ -79,7 +79,8 @@ if TYPE_CHECKING:  # pragma: no cover
         parse_teacher_output,
         teacher_prompt,
     )
-    from .sft import SFTConfig, SFTExample, SFTResult, train_sft
+    from .sft import SFTResult, train_sft
+    from .sft_data import SFTConfig, SFTExample
     from .templates import Template, get_template, list_templates, register_template
 
 
