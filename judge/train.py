@@ -174,157 +174,175 @@ def train_reward_model(
 
     torch.manual_seed(tcfg.seed)
     rm = RewardModel.create(mcfg, device=device)
-    net = rm.net
-    net.reset_head(tcfg.seed)
-    enc_train = rm.encode_pairs(train_pairs, progress=progress)
-    enc_eval = rm.encode_pairs(held, progress=progress)
-    lengths = [e.packed_length if tcfg.share_prompt else len(e.prompt) + max(len(e.chosen), len(e.rejected)) for e in enc_train]
-
-    spe = math.ceil(len(enc_train) / tcfg.batch_size)
-    total = tcfg.max_steps if tcfg.max_steps is not None else max(1, math.ceil(tcfg.epochs * spe))
-    eval_every = tcfg.eval_every or tcfg.save_every
-    opt, params, peaks = _optimizer(net, mcfg, tcfg)
-
-    history: list[dict[str, Any]] = []
-    start = 0
+    rm.net.reset_head(tcfg.seed)
+    run = _RewardRun(rm, rm.encode_pairs(train_pairs, progress=progress), rm.encode_pairs(held, progress=progress),
+                     tcfg, out_dir, manager, run_id, callbacks, progress)
     if ckpt is not None:
         rm.load_trainable_state(ckpt.model, source=str(ckpt.path))
-        restore_optimizer(ckpt, opt)
-        history = list(ckpt.state.get("history", []))
-        start = ckpt.step
-        log.info("resuming from %s (step %d of %d)", ckpt.path, start, total)
+        restore_optimizer(ckpt, run.opt)
+        run.history[:] = list(ckpt.state.get("history", []))
+        run.start = ckpt.step
+        log.info("resuming from %s (step %d of %d)", ckpt.path, run.start, run.total)
+    return run.train()
 
-    # Frozen backbone: its features never change, so compute them once.
-    feats: dict[str, Any] = {}
-    t_feat = time.perf_counter()
-    if mcfg.train == "head":
-        for name, enc in (("train", enc_train), ("eval", enc_eval)):
-            if enc and (name == "eval" or start < total):
-                feats[name] = _features(rm, enc, tcfg, progress, desc=f"features ({name})")
-    feature_seconds = time.perf_counter() - t_feat
 
-    def rewards_for(idx: list[int]) -> tuple[Any, Any]:
-        if "train" in feats:
-            r = net.head(feats["train"][idx]).squeeze(-1)
+class _RewardRun:
+    """One reward-model training run: its state, and the hooks ``TrainingLoop`` calls (``compute``,
+    ``on_step``, ``save``, ``after_save``)."""
+
+    def __init__(
+        self, rm: RewardModel, enc_train: list[EncodedPair], enc_eval: list[EncodedPair], tcfg: TrainConfig, out_dir: Path,
+        manager: CheckpointManager, run_id: dict[str, Any], callbacks: Sequence[StepCallback], progress: bool,
+    ) -> None:
+        self.rm, self.net, self.tcfg, self.out_dir, self.manager = rm, rm.net, tcfg, out_dir, manager
+        self.enc_train, self.enc_eval = enc_train, enc_eval
+        self.run_id, self.callbacks, self.progress = run_id, callbacks, progress
+        lengths = [e.packed_length if tcfg.share_prompt else len(e.prompt) + max(len(e.chosen), len(e.rejected)) for e in enc_train]
+        spe = math.ceil(len(enc_train) / tcfg.batch_size)
+        self.total = tcfg.max_steps if tcfg.max_steps is not None else max(1, math.ceil(tcfg.epochs * spe))
+        self.plan = BatchPlan([Phase("main", list(range(len(enc_train))), 0, spe, self.total)], lengths, tcfg.batch_size,
+                              tcfg.seed, window=32, bucket=tcfg.bucket)
+        self.eval_every = tcfg.eval_every or tcfg.save_every
+        self.log_every = _log_every(self.total, tcfg.save_every)
+        self.opt, self.params, self.peaks = _optimizer(rm.net, rm.config, tcfg)
+        self.history: list[dict[str, Any]] = []
+        self.start = 0
+        self.feats: dict[str, Any] = {}
+        self.window: list[dict[str, Any]] = []  # step rows not yet averaged into a history row
+        self.current: dict[str, Any] = {}  # the last step's row with its evaluation
+        self.pairs_done, self.batch_pairs = 0, 0
+        self.last_plot = time.monotonic()
+        self.loop: TrainingLoop | None = None
+
+    # -- scoring ----------------------------------------------------------------------------
+    def rewards_for(self, idx: list[int]) -> tuple[Any, Any]:
+        if "train" in self.feats:
+            r = self.net.head(self.feats["train"][idx]).squeeze(-1)
             return r[:, 0], r[:, 1]
-        return rm.pair_rewards([enc_train[i] for i in idx], share_prompt=tcfg.share_prompt)
+        return self.rm.pair_rewards([self.enc_train[i] for i in idx], share_prompt=self.tcfg.share_prompt)
 
-    def evaluate() -> dict[str, float]:
-        if not enc_eval:
+    def evaluate(self) -> dict[str, float]:
+        if not self.enc_eval:
             return {}
-        if "eval" in feats:
+        if "eval" in self.feats:
             with torch.no_grad():
-                r = net.head(feats["eval"]).squeeze(-1)
+                r = self.net.head(self.feats["eval"]).squeeze(-1)
             margins = (r[:, 0] - r[:, 1]).tolist()
         else:
-            margins = rm.pair_margins(enc_eval, batch_size=tcfg.batch_size * 2, share_prompt=tcfg.share_prompt, progress=progress)
+            margins = self.rm.pair_margins(self.enc_eval, batch_size=self.tcfg.batch_size * 2, share_prompt=self.tcfg.share_prompt,
+                                           progress=self.progress)
         m = torch.tensor(margins)
         return {
             "eval_loss": float(-torch.nn.functional.logsigmoid(m).mean()),
             "eval_acc": accuracy_from_margins(margins),
         }
 
-    def plot() -> None:
+    # -- files ------------------------------------------------------------------------------
+    def plot(self) -> None:
+        cfg = self.rm.config
         try:
-            plot_history(history, out_dir / PLOT_FILE, title=f"reward model ({mcfg.train}, {Path(mcfg.backbone).name})")
+            plot_history(self.history, self.out_dir / PLOT_FILE, title=f"reward model ({cfg.train}, {Path(cfg.backbone).name})")
         except Exception as e:  # a plotting problem must not lose a training run
-            log.warning("could not draw %s: %s", out_dir / PLOT_FILE, e)
+            log.warning("could not draw %s: %s", self.out_dir / PLOT_FILE, e)
 
-    last_plot = [time.monotonic()]
-    window: list[dict[str, Any]] = []
+    def save(self, step: int, rng: dict[str, Any] | None = None) -> None:
+        if self.window:  # a run stopped between two history rows keeps the steps it did
+            self.history.append(_mean_row(self.window))
+            self.window.clear()
+        state = {"run": self.run_id, "history": self.history, "total_steps": self.total}
+        self.manager.save(step, model_tensors=self.rm.trainable_state(), optimizer=self.opt, state=state, rng=rng)
+        if time.monotonic() - self.last_plot > 60:  # a live plot for long runs, without slowing short ones
+            self.plot()
+            self.last_plot = time.monotonic()
 
-    def save(step: int, rng: dict[str, Any] | None = None) -> None:
-        if window:  # a run stopped between two history rows keeps the steps it did
-            history.append(_mean_row(window))
-            window.clear()
-        state = {"run": run_id, "history": history, "total_steps": total}
-        manager.save(step, model_tensors=rm.trainable_state(), optimizer=opt, state=state, rng=rng)
-        if time.monotonic() - last_plot[0] > 60:  # a live plot for long runs, without slowing short ones
-            plot()
-            last_plot[0] = time.monotonic()
-
-    if start == 0 and enc_eval and total > 0 and not history:
-        history.append({"step": 0, **evaluate()})
-
-    stop = total if tcfg.stop_after is None else min(total, max(start, tcfg.stop_after))
-    log_every = _log_every(total, tcfg.save_every)
-    plan = BatchPlan([Phase("main", list(range(len(enc_train))), 0, spe, total)], lengths, tcfg.batch_size, tcfg.seed,
-                     window=32, bucket=tcfg.bucket)
-    pairs_done = {"n": 0, "last": 0}
-    current: dict[str, Any] = {}
-
-    def compute(step: int) -> tuple[Any, Callable[[], dict[str, Any]]]:
-        idx = plan.batch(step)[2]
-        pairs_done["last"] = len(idx)
-        rc, rr = rewards_for(idx)
+    # -- loop hooks -------------------------------------------------------------------------
+    def compute(self, step: int) -> tuple[Any, Callable[[], dict[str, Any]]]:
+        idx = self.plan.batch(step)[2]
+        self.batch_pairs = len(idx)
+        rc, rr = self.rewards_for(idx)
         margin = rc - rr
         loss = -torch.nn.functional.logsigmoid(margin).mean()
         return loss, lambda: {"step": step + 1, "loss": float(loss.detach()), "train_acc": accuracy_from_margins(margin.detach().tolist())}
 
-    def on_step(step: int, row: dict[str, Any]) -> bool:
-        pairs_done["n"] += pairs_done["last"]
-        if step % log_every == 0 or step == total:
-            history.append(_mean_row(window))
-            window.clear()
-        current.clear()
-        current.update(row)
-        if step % eval_every == 0 or step == total:
-            ev = evaluate()
-            net.train()
+    def on_step(self, step: int, row: dict[str, Any]) -> bool:
+        self.pairs_done += self.batch_pairs
+        if step % self.log_every == 0 or step == self.total:
+            self.history.append(_mean_row(self.window))
+            self.window.clear()
+        self.current = dict(row)
+        if step % self.eval_every == 0 or step == self.total:
+            ev = self.evaluate()
+            self.net.train()
             if ev:
-                history.append({"step": step, **ev})
-                current.update(ev)
+                self.history.append({"step": step, **ev})
+                self.current.update(ev)
         return False
 
-    def after_save(step: int, row: dict[str, Any]) -> None:
-        post = {"loss": f"{current['loss']:.3f}", "pairs/s": f"{pairs_done['n'] / max(loop.train_seconds, 1e-9):.2f}"}
-        if "eval_acc" in current:
-            post["eval_acc"] = f"{current['eval_acc']:.3f}"
-        loop.bar.set_postfix(post, refresh=False)  # drawn by update(), at most every mininterval
-        for cb in callbacks:
-            cb(step, dict(current))
+    def after_save(self, step: int, row: dict[str, Any]) -> None:
+        assert self.loop is not None
+        post = {"loss": f"{self.current['loss']:.3f}", "pairs/s": f"{self.pairs_done / max(self.loop.train_seconds, 1e-9):.2f}"}
+        if "eval_acc" in self.current:
+            post["eval_acc"] = f"{self.current['eval_acc']:.3f}"
+        self.loop.bar.set_postfix(post, refresh=False)  # drawn by update(), at most every mininterval
+        for cb in self.callbacks:
+            cb(step, self.current)
 
-    def unrecord(row: dict[str, Any]) -> None:
-        if window and window[-1] is row:
-            window.pop()
+    def unrecord(self, row: dict[str, Any]) -> None:
+        if self.window and self.window[-1] is row:
+            self.window.pop()
 
-    net.train()
-    schedule = LRSchedule(total, warmup=int(round(total * tcfg.warmup_ratio)), decay="cosine")
-    loop = TrainingLoop(params, opt, schedule, peaks, save_every=tcfg.save_every, grad_clip=tcfg.grad_clip,
-                        desc="training reward model", progress=progress)
-    done = loop.run(compute, start=start, stop=stop, save=save, record=window.append, unrecord=unrecord,
-                    on_step=on_step, after_save=after_save)
-    step, train_time = done.step, done.train_seconds
-    if start < step < total and step % tcfg.save_every != 0:
-        if not done.interrupted:  # Ctrl-C saved its step already
-            save(step)
-        plot()  # a time-boxed run (stop_after) keeps everything it did
+    # -- the run ----------------------------------------------------------------------------
+    def train(self) -> TrainResult:
+        """Train from ``start`` (features first for a frozen backbone), then save the final model."""
+        tcfg, start, total = self.tcfg, self.start, self.total
+        # Frozen backbone: its features never change, so compute them once.
+        t_feat = time.perf_counter()
+        if self.rm.config.train == "head":
+            for name, enc in (("train", self.enc_train), ("eval", self.enc_eval)):
+                if enc and (name == "eval" or start < total):
+                    self.feats[name] = _features(self.rm, enc, tcfg, self.progress, desc=f"features ({name})")
+        feature_seconds = time.perf_counter() - t_feat
+        if start == 0 and self.enc_eval and total > 0 and not self.history:
+            self.history.append({"step": 0, **self.evaluate()})
 
-    finished = step >= total
-    evals = [r for r in history if "eval_acc" in r]
-    metrics: dict[str, Any] = {
-        "steps": step,
-        "total_steps": total,
-        "finished": finished,
-        "n_train": len(enc_train),
-        "n_eval": len(enc_eval),
-        "pairs_per_second": pairs_done["n"] / train_time if train_time > 0 else None,
-        "train_seconds_this_run": train_time,
-        "feature_seconds_this_run": feature_seconds if mcfg.train == "head" else None,
-        "eval_acc": evals[-1]["eval_acc"] if evals else None,
-        "eval_loss": evals[-1]["eval_loss"] if evals else None,
-    }
-    if finished:
-        if step > start or not (out_dir / CONFIG_FILE).is_file():
-            rm.info["train_metrics"] = metrics
-            rm.save(out_dir)
-        write_json_atomic(out_dir / METRICS_FILE, metrics)
-        plot()
-    net.eval()
-    return TrainResult(
-        model=rm, out_dir=out_dir, steps=step, total_steps=total, finished=finished, metrics=metrics, history=history,
-        interrupted=done.interrupted,
-    )
+        stop = total if tcfg.stop_after is None else min(total, max(start, tcfg.stop_after))
+        self.net.train()
+        schedule = LRSchedule(total, warmup=int(round(total * tcfg.warmup_ratio)), decay="cosine")
+        self.loop = TrainingLoop(self.params, self.opt, schedule, self.peaks, save_every=tcfg.save_every, grad_clip=tcfg.grad_clip,
+                                 desc="training reward model", progress=self.progress)
+        done = self.loop.run(self.compute, start=start, stop=stop, save=self.save, record=self.window.append,
+                             unrecord=self.unrecord, on_step=self.on_step, after_save=self.after_save)
+        step, train_time = done.step, done.train_seconds
+        if start < step < total and step % tcfg.save_every != 0:
+            if not done.interrupted:  # Ctrl-C saved its step already
+                self.save(step)
+            self.plot()  # a time-boxed run (stop_after) keeps everything it did
+
+        finished = step >= total
+        evals = [r for r in self.history if "eval_acc" in r]
+        metrics: dict[str, Any] = {
+            "steps": step,
+            "total_steps": total,
+            "finished": finished,
+            "n_train": len(self.enc_train),
+            "n_eval": len(self.enc_eval),
+            "pairs_per_second": self.pairs_done / train_time if train_time > 0 else None,
+            "train_seconds_this_run": train_time,
+            "feature_seconds_this_run": feature_seconds if self.rm.config.train == "head" else None,
+            "eval_acc": evals[-1]["eval_acc"] if evals else None,
+            "eval_loss": evals[-1]["eval_loss"] if evals else None,
+        }
+        if finished:
+            if step > start or not (self.out_dir / CONFIG_FILE).is_file():
+                self.rm.info["train_metrics"] = metrics
+                self.rm.save(self.out_dir)
+            write_json_atomic(self.out_dir / METRICS_FILE, metrics)
+            self.plot()
+        self.net.eval()
+        return TrainResult(
+            model=self.rm, out_dir=self.out_dir, steps=step, total_steps=total, finished=finished, metrics=metrics,
+            history=self.history, interrupted=done.interrupted,
+        )
 
 
 def _log_every(total: int, save_every: int) -> int:

@@ -29,6 +29,8 @@ from typing import Any, Callable
 from middleware.errors import CheckpointError, InputError
 from middleware.checkpoints import Checkpoint, CheckpointManager, sha256, write_json_atomic
 from middleware.training import (
+    BatchPlan,
+    LossFn,
     LRSchedule,
     TrainingLoop,
     add_training_flags,
@@ -265,6 +267,30 @@ def _export(model: Any, out_dir: Path, config: SFTConfig, history: list[dict[str
         log.warning("could not draw %s: %s", out_dir / "loss.png", e)
 
 
+def _step_fn(plan: BatchPlan, rows: list[dict[str, list[int]]], pad_id: int, device: Any, loss_fn: _LossFn, optimizer: Any) -> LossFn:
+    """The forward pass of a step for ``TrainingLoop``: its batch, the mean loss on the target tokens, and
+    its history row ``{"step", "loss", "lr", "epoch", "target_tokens", "tokens"}`` (``"warmup": 1`` in
+    the warm-up phase)."""
+
+    def compute(at: int) -> tuple[Any, Callable[[], dict[str, Any]]]:
+        phase, epoch, idx = plan.batch(at)
+        batch = {n: t.to(device) for n, t in collate([rows[i] for i in idx], pad_id).items()}
+        loss_sum, n = loss_fn(batch)
+        loss = loss_sum / max(1, n)
+
+        def make_row() -> dict[str, Any]:
+            n_all = int(batch["attention_mask"].sum())
+            lr = optimizer.param_groups[0]["lr"]
+            row = {"step": at + 1, "loss": float(loss.detach()), "lr": lr, "epoch": round(epoch, 4), "target_tokens": n, "tokens": n_all}
+            if phase.name == "warmup":
+                row["warmup"] = 1
+            return row
+
+        return loss, make_row
+
+    return compute
+
+
 # -- training ------------------------------------------------------------------------------------
 def train_sft(
     examples: list[SFTExample],
@@ -346,22 +372,6 @@ def train_sft(
         }
         manager.save(at, model_tensors=params, optimizer=optimizer, state=state, rng=rng)
 
-    def compute(at: int) -> tuple[Any, Callable[[], dict[str, Any]]]:
-        phase, epoch, idx = plan.batch(at)
-        batch = {n: t.to(device) for n, t in collate([rows[i] for i in idx], pad_id).items()}
-        loss_sum, n = loss_fn(batch)
-        loss = loss_sum / max(1, n)
-
-        def make_row() -> dict[str, Any]:
-            n_all = int(batch["attention_mask"].sum())
-            lr = optimizer.param_groups[0]["lr"]
-            row = {"step": at + 1, "loss": float(loss.detach()), "lr": lr, "epoch": round(epoch, 4), "target_tokens": n, "tokens": n_all}
-            if phase.name == "warmup":
-                row["warmup"] = 1
-            return row
-
-        return loss, make_row
-
     tokens = {"target": 0, "all": 0}
     evals: list[float | None] = [None]
 
@@ -382,6 +392,7 @@ def train_sft(
     schedule = LRSchedule(plan.total, warmup=max(1, round(0.03 * plan.total)), decay="linear")
     loop = TrainingLoop(params, optimizer, schedule, [config.learning_rate], save_every=config.save_every,
                         grad_clip=1.0, desc=f"train {config.kind}", progress=progress)
+    compute = _step_fn(plan, rows, pad_id, device, loss_fn, optimizer)
     done = loop.run(compute, start=step, stop=plan.total, save=checkpoint, record=history.append, unrecord=unrecord,
                     on_step=on_step)
     step, train_seconds, stopped, interrupted = done.step, done.train_seconds, done.stopped, done.interrupted
