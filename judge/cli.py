@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
         o, epochs=t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate, eval_fraction=t.eval_fraction,
         eval_every=t.eval_every, save_every=t.save_every, keep_checkpoints=t.keep_checkpoints, seed=t.seed, unit="pairs",
         learning_rate_help="learning rate (default: 2e-4 lora, 5e-5 full, 1e-3 head)",
-        eval_every_help="evaluate every N steps (default: with each checkpoint)", device=True,
+        eval_every_help="evaluate every N steps (default: with each checkpoint)",
+        max_steps_help="total steps (overrides --epochs)", device=True,
     )
     o.add_argument("--head-lr", type=float, help="learning rate of the head (default: max(learning rate, 1e-3))")
     o.add_argument("--weight-decay", type=float, default=t.weight_decay)

@@ -405,6 +405,7 @@ def add_training_flags(
     unit: str = "examples",
     learning_rate_help: str | None = None,
     eval_every_help: str | None = None,
+    max_steps_help: str = "stop after this many optimizer steps in all (a cap on --epochs)",
     device: bool = False,
 ) -> None:
     """Add the flags every ``alignware train ...`` verb shares to ``parser`` (a parser or an argument
@@ -412,7 +413,7 @@ def add_training_flags(
     ``keep_checkpoints``, …); ``--fresh`` sets ``resume`` to false."""
     p = parser
     p.add_argument("--epochs", type=float, default=epochs, help="passes over the training data, fractions allowed (default %(default)s)")
-    p.add_argument("--max-steps", type=int, default=None, help="total optimizer steps of the run (overrides --epochs)")
+    p.add_argument("--max-steps", type=int, default=None, help=max_steps_help)
     p.add_argument("--batch-size", type=int, default=batch_size, help=f"{unit} per step (default %(default)s)")
     p.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float, default=learning_rate,
                    help=learning_rate_help or "peak learning rate (default %(default)s)")
