@@ -8,7 +8,8 @@ load only when a model is).
   chunked streaming.
 - ``build_rewriter_data`` / ``build_corrector_data``: SFT examples from preference pairs.
 - ``train_sft``, ``SFTConfig``, ``SFTExample``: the one LoRA SFT trainer behind both.
-- ``TextGenerator``, ``SharedBase``: the engine (one base model, LoRA adapters switched per call).
+- ``TextGenerator``: a trained stage model continuing rendered templates; ``SharedBase`` (from
+  ``middleware.shared_base``): one base model, LoRA adapters switched per call.
 - ``Template``, ``get_template``, ``register_template``, ``list_templates``: the prompt templates.
 """
 
@@ -42,10 +43,10 @@ _LAZY: dict[str, str] = {
     "get_template": ".templates",
     "register_template": ".templates",
     "list_templates": ".templates",
-    # engine
-    "SharedBase": ".engine",
-    "TextGenerator": ".engine",
-    "Generation": ".engine",
+    # generation
+    "SharedBase": "middleware.shared_base",
+    "TextGenerator": ".generator",
+    "Generation": ".generator",
     # training
     "SFTExample": ".sft",
     "SFTConfig": ".sft",
@@ -67,7 +68,9 @@ if TYPE_CHECKING:  # pragma: no cover
         split_chunks,
         split_sentences,
     )
-    from .engine import Generation, SharedBase, TextGenerator
+    from middleware.shared_base import SharedBase
+
+    from .generator import Generation, TextGenerator
     from .rewriter import (
         PromptRewriter,
         RewriteCheck,

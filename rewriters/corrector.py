@@ -65,7 +65,7 @@ from .rewriter import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .engine import TextGenerator
+    from .generator import TextGenerator
     from .sft import SFTExample
     from .templates import Template
 
@@ -418,7 +418,7 @@ class ResponseCorrector(ResponseStage):
         """Model mode from a folder: an adapter trained by ``alignware train corrector`` (its manifest names
         its template and base), or a released Aligner checkpoint folder used unchanged (template
         ``"aligner-v1.0"`` unless ``template`` says otherwise, e.g. ``"aligner-correction"``)."""
-        from .engine import TextGenerator
+        from .generator import TextGenerator
 
         gen = TextGenerator.from_pretrained(path, base=base, template=template, kind="corrector")
         return cls(gen, **stage_kw)

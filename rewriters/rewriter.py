@@ -37,7 +37,7 @@ from middleware.stages import PromptStage, batch_item, is_title_request, note
 from middleware.types import ChatRequest, Message, PreferencePair, load_pairs
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .engine import TextGenerator
+    from .generator import TextGenerator
     from .sft import SFTExample
     from .templates import Template
 
@@ -238,7 +238,7 @@ def _resolve_llm(llm: "LLM | str | None", **options: Any) -> LLM:
             from middleware.llm import make_llm
 
             return make_llm(None, **options)
-        from .engine import SharedBase
+        from middleware.shared_base import SharedBase
 
         return SharedBase.get().chat_backend()
     if not isinstance(llm, str):
@@ -261,7 +261,7 @@ def _generation_defaults(template: "Template", generator: Any = None, **given: A
         "max_new_tokens": int(gen.get("max_new_tokens", 512)),
     }
     out.update({k: v for k, v in given.items() if v is not None})
-    from middleware.local import check_sampling
+    from middleware.decoding import check_sampling
 
     check_sampling(out["temperature"], None)
     if not 0 < out["top_p"] <= 1:
@@ -450,7 +450,7 @@ class PromptRewriter(PromptStage):
         """Model mode from a folder: an adapter trained by ``alignware train rewriter`` (its manifest
         names its template and base model), or a released BPO checkpoint folder used unchanged (template
         ``"bpo"`` unless ``template`` says otherwise)."""
-        from .engine import TextGenerator
+        from .generator import TextGenerator
 
         gen = TextGenerator.from_pretrained(path, base=base, template=template, kind="rewriter")
         return cls(gen, **stage_kw)

@@ -10,7 +10,8 @@ from typing import Any, Iterator
 import pytest
 
 from middleware.errors import AlignwareError, CheckpointError, InputError
-from rewriters.engine import SharedBase, TextGenerator
+from middleware.shared_base import SharedBase
+from rewriters.generator import TextGenerator
 from rewriters.sft import SFTConfig, init_adapter
 from rewriters.templates import get_template
 
