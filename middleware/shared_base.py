@@ -229,27 +229,23 @@ class AdapterScopedModel:
         with self._shared.using(self._adapter) as model:
             return model(*args, **kwargs)
 
-    @property
-    def forward(self) -> Any:
-        inner = self._shared.model.forward
+    def _scoped(self, inner: Any) -> Any:
+        """``inner`` wrapped to run under ``SharedBase.using(adapter)``."""
 
         @functools.wraps(inner)
-        def forward(*args: Any, **kwargs: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
             with self._shared.using(self._adapter):
                 return inner(*args, **kwargs)
 
-        return forward
+        return call
+
+    @property
+    def forward(self) -> Any:
+        return self._scoped(self._shared.model.forward)
 
     @property
     def generate(self) -> Any:
-        inner = self._shared.model.generate
-
-        @functools.wraps(inner)
-        def generate(*args: Any, **kwargs: Any) -> Any:
-            with self._shared.using(self._adapter):
-                return inner(*args, **kwargs)
-
-        return generate
+        return self._scoped(self._shared.model.generate)
 
     def __repr__(self) -> str:
         return f"AdapterScopedModel({self._shared.base_model!r}, adapter={self._adapter!r})"
