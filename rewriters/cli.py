@@ -10,16 +10,16 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from middleware.errors import InputError
 from middleware.training import set_threads
-from middleware.types import load_pairs
+from middleware.types import PreferencePair, load_pairs
 
 from .corrector_data import build_corrector_data
 from .rewriter_data import build_rewriter_data
 from .selection import RewardChoice
-from .sft import add_train_args, config_from_args, train_sft
+from .sft import SFTConfig, SFTResult, add_train_args, config_from_args, train_sft
 
 __all__ = ["rewriter_parser", "train_rewriter_main", "corrector_parser", "train_corrector_main"]
 
@@ -27,12 +27,11 @@ __all__ = ["rewriter_parser", "train_rewriter_main", "corrector_parser", "train_
 # -- alignware train rewriter ------------------------------------------------------------------
 def rewriter_parser() -> argparse.ArgumentParser:
     """``alignware train rewriter`` arguments: data, teacher, and the SFT flags."""
-    p = argparse.ArgumentParser(
-        prog="alignware train rewriter",
-        description="Train a BPO prompt rewriter (a LoRA adapter) from preference pairs.",
+    p = _parser(
+        "rewriter",
+        "Train a BPO prompt rewriter (a LoRA adapter) from preference pairs.",
+        "preference pairs (JSONL); rows may carry optimized_prompt",
     )
-    p.add_argument("--data", required=True, help="preference pairs (JSONL); rows may carry optimized_prompt")
-    p.add_argument("--out", required=True, help="output folder for the adapter and its checkpoints")
     p.add_argument(
         "--teacher",
         default=None,
@@ -72,9 +71,7 @@ def rewriter_parser() -> argparse.ArgumentParser:
 
 def train_rewriter_main(argv: Sequence[str]) -> int:
     """``alignware train rewriter --data PAIRS --out DIR [--teacher MODEL] [SFT flags]``."""
-    args = rewriter_parser().parse_args(list(argv))
-    config = config_from_args(args, kind="rewriter")
-    pairs = load_pairs(args.data, limit=args.limit)
+    args, config, pairs = _parse(rewriter_parser(), argv, "rewriter")
     set_threads(args.threads)  # --judge generates answers before training starts
     choices: list[RewardChoice] = []
     examples, report = build_rewriter_data(
@@ -110,12 +107,31 @@ def train_rewriter_main(argv: Sequence[str]) -> int:
         print(f"wrote {len(examples)} examples to {out / 'rewriter_data.jsonl'}")
         return 0
     result = train_sft(examples, config, out, resume=args.resume, progress=not args.quiet)
+    return _finished(result)
+
+
+# -- both -----------------------------------------------------------------------------------------
+def _parser(kind: str, description: str, data_help: str) -> argparse.ArgumentParser:
+    """The parser of ``alignware train <kind>`` with its ``--data`` and ``--out`` arguments."""
+    p = argparse.ArgumentParser(prog=f"alignware train {kind}", description=description)
+    p.add_argument("--data", required=True, help=data_help)
+    p.add_argument("--out", required=True, help="output folder for the adapter and its checkpoints")
+    return p
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str], kind: str) -> tuple[argparse.Namespace, SFTConfig, list[PreferencePair]]:
+    """The parsed arguments, the SFT settings they give for ``kind``, and the ``--data`` pairs (``--limit``)."""
+    args = parser.parse_args(list(argv))
+    return args, config_from_args(args, kind=kind), load_pairs(args.data, limit=args.limit)
+
+
+def _finished(result: SFTResult) -> int:
+    """Print the line about a finished SFT run; the exit status (130 when it was interrupted)."""
     print(_result_line(result))
     return 130 if result.interrupted else 0
 
 
-# -- both -----------------------------------------------------------------------------------------
-def _result_line(result: Any) -> str:
+def _result_line(result: SFTResult) -> str:
     """One line about a finished SFT run."""
 
     def f(x: float | None) -> str:
@@ -143,12 +159,7 @@ def _result_line(result: Any) -> str:
 # -- alignware train corrector -----------------------------------------------------------------
 def corrector_parser() -> argparse.ArgumentParser:
     """``alignware train corrector`` arguments: data and the SFT flags."""
-    p = argparse.ArgumentParser(
-        prog="alignware train corrector",
-        description="Train an Aligner response corrector (a LoRA adapter) from preference pairs.",
-    )
-    p.add_argument("--data", required=True, help="preference pairs (JSONL)")
-    p.add_argument("--out", required=True, help="output folder for the adapter and its checkpoints")
+    p = _parser("corrector", "Train an Aligner response corrector (a LoRA adapter) from preference pairs.", "preference pairs (JSONL)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N pairs")
     p.add_argument(
         "--no-identity-warmup", dest="identity_warmup", action="store_false",
@@ -160,9 +171,7 @@ def corrector_parser() -> argparse.ArgumentParser:
 
 def train_corrector_main(argv: Sequence[str]) -> int:
     """``alignware train corrector --data PAIRS --out DIR [SFT flags]``."""
-    args = corrector_parser().parse_args(list(argv))
-    config = config_from_args(args, kind="corrector")
-    pairs = load_pairs(args.data, limit=args.limit)
+    args, config, pairs = _parse(corrector_parser(), argv, "corrector")
     examples, warmup = build_corrector_data(pairs, identity_warmup=args.identity_warmup, template=config.template)
     if not examples:
         raise InputError(f"{args.data}: no training examples (every pair has an empty chosen answer)")
@@ -171,5 +180,4 @@ def train_corrector_main(argv: Sequence[str]) -> int:
     result = train_sft(
         examples, config, Path(args.out), warmup_examples=warmup or None, resume=args.resume, progress=not args.quiet
     )
-    print(_result_line(result))
-    return 130 if result.interrupted else 0
+    return _finished(result)

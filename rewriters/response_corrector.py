@@ -304,29 +304,20 @@ class ResponseCorrector(TextStage, ResponseStage):
         question = flatten_question(request.messages)
         seed = self._seed(request)
         if self.streaming == "buffer":
-            answer = "".join(chunks)
-            text, reason = self._correct_whole(question, answer, seed)
-            if reason:
-                note(reason)
+            text = _noted(self._correct_whole(question, "".join(chunks), seed))
             if text:
                 yield text
             return
         splitter = ChunkSplitter(self.chunk_min_chars)
         state = _ChunkState.new()
-        index = 0
-        for piece in chunks:
-            for group in splitter.feed(piece):
-                text, reason = self._correct_chunk(question, state, group, index, seed)
-                index += 1
-                if reason:
-                    note(reason)
-                if text:
-                    yield text
-        for group in splitter.finish():
-            text, reason = self._correct_chunk(question, state, group, index, seed)
-            index += 1
-            if reason:
-                note(reason)
+
+        def groups() -> Iterator[str]:
+            for piece in chunks:
+                yield from splitter.feed(piece)
+            yield from splitter.finish()
+
+        for index, group in enumerate(groups()):
+            text = _noted(self._correct_chunk(question, state, group, index, seed))
             if text:
                 yield text
 
@@ -340,9 +331,7 @@ class ResponseCorrector(TextStage, ResponseStage):
         seed = self._seed(request)
         if self.streaming == "buffer":
             answer = "".join([c async for c in chunks])
-            text, reason = await asyncio.to_thread(self._correct_whole, question, answer, seed)
-            if reason:
-                note(reason)
+            text = _noted(await asyncio.to_thread(self._correct_whole, question, answer, seed))
             if text:
                 yield text
             return
@@ -358,9 +347,15 @@ class ResponseCorrector(TextStage, ResponseStage):
                 yield g
 
         async for group in groups():
-            text, reason = await asyncio.to_thread(self._correct_chunk, question, state, group, index, seed)
+            text = _noted(await asyncio.to_thread(self._correct_chunk, question, state, group, index, seed))
             index += 1
-            if reason:
-                note(reason)
             if text:
                 yield text
+
+
+def _noted(result: tuple[str, str | None]) -> str:
+    """The text of a ``(text, reason)`` correction result, with the reason noted in the stage's trace."""
+    text, reason = result
+    if reason:
+        note(reason)
+    return text
