@@ -16,8 +16,9 @@ from middleware.llm import FunctionLLM
 from middleware.pipeline import Pipeline
 from middleware.stages import PromptStage, ResponseStage, batch_item, note
 from middleware.types import ChatRequest, ChatResponse
-from rewriters.corrector import CorrectionCheck, ResponseCorrector
-from rewriters.rewriter import PromptRewriter
+from rewriters.correction_checks import CorrectionCheck
+from rewriters.prompt_rewriter import PromptRewriter
+from rewriters.response_corrector import ResponseCorrector
 from rewriters.templates import get_template
 
 PROMPTS = ["first question about cats", "skip me please", "third question about dogs", "fourth one"]
