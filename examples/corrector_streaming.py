@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=256, help="correction length limit (default 256)")
     args = p.parse_args(argv)
 
-    from rewriters.engine import TextGenerator
+    from rewriters.generator import TextGenerator
 
     if args.adapter:
         gen = TextGenerator.from_pretrained(args.adapter, base=args.model, kind="corrector")

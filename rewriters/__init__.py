@@ -8,14 +8,16 @@ load only when a model is).
   chunked streaming.
 - ``build_rewriter_data`` / ``build_corrector_data``: SFT examples from preference pairs.
 - ``train_sft``, ``SFTConfig``, ``SFTExample``: the one LoRA SFT trainer behind both.
-- ``TextGenerator``, ``SharedBase``: the engine (one base model, LoRA adapters switched per call).
+- ``TextGenerator``: a trained stage model continuing rendered templates; ``SharedBase`` (from
+  ``middleware.shared_base``): one base model, LoRA adapters switched per call.
 - ``Template``, ``get_template``, ``register_template``, ``list_templates``: the prompt templates.
 
 Modules: ``stage`` (what both stages share: the two modes, constructors, generation), ``prompt_rewriter``
 and ``response_corrector`` (the stages), ``rewrite_checks`` and ``correction_checks`` (their safeguards,
 on the word helpers of ``text``), ``sentences`` (the corrector's question and sentence groups),
 ``teacher``, ``answer_cache``, ``selection``, ``pairs``, ``rewriter_data`` and ``corrector_data`` (the
-training data), ``cli`` (``alignware train rewriter`` / ``corrector``), ``sft``, ``engine``, ``templates``.
+training data), ``cli`` (``alignware train rewriter`` / ``corrector``), ``sft``, ``generator`` (a trained
+stage model on a ``middleware.shared_base.SharedBase``), ``templates``.
 """
 
 from __future__ import annotations
@@ -50,10 +52,10 @@ _LAZY: dict[str, str] = {
     "get_template": ".templates",
     "register_template": ".templates",
     "list_templates": ".templates",
-    # engine
-    "SharedBase": ".engine",
-    "TextGenerator": ".engine",
-    "Generation": ".engine",
+    # generation
+    "SharedBase": "middleware.shared_base",
+    "TextGenerator": ".generator",
+    "Generation": ".generator",
     # training
     "SFTExample": ".sft",
     "SFTConfig": ".sft",
@@ -64,9 +66,11 @@ _LAZY: dict[str, str] = {
 __all__ = sorted(_LAZY)
 
 if TYPE_CHECKING:  # pragma: no cover
+    from middleware.shared_base import SharedBase
+
     from .correction_checks import CorrectionCheck, check_correction, degeneration
     from .corrector_data import build_corrector_data
-    from .engine import Generation, SharedBase, TextGenerator
+    from .generator import Generation, TextGenerator
     from .prompt_rewriter import PromptRewriter
     from .response_corrector import ResponseCorrector
     from .rewrite_checks import RewriteCheck, check_rewrite, clean_rewrite

@@ -36,7 +36,7 @@ class PromptRewriter(TextStage, PromptStage):
     ``"bpo-instruction"``) or :meth:`from_config` (``type: prompt_rewriter``).
 
     Args:
-        generator: a ``rewriters.engine.TextGenerator`` (model mode).
+        generator: a ``rewriters.generator.TextGenerator`` (model mode).
         llm: an ``LLM`` backend (prompted mode); exactly one of ``generator`` and ``llm``.
         template: the template name or ``Template``; default: the generator's own, or ``"bpo-instruction"``.
         temperature, top_p, max_new_tokens: decoding; default: the checkpoint's settings, else the

@@ -47,7 +47,7 @@ from middleware.stages import ResponseStage, batch_item, note
 from middleware.types import ChatRequest, ChatResponse
 
 from .correction_checks import CorrectionCheck, check_correction
-from .engine import TextGenerator
+from .generator import TextGenerator
 from .sentences import ChunkSplitter, flatten_question, split_chunks
 from .stage import Generated, TextStage
 from .templates import Template
@@ -103,7 +103,7 @@ class ResponseCorrector(TextStage, ResponseStage):
     ``"aligner-instruction"``) or :meth:`from_config` (``type: response_corrector``).
 
     Args:
-        generator: a ``rewriters.engine.TextGenerator`` (model mode).
+        generator: a ``rewriters.generator.TextGenerator`` (model mode).
         llm: an ``LLM`` backend (prompted mode); exactly one of ``generator`` and ``llm``.
         template: the template name or ``Template``; default: the generator's own, or ``"aligner-instruction"``.
         streaming: ``"buffer"`` or ``"chunked"`` (see the module documentation); also applies to

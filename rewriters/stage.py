@@ -19,11 +19,12 @@ from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
 from middleware.errors import InputError
 from middleware.llm import LLM, make_llm
-from middleware.local import check_sampling
+from middleware.decoding import check_sampling
 from middleware.stages import Stage, is_title_request
+from middleware.shared_base import SharedBase
 from middleware.types import ChatRequest, Message
 
-from .engine import SharedBase, TextGenerator
+from .generator import TextGenerator
 from .templates import Template, get_template
 
 __all__ = ["TextStage", "Generated", "resolve_llm", "generation_defaults", "llm_request"]
@@ -45,7 +46,7 @@ class Generated:
 def resolve_llm(llm: "LLM | str | None", **options: Any) -> LLM:
     """An ``LLM`` from a backend, a litellm model string, a local path, or ``"embedded"``/``None``.
 
-    ``"embedded"`` reuses the shared base model (:class:`rewriters.engine.SharedBase`) so a rewriter,
+    ``"embedded"`` reuses the shared base model (:class:`middleware.shared_base.SharedBase`) so a rewriter,
     a corrector and the chat model hold one copy of the weights.
     """
     if isinstance(llm, LLM):
@@ -72,9 +73,7 @@ def generation_defaults(template: Template, generator: Any = None, **given: Any)
         "max_new_tokens": int(gen.get("max_new_tokens", 512)),
     }
     out.update({k: v for k, v in given.items() if v is not None})
-    check_sampling(out["temperature"], None)
-    if not 0 < out["top_p"] <= 1:
-        raise InputError(f"top_p must be in (0, 1], got {out['top_p']!r}")
+    check_sampling(out["temperature"], None, out["top_p"])
     if out["max_new_tokens"] < 1:
         raise InputError(f"max_new_tokens must be at least 1, got {out['max_new_tokens']!r}")
     return out
@@ -137,7 +136,7 @@ class TextStage(Stage):
     documentation. Subclasses set the class attributes below and add ``PromptStage`` or ``ResponseStage``.
 
     Args:
-        generator: a ``rewriters.engine.TextGenerator`` (model mode).
+        generator: a ``rewriters.generator.TextGenerator`` (model mode).
         llm: an ``LLM`` backend (prompted mode); exactly one of ``generator`` and ``llm``.
         template: the template name or ``Template``; default: the generator's own, or ``default_template``.
         temperature, top_p, max_new_tokens: decoding; default: the checkpoint's settings, else the

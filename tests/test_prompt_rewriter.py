@@ -163,7 +163,7 @@ def test_from_config_errors_name_the_problem() -> None:
 
 
 def test_model_mode_on_a_tiny_checkpoint(tiny_model_dir: Path) -> None:
-    from rewriters.engine import TextGenerator
+    from rewriters.generator import TextGenerator
 
     gen = TextGenerator.untrained(tiny_model_dir, template="bpo", kind="rewriter")
     ids = gen.tokenizer(BPO_PUBLISHED.format(PROMPT))["input_ids"]
@@ -176,7 +176,7 @@ def test_model_mode_on_a_tiny_checkpoint(tiny_model_dir: Path) -> None:
 
 
 def test_deterministic_only_when_greedy_without_timeout(tiny_model_dir: Path) -> None:
-    from rewriters.engine import TextGenerator
+    from rewriters.generator import TextGenerator
 
     gen = TextGenerator.untrained(tiny_model_dir, template="bpo", kind="rewriter")
     assert PromptRewriter(gen, temperature=0.0).deterministic()

@@ -134,7 +134,7 @@ RELAXED = CorrectionCheck(reject_truncated=False, check_degenerate=False, check_
 @pytest.mark.parametrize("check", [CorrectionCheck(), RELAXED], ids=["default-checks", "relaxed-checks"])
 @pytest.mark.parametrize("mode", ["buffer", "chunked"])
 def test_streaming_equals_non_streamed_under_greedy(tiny_model_dir: Path, mode: str, check: CorrectionCheck) -> None:
-    from rewriters.engine import TextGenerator
+    from rewriters.generator import TextGenerator
 
     gen = TextGenerator.untrained(tiny_model_dir, template="aligner-v1.0", kind="corrector")
     rendered = ALIGNER_V1.format(QUESTION, LONG_ANSWER)
