@@ -27,15 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
-from .checkpoints import (  # noqa: F401  (sha256: rewriters/engine.py imports it from here until its import moves)
-    Checkpoint,
-    CheckpointManager,
-    load_checkpoint,
-    rng_state,
-    set_rng_state,
-    sha256,
-    tensors_to_optimizer,
-)
+from .checkpoints import Checkpoint, CheckpointManager, load_checkpoint, rng_state, set_rng_state, tensors_to_optimizer
 from .errors import AlignwareError, InputError
 
 log = logging.getLogger("alignware")

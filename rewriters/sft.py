@@ -11,7 +11,7 @@ the optimizer moments and the random state, and the data order depends only on t
 so a resumed run ends with the same weights as an uninterrupted one.
 
 The result is a PEFT adapter folder (``adapter_config.json``, ``adapter_model.safetensors``) with the
-manifest ``alignware.json`` that ``rewriters.engine.TextGenerator.from_pretrained`` reads.
+manifest ``alignware.json`` that ``rewriters.generator.TextGenerator.from_pretrained`` reads.
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ from middleware.training import (
     run_differences,
 )
 
-from .engine import ADAPTER_FILES, KINDS, MANIFEST, base_label
+from middleware.adapters import ADAPTER_FILES, MANIFEST, base_label
+
+from .generator import KINDS
 from .sft_data import IGNORE_INDEX, SFTConfig, SFTExample, check_examples, collate, fingerprint, prepare_rows
 from .templates import DEFAULT_TEMPLATES, get_template
 

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Sequence
 from middleware.errors import InputError
 from middleware.training import BatchPlan, split_holdout
 
-from .engine import KINDS
+from .generator import KINDS
 from .templates import get_template
 
 log = logging.getLogger("alignware")
