@@ -128,8 +128,10 @@ class Stage:
             return self._trace("failed", 0.0, reason=f"skip_if raised {_reason(e)}")
         return self._trace("skipped", 0.0, reason="skip_if matched") if skip else None
 
-    def _trace(self, verdict: Verdict, latency_s: float, **kw: Any) -> StageTrace:
-        return StageTrace(stage=self.name, kind=self.kind, verdict=verdict, latency_ms=latency_s * 1000.0, **kw)
+    def _trace(
+        self, verdict: Verdict, latency_s: float, *, before: str | None = None, after: str | None = None, reason: str | None = None
+    ) -> StageTrace:
+        return StageTrace.of(self.name, self.kind, verdict, latency_s * 1000.0, before, after, reason)
 
     def _failed(self, exc: BaseException, t0: float, before: str | None) -> StageTrace:
         reason = _reason(exc)
@@ -223,21 +225,21 @@ class PromptStage(Stage):
 
     def run(self, request: ChatRequest) -> tuple[ChatRequest, StageTrace]:
         """Apply the stage with its policy; never loses the request unless ``on_error="raise"``."""
-        skipped = self._skipped(request)
-        if skipped is not None:
-            return request, skipped
+        if self.skip_if is not None:
+            skipped = self._skipped(request)
+            if skipped is not None:
+                return request, skipped
         before = _user_text(request)
         notes: list[str] = []
         token = _notes.set(notes)
         t0 = time.perf_counter()
         try:
-            out = self._call(self.process, request)
-            out = self._check(out)
+            out = self._check(self.process(request) if self.timeout is None else self._call(self.process, request))
         except Exception as e:
             return request, self._failed(e, t0, before)
         finally:
             _notes.reset(token)
-        return out, self._done(request, out, t0, before, notes)
+        return out, self._done_in(request, out, time.perf_counter() - t0, before, notes)
 
     async def arun(self, request: ChatRequest) -> tuple[ChatRequest, StageTrace]:
         skipped = self._skipped(request)
@@ -256,6 +258,8 @@ class PromptStage(Stage):
         return out, self._done(request, out, t0, before, notes)
 
     def _check(self, out: Any) -> ChatRequest:
+        if type(out) is ChatRequest:
+            return out
         if not isinstance(out, ChatRequest):
             raise TypeError(f"process() returned {type(out).__name__}, expected ChatRequest")
         return out
@@ -264,10 +268,13 @@ class PromptStage(Stage):
         return self._done_in(request, out, time.perf_counter() - t0, before, notes)
 
     def _done_in(self, request: ChatRequest, out: ChatRequest, latency_s: float, before: str, notes: list[str]) -> StageTrace:
-        same = out is request
-        verdict, reason = _verdict(not same and out != request, notes)
-        after = before if same else _user_text(out)
-        return self._trace(verdict, latency_s, before=before, after=after, reason=reason)
+        verdict: Verdict
+        if out is request:
+            verdict, after = "passed", before
+        else:
+            verdict, after = ("modified" if out != request else "passed"), _user_text(out)
+        reason = "; ".join(notes) if notes else None
+        return StageTrace.of(self.name, self.kind, verdict, latency_s * 1000.0, before, after, reason)
 
     # -- batches ------------------------------------------------------------------------
     def process_batch(self, requests: list[ChatRequest]) -> list[ChatRequest]:
@@ -316,19 +323,22 @@ class ResponseStage(Stage):
         yield (await self.aprocess(request, ChatResponse(text=text))).text
 
     def run(self, request: ChatRequest, response: ChatResponse) -> tuple[ChatResponse, StageTrace]:
-        skipped = self._skipped(request)
-        if skipped is not None:
-            return response, skipped
+        if self.skip_if is not None:
+            skipped = self._skipped(request)
+            if skipped is not None:
+                return response, skipped
         notes: list[str] = []
         token = _notes.set(notes)
         t0 = time.perf_counter()
         try:
-            out = self._check(self._call(self.process, request, response))
+            out = self._check(
+                self.process(request, response) if self.timeout is None else self._call(self.process, request, response)
+            )
         except Exception as e:
             return response, self._failed(e, t0, response.text)
         finally:
             _notes.reset(token)
-        return out, self._done(response, out, t0, notes)
+        return out, self._done_in(response, out, time.perf_counter() - t0, notes)
 
     async def arun(self, request: ChatRequest, response: ChatResponse) -> tuple[ChatResponse, StageTrace]:
         skipped = self._skipped(request)
@@ -346,6 +356,8 @@ class ResponseStage(Stage):
         return out, self._done(response, out, t0, notes)
 
     def _check(self, out: Any) -> ChatResponse:
+        if type(out) is ChatResponse:
+            return out
         if isinstance(out, str):
             raise TypeError("process() returned str, expected ChatResponse (use response.model_copy(update={'text': ...}))")
         if not isinstance(out, ChatResponse):
@@ -356,8 +368,10 @@ class ResponseStage(Stage):
         return self._done_in(response, out, time.perf_counter() - t0, notes)
 
     def _done_in(self, response: ChatResponse, out: ChatResponse, latency_s: float, notes: list[str]) -> StageTrace:
-        verdict, reason = _verdict(out.text != response.text, notes)
-        return self._trace(verdict, latency_s, before=response.text, after=out.text, reason=reason)
+        before, after = response.text, out.text
+        verdict: Verdict = "modified" if after != before else "passed"
+        reason = "; ".join(notes) if notes else None
+        return StageTrace.of(self.name, self.kind, verdict, latency_s * 1000.0, before, after, reason)
 
     # -- batches ------------------------------------------------------------------------
     def process_batch(self, requests: list[ChatRequest], responses: list[ChatResponse]) -> list[ChatResponse]:

@@ -16,6 +16,7 @@ from .errors import InputError
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 Verdict = Literal["passed", "modified", "skipped", "failed"]
+StageKind = Literal["prompt", "model", "response"]
 
 _ids = random.Random()  # private generator, seeded from the OS: reply ids stay unique whatever the app seeds
 
@@ -153,6 +154,9 @@ class ChatRequest(BaseModel):
 
     @property
     def last_user_message(self) -> str:
+        last = self.messages[-1] if self.messages else None
+        if last is not None and last.role == "user":  # the usual case, without the search
+            return last.content
         return self.messages[self.last_user_index].content
 
     def with_last_user_message(self, content: str) -> "ChatRequest":
@@ -173,12 +177,52 @@ class StageTrace(BaseModel):
     """What one stage did to one request."""
 
     stage: str
-    kind: Literal["prompt", "model", "response"]
+    kind: StageKind
     verdict: Verdict
     latency_ms: float = 0.0
     before: str | None = None
     after: str | None = None
     reason: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        stage: Any,
+        kind: StageKind,
+        verdict: Verdict,
+        latency_ms: float,
+        before: str | None = None,
+        after: str | None = None,
+        reason: str | None = None,
+    ) -> "StageTrace":
+        """A trace built by the stage machinery from values it made itself: validation is skipped
+        when every value already has its field's type (the per-stage hot path), done otherwise."""
+        if (
+            type(stage) is str
+            and type(latency_ms) is float
+            and (before is None or type(before) is str)
+            and (after is None or type(after) is str)
+            and (reason is None or type(reason) is str)
+            and kind in _KINDS
+            and verdict in _VERDICTS
+        ):
+            trace = _new(cls)
+            _set(trace, "__dict__", {
+                "stage": stage, "kind": kind, "verdict": verdict, "latency_ms": latency_ms,
+                "before": before, "after": after, "reason": reason,
+            })
+            _set(trace, "__pydantic_fields_set__", set(_TRACE_FIELDS))
+            _set(trace, "__pydantic_extra__", None)
+            _set(trace, "__pydantic_private__", None)
+            return trace
+        return cls(stage=stage, kind=kind, verdict=verdict, latency_ms=latency_ms, before=before, after=after, reason=reason)
+
+
+_KINDS = frozenset(("prompt", "model", "response"))
+_VERDICTS = frozenset(("passed", "modified", "skipped", "failed"))
+_TRACE_FIELDS = frozenset(("stage", "kind", "verdict", "latency_ms", "before", "after", "reason"))
+_new = object.__new__
+_set = object.__setattr__
 
 
 class ChatResponse(BaseModel):
@@ -191,6 +235,15 @@ class ChatResponse(BaseModel):
     model: str | None = None
     usage: Usage = Field(default_factory=Usage)
     trace: list[StageTrace] = Field(default_factory=list)
+
+    def with_trace(self, trace: list[StageTrace]) -> "ChatResponse":
+        """A copy of this reply carrying ``trace`` (``model_copy(update={"trace": trace})``, cheaper)."""
+        copy = _new(type(self))
+        _set(copy, "__dict__", {**self.__dict__, "trace": trace})
+        _set(copy, "__pydantic_fields_set__", self.__pydantic_fields_set__ | {"trace"})
+        _set(copy, "__pydantic_extra__", None if self.__pydantic_extra__ is None else dict(self.__pydantic_extra__))
+        _set(copy, "__pydantic_private__", None if self.__pydantic_private__ is None else dict(self.__pydantic_private__))
+        return copy
 
     def trace_table(self) -> str:
         """The trace as a fixed-width text table."""
