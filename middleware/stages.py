@@ -202,6 +202,9 @@ class Stage:
 def _user_text(request: ChatRequest) -> str:
     """The last user message for a trace; empty when the request has none (the stage then fails on
     its own terms and the request passes through)."""
+    messages = request.messages
+    if messages and messages[-1].role == "user":  # the usual case, without the search
+        return messages[-1].content
     try:
         return request.last_user_message
     except InputError:
