@@ -33,3 +33,23 @@ def test_batch_keeps_order_and_traces():
 def test_pipeline_rejects_non_stage():
     with pytest.raises(InputError, match=r"stages\[0\] is a str"):
         Pipeline(echo_llm(), ["not a stage"])
+
+
+def test_the_callers_request_and_the_llms_reply_stay_as_they_were():
+    from middleware import ChatRequest, ChatResponse, FunctionLLM
+    from middleware.llm import LLM
+
+    request = ChatRequest.build("hello", metadata={"k": "v"})
+    r = Pipeline(echo_llm(), [Upper(), Exclaim()]).chat(request)
+    assert r.text == "echo: HELLO!" and request.last_user_message == "hello" and request.metadata == {"k": "v"}
+
+    fixed = ChatResponse(text="fixed")
+
+    class Fixed(LLM):
+        def complete(self, request, *, model_stages=()):
+            return fixed
+
+    out = Pipeline(Fixed(), [Exclaim()]).chat("x")
+    assert out.text == "fixed!" and [t.verdict for t in out.trace] == ["modified"]
+    assert fixed.text == "fixed" and fixed.trace == []
+    assert isinstance(FunctionLLM(lambda m: "y").complete(request), ChatResponse)

@@ -50,3 +50,19 @@ def test_a_request_without_a_user_message_passes_prompt_stages():
     assert r.trace[0].verdict == "failed" and "no user message" in r.trace[0].reason
     with pytest.raises(StageError, match="no user message"):
         Pipeline(echo_llm(), [Upper(on_error="raise")]).chat([{"role": "system", "content": "Be brief."}])
+
+
+def test_a_stage_runs_inline_without_a_timeout_and_in_a_worker_thread_with_one():
+    import threading
+
+    from middleware import PromptStage
+
+    seen = []
+
+    class Where(PromptStage):
+        def process(self, request):
+            seen.append(threading.current_thread())
+            return request
+
+    Pipeline(echo_llm(), [Where(), Where(timeout=5)]).chat("x")
+    assert seen[0] is threading.current_thread() and seen[1] is not threading.current_thread()

@@ -75,3 +75,30 @@ def test_message_is_immutable():
     m = Message(role="user", content="x")
     with pytest.raises(Exception):
         m.content = "y"  # type: ignore[misc]
+
+
+def test_stage_trace_of_skips_validation_only_for_values_of_the_right_type():
+    from pydantic import ValidationError
+
+    from middleware.types import StageTrace
+
+    fast = StageTrace.of("s", "prompt", "modified", 1.5, "a", "b", "why")
+    assert fast == StageTrace(stage="s", kind="prompt", verdict="modified", latency_ms=1.5, before="a", after="b", reason="why")
+    assert fast.model_dump() == {"stage": "s", "kind": "prompt", "verdict": "modified", "latency_ms": 1.5,
+                                 "before": "a", "after": "b", "reason": "why"}
+    assert StageTrace.of("s", "response", "passed", 0.0) == StageTrace(stage="s", kind="response", verdict="passed")
+    with pytest.raises(ValidationError):  # a value of another type is validated as before
+        StageTrace.of(["not", "a", "name"], "prompt", "passed", 0.0)
+    assert StageTrace.of("s", "prompt", "passed", 2).latency_ms == 2.0
+
+
+def test_with_trace_copies_the_reply():
+    from middleware.types import ChatResponse, StageTrace
+
+    reply = ChatResponse(text="hi", model="m")
+    trace = [StageTrace.of("s", "prompt", "passed", 0.1)]
+    copy = reply.with_trace(trace)
+    assert copy == reply.model_copy(update={"trace": trace}) and copy.trace is trace
+    assert reply.trace == [] and copy.id == reply.id and copy.text == "hi"
+    copy.text = "changed"
+    assert reply.text == "hi"
