@@ -102,3 +102,16 @@ def test_with_trace_copies_the_reply():
     assert reply.trace == [] and copy.id == reply.id and copy.text == "hi"
     copy.text = "changed"
     assert reply.text == "hi"
+
+
+def test_chat_response_of_skips_validation_only_for_values_of_the_right_type():
+    from pydantic import ValidationError
+
+    from middleware.types import ChatResponse, Usage
+
+    kw = dict(id="chatcmpl-1", created=7, text="hi", finish_reason="stop", model="m", usage=Usage(prompt_tokens=1))
+    fast = ChatResponse.of(**kw)
+    assert fast == ChatResponse(**kw) and fast.trace == [] and fast.model_dump() == ChatResponse(**kw).model_dump()
+    assert ChatResponse.of(**dict(kw, model=None)).model is None
+    with pytest.raises(ValidationError):  # a value of another type is validated as before
+        ChatResponse.of(**dict(kw, usage={"prompt_tokens": "many"}))
