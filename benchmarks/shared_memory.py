@@ -62,7 +62,8 @@ def run_single(folder: Path) -> dict:
 
 
 def run_shared(folder: Path) -> dict:
-    from rewriters.engine import SharedBase, TextGenerator
+    from middleware.shared_base import SharedBase
+    from rewriters.generator import TextGenerator
 
     shared = SharedBase.get(None)
     rewriter = TextGenerator.from_pretrained(folder / "rewriter")
@@ -80,7 +81,8 @@ def run_shared(folder: Path) -> dict:
 def run_separate(folder: Path) -> dict:
     from middleware.local import LocalBackend
     from middleware.models import load_causal_lm
-    from rewriters.engine import SharedBase, TextGenerator
+    from middleware.shared_base import SharedBase
+    from rewriters.generator import TextGenerator
 
     gens = []
     for kind in ("rewriter", "corrector"):

@@ -76,7 +76,7 @@ def measure(pipe: Pipeline, question: str) -> dict[str, Any]:
 
 def run(generator: Any, *, delay: float, max_new_tokens: int, question: str = QUESTION, answer: str = ANSWER) -> dict[str, dict[str, Any]]:
     """Measure both streaming modes with ``generator`` as the corrector; also the non-streamed result."""
-    from rewriters.corrector import ResponseCorrector
+    from rewriters.response_corrector import ResponseCorrector
 
     results: dict[str, dict[str, Any]] = {}
     for mode in ("buffer", "chunked"):
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=256, help="correction length limit (default 256)")
     args = p.parse_args(argv)
 
-    from rewriters.engine import TextGenerator
+    from rewriters.generator import TextGenerator
 
     if args.adapter:
         gen = TextGenerator.from_pretrained(args.adapter, base=args.model, kind="corrector")

@@ -19,7 +19,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from middleware.pipeline import Pipeline  # noqa: E402
 from middleware.remote import LiteLLMBackend  # noqa: E402
-from rewriters.rewriter import PromptRewriter  # noqa: E402
+from rewriters.prompt_rewriter import PromptRewriter  # noqa: E402
 
 PROMPT = "how do vaccines work"
 

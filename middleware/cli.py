@@ -25,8 +25,8 @@ COMMANDS: dict[str, str] = {
     "eval": "middleware.evaluate.cli:main",
     "serve": "middleware.server:serve_main",
     "train reward": "steering.reward:train_main",
-    "train rewriter": "rewriters.rewriter:train_main",
-    "train corrector": "rewriters.corrector:train_main",
+    "train rewriter": "rewriters.cli:train_rewriter_main",
+    "train corrector": "rewriters.cli:train_corrector_main",
 }
 
 

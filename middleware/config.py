@@ -34,8 +34,8 @@ from .stages import Stage
 STAGE_TYPES: dict[str, str] = {
     "identity_prompt": "middleware.stages.prompt:IdentityPromptStage",
     "identity_response": "middleware.stages.response:IdentityResponseStage",
-    "prompt_rewriter": "rewriters.rewriter:PromptRewriter",
-    "response_corrector": "rewriters.corrector:ResponseCorrector",
+    "prompt_rewriter": "rewriters.prompt_rewriter:PromptRewriter",
+    "response_corrector": "rewriters.response_corrector:ResponseCorrector",
 }
 
 

@@ -104,7 +104,7 @@ def _llm(max_tokens: int, backbone: str) -> Any:
     """The chat model; shares the weights of the rewriter/corrector engine when it is available."""
     if backbone == "embedded":
         try:
-            from rewriters.engine import SharedBase
+            from middleware.shared_base import SharedBase
 
             return SharedBase.get().chat_backend(max_tokens=max_tokens)
         except ImportError:

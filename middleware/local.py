@@ -1,77 +1,25 @@
 """``LocalBackend``: a transformers causal LM run in-process, with model stages, streaming and batching.
 
-Generation is a plain decode loop over a KV cache, shared by ``complete``, ``stream`` and ``batch``:
-prompts are left-padded with an attention mask and explicit position ids, every row has its own
-sampling settings, random generator, token budget and stop strings, and a row stops on its own at EOS.
-Under greedy decoding a batched answer is therefore the same as the answer to the request alone.
+Generation runs the decode loop of ``middleware.decoding`` for ``complete``, ``stream`` and ``batch``:
+every request is one row with its own sampling settings, random generator, token budget and stop
+strings. Under greedy decoding a batched answer is therefore the same as the answer to the request alone.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
-import math
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generator, Iterator, Sequence
 
+from .decoding import Decoder, Row, check_sampling
 from .errors import AlignwareError, BackendError, InputError
 from .llm import LLM, ModelStages
 from .models import EMBEDDED_NAME, load_causal_lm
 from .stages import attached
 from .types import ChatChunk, ChatRequest, ChatResponse, StageTrace, Usage
 
-REPLACEMENT_CHAR = "\ufffd"
-SEED_RANGE = (-(2**63), 2**64 - 1)  # what ``torch.Generator.manual_seed`` accepts
 _DONE = object()
-
-
-def check_sampling(temperature: float | None, seed: int | None) -> None:
-    """Raise ``InputError`` naming the field when ``temperature`` or ``seed`` cannot be used for sampling."""
-    if temperature is not None and not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
-        raise InputError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    if seed is not None and not (isinstance(seed, int) and SEED_RANGE[0] <= seed <= SEED_RANGE[1]):
-        raise InputError(f"seed must be an integer that fits in 64 bits (from -2**63 to 2**64 - 1), got {seed!r}")
-
-
-@dataclass
-class _Row:
-    """The state of one request while it is being generated."""
-
-    prompt_ids: list[int]
-    max_new: int
-    temperature: float | None
-    top_p: float | None
-    seed: int | None
-    stops: list[str]
-    incremental: bool
-    ids: list[int] = field(default_factory=list)
-    generated: int = 0
-    text: str = ""
-    finish: str | None = None
-    generator: Any = None
-
-    @property
-    def greedy(self) -> bool:
-        return not self.temperature
-
-    def stream_safe_text(self) -> str:
-        """The longest prefix of the current text that later tokens cannot change or cut away.
-
-        Trailing replacement characters (a multi-byte character still incomplete) and a trailing
-        piece that could be the start of a stop string are held back until the row finishes.
-        """
-        if self.finish is not None:
-            return self.text
-        safe = self.text.rstrip(REPLACEMENT_CHAR)
-        hold = 0
-        for s in self.stops:
-            for k in range(min(len(s) - 1, len(safe)), hold, -1):
-                if safe.endswith(s[:k]):
-                    hold = k
-                    break
-        return safe[: len(safe) - hold] if hold else safe
 
 
 class LocalBackend(LLM):
@@ -132,16 +80,7 @@ class LocalBackend(LLM):
         self.system_prompt = system_prompt
         self.batch_size = batch_size
         self._lock = lock if lock is not None else threading.RLock()
-        self._eos_ids = eos_ids(self.model, self.tokenizer)
-        pad = self.tokenizer.pad_token_id
-        if pad is None:
-            pad = min(self._eos_ids) if self._eos_ids else 0
-        self._pad_id = int(pad)
-        self._context = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
-        try:
-            self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
-        except (TypeError, ValueError):
-            self._keeps_logits = False
+        self._decoder = Decoder(self.model, self.tokenizer)
 
     def __repr__(self) -> str:
         return f"LocalBackend(name={self.name!r}, device={str(self.device)!r})"
@@ -261,22 +200,19 @@ class LocalBackend(LLM):
             raise InputError("the chat template rendered an empty prompt")
         return ids
 
-    def _row(self, request: ChatRequest, *, incremental: bool) -> _Row:
+    def _row(self, request: ChatRequest, *, incremental: bool) -> Row:
         temperature, top_p = request.temperature, request.top_p
-        check_sampling(temperature, request.seed)
-        if top_p is not None and not 0 < top_p <= 1:
-            raise InputError(f"top_p must be in (0, 1], got {top_p!r}")
+        check_sampling(temperature, request.seed, top_p)
         stops = [s for s in (request.stop or []) if s]
         ids = self.prompt_ids(request)
         max_new = request.max_tokens or self.max_tokens
-        if self._context:
-            room = self._context - len(ids)
+        context = self._decoder.context
+        if context:
+            room = context - len(ids)
             if room < 1:
-                raise InputError(
-                    f"the prompt is {len(ids)} tokens long; {self.name} has a context of {self._context} tokens"
-                )
+                raise InputError(f"the prompt is {len(ids)} tokens long; {self.name} has a context of {context} tokens")
             max_new = min(max_new, room)
-        return _Row(
+        return Row(
             prompt_ids=ids,
             max_new=max_new,
             temperature=temperature,
@@ -287,10 +223,10 @@ class LocalBackend(LLM):
         )
 
     # -- generation ---------------------------------------------------------------------
-    def _generate(self, rows: list[_Row]) -> Generator[None, None, None]:
+    def _generate(self, rows: list[Row]) -> Generator[None, None, None]:
         """Run ``rows`` as one left-padded batch, updating them in place; yield after every token."""
         try:
-            yield from self._decode(rows)
+            yield from self._decoder.run(rows)
         except AlignwareError:
             raise
         except Exception as e:
@@ -298,90 +234,12 @@ class LocalBackend(LLM):
                 f"local generation with {self.name} failed: {type(e).__name__}: {e}", provider_message=str(e)
             ) from e
 
-    def _decode(self, rows: list[_Row]) -> Iterator[None]:
-        import torch
-
-        device = self.device
-        width = max(len(r.prompt_ids) for r in rows)
-        input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long, device=device)
-        mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
-        for i, r in enumerate(rows):
-            input_ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids, dtype=torch.long, device=device)
-            mask[i, width - len(r.prompt_ids) :] = 1
-            if not r.greedy and r.seed is not None:
-                r.generator = torch.Generator(device=device).manual_seed(r.seed)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        extra = {"logits_to_keep": 1} if self._keeps_logits else {}
-        past = None
-        for _ in range(max(r.max_new for r in rows)):
-            with torch.inference_mode():
-                out = self.model(
-                    input_ids=input_ids,
-                    attention_mask=mask,
-                    position_ids=positions,
-                    past_key_values=past,
-                    use_cache=True,
-                    **extra,
-                )
-                past = out.past_key_values
-                logits = out.logits[:, -1, :].float()
-                chosen = [self._pad_id if r.finish is not None else self._choose(r, logits[i]) for i, r in enumerate(rows)]
-            for r, tok in zip(rows, chosen):
-                if r.finish is None:
-                    self._push(r, tok)
-            yield
-            if all(r.finish is not None for r in rows):
-                return
-            input_ids = torch.tensor(chosen, dtype=torch.long, device=device).unsqueeze(1)
-            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-            positions = positions[:, -1:] + 1
-
-    @staticmethod
-    def _choose(row: _Row, logits: Any) -> int:
-        import torch
-
-        if row.greedy:
-            return int(torch.argmax(logits))
-        logits = logits / row.temperature
-        if row.top_p is not None and row.top_p < 1:
-            sorted_logits, order = torch.sort(logits, descending=True)
-            probs = torch.softmax(sorted_logits, dim=-1)
-            drop = probs.cumsum(-1) - probs > row.top_p
-            logits = logits.scatter(0, order[drop], float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=row.generator))
-
-    def _push(self, row: _Row, token: int) -> None:
-        row.generated += 1
-        if token in self._eos_ids:
-            row.finish = "stop"
-            row.text = self._decode_text(row.ids)
-            return
-        row.ids.append(token)
-        if row.incremental:
-            before = len(row.text)
-            row.text = self._decode_text(row.ids)
-            if row.stops:
-                start = max(0, before - max(len(s) for s in row.stops))
-                hits = [i for i in (row.text.find(s, start) for s in row.stops) if i >= 0]
-                if hits:
-                    row.text = row.text[: min(hits)]
-                    row.finish = "stop"
-                    return
-        if row.generated >= row.max_new:
-            row.finish = "length"
-            if not row.incremental:
-                row.text = self._decode_text(row.ids)
-
-    def _decode_text(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
     # -- results ------------------------------------------------------------------------
-    def _usage(self, row: _Row) -> Usage:
+    def _usage(self, row: Row) -> Usage:
         n = len(row.prompt_ids)
         return Usage(prompt_tokens=n, completion_tokens=row.generated, total_tokens=n + row.generated)
 
-    def _response(self, row: _Row, traces: list[StageTrace]) -> ChatResponse:
+    def _response(self, row: Row, traces: list[StageTrace]) -> ChatResponse:
         return ChatResponse(
             text=row.text, finish_reason=row.finish or "length", model=self.name, usage=self._usage(row), trace=traces
         )
@@ -444,15 +302,3 @@ def _model_name(model: "str | Path | None") -> str:
     p = Path(model).expanduser()
     return p.stem if p.suffix == ".gguf" else (p.resolve().name or str(p))
 
-
-def eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
-    """Every token id that ends a generation: the generation config's EOS ids and the tokenizer's."""
-    ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
-        value = getattr(source, "eos_token_id", None)
-        if value is not None:
-            ids.update([value] if isinstance(value, int) else value)
-            break
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return frozenset(int(i) for i in ids)

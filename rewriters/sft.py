@@ -9,7 +9,7 @@ the optimizer moments and the random state, and the data order depends only on t
 so a resumed run ends with the same weights as an uninterrupted one.
 
 The result is a PEFT adapter folder (``adapter_config.json``, ``adapter_model.safetensors``) with the
-manifest ``alignware.json`` that ``rewriters.engine.TextGenerator.from_pretrained`` reads.
+manifest ``alignware.json`` that ``rewriters.generator.TextGenerator.from_pretrained`` reads.
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ from middleware.training import (
     write_json_atomic,
 )
 
-from .engine import ADAPTER_FILES, KINDS, MANIFEST, base_label
+from middleware.adapters import ADAPTER_FILES, MANIFEST, base_label
+
+from .generator import KINDS
 from .templates import DEFAULT_TEMPLATES, get_template
 
 log = logging.getLogger("alignware")

@@ -16,8 +16,9 @@ from middleware.llm import FunctionLLM
 from middleware.pipeline import Pipeline
 from middleware.stages import PromptStage, ResponseStage, batch_item, note
 from middleware.types import ChatRequest, ChatResponse
-from rewriters.corrector import CorrectionCheck, ResponseCorrector
-from rewriters.rewriter import PromptRewriter
+from rewriters.correction_checks import CorrectionCheck
+from rewriters.prompt_rewriter import PromptRewriter
+from rewriters.response_corrector import ResponseCorrector
 from rewriters.templates import get_template
 
 PROMPTS = ["first question about cats", "skip me please", "third question about dogs", "fourth one"]
@@ -181,7 +182,7 @@ RELAXED = CorrectionCheck(reject_truncated=False, check_degenerate=False, check_
 
 
 def test_corrector_batch_equals_one_by_one_on_a_tiny_model_under_greedy(tiny_model_dir: Path) -> None:
-    from rewriters.engine import TextGenerator
+    from rewriters.generator import TextGenerator
 
     gen = TextGenerator.untrained(tiny_model_dir, template="aligner-v1.0", kind="corrector")
     answers = {"q1": "Paris is the capital.", "q2": "", "q3": "Water boils at 100 degrees at sea level, more or less.", "q4": "No."}

@@ -1,4 +1,7 @@
-"""``LocalBackend`` on the tiny random Llama: batching, streaming, stop rules, sampling, model stages."""
+"""``LocalBackend`` on the tiny random Llama: loading, prompts, request checks, streaming, model stages.
+
+The decode loop itself (batching, stop rules, sampling) is tested in ``test_decoding.py``.
+"""
 
 from __future__ import annotations
 
@@ -13,43 +16,19 @@ from typing import Any, Iterator
 import pytest
 import torch
 
+from lively import PROMPTS, ascii_piece, lively_backend, req
 from middleware.errors import BackendError, InputError, StageError
 from middleware.local import LocalBackend
-from middleware.models import load_causal_lm
 from middleware.pipeline import Pipeline
 from middleware.stages import ModelStage, PromptStage, ResponseStage
 from middleware.types import ChatRequest, ChatResponse
 from model_stages import AddVector
 
-PROMPTS = [
-    "Hi",
-    "What is the capital of France? Please answer.",
-    "The quick brown fox jumps over the lazy dog. Tell me more about foxes and dogs, and why the fox jumps.",
-    "Paris",
-    "Edit the following question answer pair to make it more helpful.",
-]
-
-
-def req(text: str, **params: Any) -> ChatRequest:
-    return ChatRequest.build(text, **params)
-
 
 @pytest.fixture(scope="module")
 def lively(tiny_model_dir: Path) -> LocalBackend:
-    """The tiny checkpoint with its weights redrawn at std 0.3.
-
-    At the checkpoint's initialisation scale (std 0.02) greedy decoding repeats one token for
-    every prompt, which would make equality checks between code paths vacuous; at std 0.3 the
-    answers differ from prompt to prompt and contain broken multi-byte sequences, which exercises
-    the incremental decoding of streams.
-    """
-    model, tok = load_causal_lm(tiny_model_dir, device="cpu")
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    return LocalBackend(model_obj=model, tokenizer=tok, max_tokens=40)
+    """The tiny checkpoint with lively weights (see ``lively.lively_backend``)."""
+    return lively_backend(tiny_model_dir)
 
 
 def layer(backend: LocalBackend, i: int = 0) -> torch.nn.Module:
@@ -86,16 +65,6 @@ class RaisingHook(ModelStage):
 class BrokenAttach(ModelStage):
     def attach(self, model: Any) -> Any:
         raise ValueError("no such layer")
-
-
-def ascii_piece(text: str, start: int, size: int = 3) -> str:
-    """The first ``size`` printable ASCII characters of ``text`` from ``start`` on (a stop string that
-    cannot be confused with a half-decoded multi-byte character)."""
-    for i in range(start, len(text) - size):
-        piece = text[i : i + size]
-        if piece.isascii() and piece.isprintable():
-            return piece
-    raise AssertionError(f"no printable ASCII run in {text!r}")
 
 
 def steer(lively: LocalBackend, **kw: Any) -> AddVector:
@@ -179,86 +148,6 @@ def test_chat_template_raise_exception_is_an_input_error(lively: LocalBackend) -
     assert backend.complete(req("hi")).text == lively.complete(req("hi", max_tokens=3)).text
 
 
-# -- greedy decoding ----------------------------------------------------------------------
-def test_greedy_matches_transformers_generate(lively: LocalBackend) -> None:
-    for text in PROMPTS[:3]:
-        ids = lively.prompt_ids(req(text))
-        out = lively.model.generate(
-            torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            max_new_tokens=40, do_sample=False, pad_token_id=lively.tokenizer.pad_token_id,
-        )
-        expected = lively.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
-        assert lively.complete(req(text)).text == expected
-
-
-def test_batch_equals_one_by_one(lively: LocalBackend) -> None:
-    requests = [req(p) for p in PROMPTS]
-    assert len({len(lively.prompt_ids(r)) for r in requests}) >= 4, "prompts of different lengths need padding"
-    single = [lively.complete(r) for r in requests]
-    assert len({r.text for r in single}) == len(single), "the answers should differ, or the check proves little"
-    batched = lively.batch(requests)
-    for s, b in zip(single, batched):
-        assert b.text == s.text
-        assert b.finish_reason == s.finish_reason == "length"
-        assert b.usage == s.usage
-
-
-def test_batch_position_ids_skip_the_padding(lively: LocalBackend) -> None:
-    """Llama's rotary embeddings only see relative positions, so wrong absolute positions would go
-    unnoticed above; models with learned absolute positions need them right, so check them directly."""
-    seen: list[torch.Tensor] = []
-
-    def grab(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
-        seen.append(kwargs["position_ids"].clone())
-
-    requests = [req(p, max_tokens=3) for p in PROMPTS[:3]]
-    lengths = [len(lively.prompt_ids(r)) for r in requests]
-    handle = lively.model.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        lively.batch(requests)
-    finally:
-        handle.remove()
-    prefill, step1, step2 = seen
-    width = max(lengths)
-    for row, n in enumerate(sorted(lengths)):  # batch() runs rows shortest prompt first
-        assert prefill[row, width - n :].tolist() == list(range(n))
-    assert step1[:, 0].tolist() == sorted(lengths)
-    assert step2[:, 0].tolist() == [n + 1 for n in sorted(lengths)]
-
-
-def test_batch_mixed_parameters_and_small_batches(lively: LocalBackend) -> None:
-    requests = [
-        req(PROMPTS[0], max_tokens=3),
-        req(PROMPTS[1], temperature=0.8, seed=5),
-        req(PROMPTS[2], max_tokens=12, stop=["zzz"]),
-        req(PROMPTS[3], temperature=1.2, top_p=0.9, seed=11, max_tokens=20),
-    ]
-    single = [lively.complete(r) for r in requests]
-    small = LocalBackend(model_obj=lively.model, tokenizer=lively.tokenizer, max_tokens=40, batch_size=3)
-    for batched in (lively.batch(requests), small.batch(requests)):
-        assert [b.text for b in batched] == [s.text for s in single]
-        assert [b.usage.completion_tokens for b in batched] == [3, 40, 12, 20]
-    assert lively.batch([]) == []
-
-
-def test_batch_rows_stop_at_their_own_eos(lively: LocalBackend) -> None:
-    free = lively.complete(req(PROMPTS[1]))
-    ids = lively.prompt_ids(req(PROMPTS[1]))
-    out = lively.model.generate(torch.tensor([ids]), max_new_tokens=40, do_sample=False)
-    eos = int(out[0, len(ids) + 6])
-    model = copy.deepcopy(lively.model)
-    model.generation_config.eos_token_id = [lively.tokenizer.eos_token_id, eos]
-    b = LocalBackend(model_obj=model, tokenizer=lively.tokenizer, max_tokens=40)
-    requests = [req(p) for p in PROMPTS]
-    single = [b.complete(r) for r in requests]
-    stopped = single[1]
-    assert stopped.finish_reason == "stop"
-    assert stopped.usage.completion_tokens <= 7
-    assert free.text.startswith(stopped.text)
-    batched = b.batch(requests)
-    assert [(r.text, r.finish_reason, r.usage) for r in batched] == [(r.text, r.finish_reason, r.usage) for r in single]
-
-
 # -- streaming ----------------------------------------------------------------------------
 def test_stream_concatenates_to_complete(lively: LocalBackend) -> None:
     saw_broken_bytes = False
@@ -290,41 +179,6 @@ async def test_astream_and_acomplete(lively: LocalBackend) -> None:
     chunks = [c async for c in lively.astream(req(PROMPTS[1]))]
     assert "".join(c.delta for c in chunks) == full.text
     assert chunks[-1].finish_reason == "length"
-
-
-# -- stop rules and usage -----------------------------------------------------------------
-def test_max_tokens_gives_length(lively: LocalBackend) -> None:
-    r = lively.complete(req(PROMPTS[1], max_tokens=7))
-    prompt_len = len(lively.prompt_ids(req(PROMPTS[1])))
-    assert r.finish_reason == "length"
-    assert r.usage.completion_tokens == 7
-    assert r.usage.prompt_tokens == prompt_len and r.usage.total_tokens == prompt_len + 7
-    assert lively.complete(req(PROMPTS[1])).text.startswith(r.text)
-    assert lively.complete(req(PROMPTS[1])).usage.completion_tokens == 40  # the backend's default
-
-
-def test_stop_strings_cut_the_text(lively: LocalBackend) -> None:
-    full = lively.complete(req(PROMPTS[1])).text
-    stop = ascii_piece(full, start=8)
-    r = lively.complete(req(PROMPTS[1], stop=[stop, "never-there"]))
-    assert r.finish_reason == "stop"
-    assert r.text == full[: full.find(stop)]
-    assert stop not in r.text
-    assert r.usage.completion_tokens < 40
-    assert lively.complete(req(PROMPTS[1], stop="never-there")).finish_reason == "length"
-
-
-# -- sampling -----------------------------------------------------------------------------
-def test_seeded_sampling_is_reproducible(lively: LocalBackend) -> None:
-    a = lively.complete(req(PROMPTS[1], temperature=1.0, seed=7))
-    b = lively.complete(req(PROMPTS[1], temperature=1.0, seed=7))
-    c = lively.complete(req(PROMPTS[1], temperature=1.0, seed=8))
-    greedy = lively.complete(req(PROMPTS[1], temperature=0))
-    assert a.text == b.text
-    assert c.text != a.text
-    assert greedy.text == lively.complete(req(PROMPTS[1])).text != a.text
-    streamed = "".join(ch.delta for ch in lively.stream(req(PROMPTS[1], temperature=1.0, seed=7)))
-    assert streamed == a.text
 
 
 # -- model stages -------------------------------------------------------------------------
