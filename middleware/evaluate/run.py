@@ -129,6 +129,18 @@ def _stage_stats(responses: Sequence[ChatResponse], stages: Sequence[Stage]) -> 
     return out
 
 
+def _variant_names(stages: Sequence[Stage]) -> list[str]:
+    """Each stage's variant name: its own, made unique with ``#2``, ``#3``... (and never ``plain`` or ``pipeline``)."""
+    names: list[str] = []
+    for st in stages:
+        base, k = st.name, 2
+        name = base
+        while name in names or name in (PLAIN, CHAIN):
+            name, k = f"{base}#{k}", k + 1
+        names.append(name)
+    return names
+
+
 def evaluate_pipeline(
     config: PipelineLike,
     prompts: PromptsLike,
@@ -181,13 +193,7 @@ def evaluate_pipeline(
     if max_tokens is not None:
         params["max_tokens"] = max_tokens
 
-    names: list[str] = []
-    for st in stages:
-        base, k = st.name, 2
-        name = base
-        while name in names or name in (PLAIN, CHAIN):
-            name, k = f"{base}#{k}", k + 1
-        names.append(name)
+    names = _variant_names(stages)
     variants: list[tuple[str, list[Stage]]] = [(PLAIN, [])]
     if per_stage:
         variants += [(n, [s]) for n, s in zip(names, stages)]
