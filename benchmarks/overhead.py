@@ -6,8 +6,11 @@ pipeline's own work: request validation, three no-op stages with their traces, t
 first) after a warm-up; the headline is the median over rounds of (pipeline - direct) wall time, which
 stays meaningful on a shared machine, printed beside the plain medians and calling-thread CPU time.
 "Our code alone" times the same pipeline around an LLM that costs nothing: the floor of the overhead.
+"Per no-op stage" times a pipeline around that free LLM with no stages and with ``--stages`` no-op stages
+(prompt and response stages in turn), interleaved round by round in one run: the median of the paired
+differences, divided by the number of stages, is what one stage that does nothing costs.
 
-Usage: python benchmarks/overhead.py [--iterations N] [--warmup N] [--no-drain] [--profile]
+Usage: python benchmarks/overhead.py [--iterations N] [--warmup N] [--stages N] [--no-drain] [--profile]
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ MODEL = "openai/gpt-4o-mini"
 REPLY = "Paris is the capital of France. It has been since the tenth century."
 QUESTION = "What is the capital of France?"
 MESSAGES = [{"role": "user", "content": QUESTION}]
-TARGET_US = 100.0
+TARGET_US = 100.0  # goal: added per call over direct litellm, three no-op stages
+STAGE_TARGET_US = 5.0  # goal: per no-op stage
 
 
 class NoopPrompt(PromptStage):
@@ -60,6 +64,33 @@ class NoopResponse(ResponseStage):
 
 def make_pipeline(llm: LLM) -> Pipeline:
     return Pipeline(llm, stages=[NoopPrompt(name="noop-1"), NoopPrompt(name="noop-2"), NoopResponse(name="noop-3")])
+
+
+def noop_stages(n: int) -> list[PromptStage | ResponseStage]:
+    """``n`` no-op stages, prompt and response stages in turn."""
+    return [NoopPrompt(name=f"noop-{i + 1}") if i % 2 == 0 else NoopResponse(name=f"noop-{i + 1}") for i in range(n)]
+
+
+def per_stage_us(n_stages: int, rounds: int = 300, calls: int = 40) -> tuple[float, float, float]:
+    """Pipelines around a free LLM with 0 and ``n_stages`` no-op stages, timed in interleaved rounds of
+    ``calls`` calls (rotating which goes first). Returns µs per call of each (medians over rounds) and
+    the median of the paired differences divided by ``n_stages``: the cost of one no-op stage."""
+    free = FunctionLLM(lambda messages: REPLY)
+    arms = [Pipeline(free), Pipeline(free, stages=noop_stages(n_stages))]
+    times: list[list[float]] = [[], []]
+    clock = time.perf_counter
+    for pipe in arms:  # warm-up
+        for _ in range(calls):
+            pipe.chat(QUESTION)
+    gc.collect()
+    for r in range(rounds):
+        for k in ((0, 1) if r % 2 == 0 else (1, 0)):
+            chat = arms[k].chat
+            t0 = clock()
+            for _ in range(calls):
+                chat(QUESTION)
+            times[k].append((clock() - t0) / calls)
+    return median_us(times[0]), median_us(times[1]), paired_median_us(times[1], times[0]) / n_stages
 
 
 def direct() -> str:
@@ -163,6 +194,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--stages", type=int, default=12, help="no-op stages in the per-stage measurement")
     parser.add_argument("--no-drain", action="store_true", help="do not wait for litellm's background logging between calls")
     parser.add_argument("--profile", action="store_true", help="profile the pipeline path and print the top entries")
     args = parser.parse_args()
@@ -190,6 +222,7 @@ def main() -> None:
     }
     wall, cpu = interleaved(arms, args.iterations, args.warmup, drain)
     bare_us, instant_us = own_code_us()
+    none_us, many_us, stage_us = per_stage_us(args.stages)
 
     load = f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs" if hasattr(os, "getloadavg") else ""
     print(f"{args.iterations} rounds, the four arms interleaved in rotating order, after {args.warmup} warm-up rounds{load}")
@@ -215,8 +248,12 @@ def main() -> None:
     per_stage = (paired_median_us(wall["pipeline"], wall["direct"]) - paired_median_us(wall["empty"], wall["direct"])) / 3
     print(f"of which: backend {paired_median_us(wall['backend'], wall['direct']):.1f} µs, pipeline without stages "
           f"{paired_median_us(wall['empty'], wall['backend']):.1f} µs more, each no-op stage about {per_stage:.1f} µs")
-    print(f"target < {TARGET_US:.0f} µs added per call (median of paired wall-clock differences): {verdict}")
+    print(f"per no-op stage: pipeline around a free LLM {none_us:.1f} µs with no stages, {many_us:.1f} µs with "
+          f"{args.stages} no-op stages (interleaved): {stage_us:.2f} µs per stage")
     print(f"overhead: {overhead:.1f} µs per call ({pipe_us / direct_us:.2f}x direct litellm)")
+    print(f"goal < {TARGET_US:.0f} µs added per call, 3 no-op stages (median of paired wall-clock differences): {verdict}")
+    stage_verdict = "met" if stage_us <= STAGE_TARGET_US else "NOT met"
+    print(f"goal <= {STAGE_TARGET_US:.0f} µs per no-op stage (median of paired differences / {args.stages}): {stage_verdict}")
 
 
 if __name__ == "__main__":

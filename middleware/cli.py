@@ -22,7 +22,7 @@ from .errors import AlignwareError
 # command -> "module:function"; each function takes argv and returns an exit code
 COMMANDS: dict[str, str] = {
     "demo": "middleware.demo:main",
-    "eval": "middleware.evaluate:main",
+    "eval": "middleware.evaluate.cli:main",
     "serve": "middleware.server:serve_main",
     "train reward": "judge.cli:train_main",
     "train rewriter": "rewriters.cli:train_rewriter_main",

@@ -32,8 +32,8 @@ from .pipeline import Pipeline, check_defaults
 from .stages import Stage
 
 STAGE_TYPES: dict[str, str] = {
-    "identity_prompt": "middleware.stages:IdentityPromptStage",
-    "identity_response": "middleware.stages:IdentityResponseStage",
+    "identity_prompt": "middleware.stages.prompt:IdentityPromptStage",
+    "identity_response": "middleware.stages.response:IdentityResponseStage",
     "prompt_rewriter": "rewriters.prompt_rewriter:PromptRewriter",
     "response_corrector": "rewriters.response_corrector:ResponseCorrector",
 }

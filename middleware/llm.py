@@ -110,7 +110,7 @@ class FunctionLLM(LLM):
     def complete(self, request: ChatRequest, *, model_stages: ModelStages = ()) -> ChatResponse:
         if model_stages:
             raise TypeError(f"{self.name} is not a local model: model stages cannot be attached to it")
-        msgs = [m.model_dump() for m in request.messages]
+        msgs = [{"role": m.role, "content": m.content} for m in request.messages]  # what model_dump() gives, cheaper
         text = self.fn(msgs)
         return ChatResponse(text=str(text), model=self.name)
 

@@ -87,7 +87,7 @@ class Pipeline:
         for rs in self.response_stages:
             response, t = rs.run(request, response)
             traces.append(t)
-        return response.model_copy(update={"trace": traces})
+        return response.with_trace(traces)
 
     async def achat(self, messages: "MessagesLike | ChatRequest", **params: Any) -> ChatResponse:
         request = self._request(messages, params)
@@ -100,7 +100,7 @@ class Pipeline:
         for rs in self.response_stages:
             response, t = await rs.arun(request, response)
             traces.append(t)
-        return response.model_copy(update={"trace": traces})
+        return response.with_trace(traces)
 
     # -- streaming ----------------------------------------------------------------------
     def stream(self, messages: "MessagesLike | ChatRequest", **params: Any) -> Iterator[ChatChunk]:
@@ -172,7 +172,7 @@ class Pipeline:
             for i, (corrected, t) in enumerate(rs.run_batch(requests, responses)):
                 responses[i] = corrected
                 traces[i].append(t)
-        return [resp.model_copy(update={"trace": tr}) for resp, tr in zip(responses, traces)]
+        return [resp.with_trace(tr) for resp, tr in zip(responses, traces)]
 
     async def abatch(self, conversations: Sequence["MessagesLike | ChatRequest"], **params: Any) -> list[ChatResponse]:
         return list(await asyncio.gather(*(self.achat(c, **params) for c in conversations)))

@@ -350,7 +350,7 @@ class LiteLLMBackend(LLM):
         created = getattr(raw, "created", None)
         finish = getattr(choice, "finish_reason", None)
         model = getattr(raw, "model", None)
-        return ChatResponse(
+        return ChatResponse.of(
             # the provider's id, so a reply can be traced in its logs
             id=provider_id if isinstance(provider_id, str) and provider_id else new_reply_id(),
             created=created if isinstance(created, int) else int(time.time()),

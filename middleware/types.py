@@ -7,15 +7,17 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Sequence, Union
+from typing import Any, Iterable, Iterator, Literal, Sequence, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InputError
 
+_M = TypeVar("_M", bound=BaseModel)
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 Verdict = Literal["passed", "modified", "skipped", "failed"]
+StageKind = Literal["prompt", "model", "response"]
 
 _ids = random.Random()  # private generator, seeded from the OS: reply ids stay unique whatever the app seeds
 
@@ -153,6 +155,9 @@ class ChatRequest(BaseModel):
 
     @property
     def last_user_message(self) -> str:
+        last = self.messages[-1] if self.messages else None
+        if last is not None and last.role == "user":  # the usual case, without the search
+            return last.content
         return self.messages[self.last_user_index].content
 
     def with_last_user_message(self, content: str) -> "ChatRequest":
@@ -173,12 +178,56 @@ class StageTrace(BaseModel):
     """What one stage did to one request."""
 
     stage: str
-    kind: Literal["prompt", "model", "response"]
+    kind: StageKind
     verdict: Verdict
     latency_ms: float = 0.0
     before: str | None = None
     after: str | None = None
     reason: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        stage: Any,
+        kind: StageKind,
+        verdict: Verdict,
+        latency_ms: float,
+        before: str | None = None,
+        after: str | None = None,
+        reason: str | None = None,
+    ) -> "StageTrace":
+        """A trace built by the stage machinery (``kind`` and ``verdict`` are its own literals):
+        validation is skipped when the other values already have their fields' types (the per-stage
+        hot path), done otherwise."""
+        if (
+            type(stage) is str
+            and type(latency_ms) is float
+            and (before is None or type(before) is str)
+            and (after is None or type(after) is str)
+            and (reason is None or type(reason) is str)
+        ):
+            values = {
+                "stage": stage, "kind": kind, "verdict": verdict, "latency_ms": latency_ms,
+                "before": before, "after": after, "reason": reason,
+            }
+            return _trusted(cls, values, _TRACE_FIELDS)
+        return cls(stage=stage, kind=kind, verdict=verdict, latency_ms=latency_ms, before=before, after=after, reason=reason)
+
+
+_TRACE_FIELDS = frozenset(("stage", "kind", "verdict", "latency_ms", "before", "after", "reason"))
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _trusted(cls: type[_M], values: dict[str, Any], fields_set: frozenset[str]) -> _M:
+    """An instance of ``cls`` holding ``values`` (every field, each already of its type) without
+    validation: what ``model_construct`` does, for the hot paths, at a fraction of its cost."""
+    obj = _new(cls)
+    _set(obj, "__dict__", values)
+    _set(obj, "__pydantic_fields_set__", set(fields_set))
+    _set(obj, "__pydantic_extra__", None)
+    _set(obj, "__pydantic_private__", None)
+    return obj
 
 
 class ChatResponse(BaseModel):
@@ -192,9 +241,37 @@ class ChatResponse(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     trace: list[StageTrace] = Field(default_factory=list)
 
+    @classmethod
+    def of(cls, *, id: str, created: int, text: str, finish_reason: str, model: str | None, usage: Usage) -> "ChatResponse":
+        """A reply built by a backend from values it checked: validation is skipped when every value
+        already has its field's type (the per-call hot path), done otherwise."""
+        if (
+            type(id) is str
+            and type(created) is int
+            and type(text) is str
+            and type(finish_reason) is str
+            and (model is None or type(model) is str)
+            and type(usage) is Usage
+        ):
+            values = {"id": id, "created": created, "text": text, "finish_reason": finish_reason, "model": model, "usage": usage, "trace": []}
+            return _trusted(cls, values, _REPLY_FIELDS)
+        return cls(id=id, created=created, text=text, finish_reason=finish_reason, model=model, usage=usage)
+
+    def with_trace(self, trace: list[StageTrace]) -> "ChatResponse":
+        """A copy of this reply carrying ``trace`` (``model_copy(update={"trace": trace})``, cheaper)."""
+        copy = _new(type(self))
+        _set(copy, "__dict__", {**self.__dict__, "trace": trace})
+        _set(copy, "__pydantic_fields_set__", self.__pydantic_fields_set__ | {"trace"})
+        _set(copy, "__pydantic_extra__", None if self.__pydantic_extra__ is None else dict(self.__pydantic_extra__))
+        _set(copy, "__pydantic_private__", None if self.__pydantic_private__ is None else dict(self.__pydantic_private__))
+        return copy
+
     def trace_table(self) -> str:
         """The trace as a fixed-width text table."""
         return format_trace(self.trace)
+
+
+_REPLY_FIELDS = frozenset(("id", "created", "text", "finish_reason", "model", "usage"))
 
 
 class ChatChunk(BaseModel):

@@ -1,0 +1,55 @@
+"""Pipeline configs: building a pipeline, errors that name the file and the field (``middleware.config``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from middleware import InputError, Pipeline
+from middleware.config import PipelineConfig, load_pipeline
+from middleware.stages import IdentityPromptStage, IdentityResponseStage
+from core_stages import echo_llm
+
+
+def test_config_builds_pipeline(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("defaults: {max_tokens: 7}\nstages:\n  - type: identity_prompt\n  - type: identity_response\n    name: last\n")
+    pipe = load_pipeline(f, llm=echo_llm())
+    assert isinstance(pipe.stages[0], IdentityPromptStage) and isinstance(pipe.stages[1], IdentityResponseStage)
+    assert pipe.stages[1].name == "last" and pipe.defaults == {"max_tokens": 7}
+    assert [t.verdict for t in pipe.chat("x").trace] == ["passed", "passed"]
+
+
+def test_config_errors_name_file_and_field(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("stages:\n  - name: x\n")
+    with pytest.raises(InputError, match=rf"{f}: stages.0.type: Field required"):
+        PipelineConfig.load(f)
+    f.write_text("stages:\n  - type: nope\n")
+    with pytest.raises(InputError, match="unknown stage type 'nope'"):
+        load_pipeline(f, llm=echo_llm())
+    f.write_text("stages:\n  - type: identity_prompt\n    bogus: 1\n")
+    with pytest.raises(InputError, match="stages.0 \\(identity_prompt\\).*bogus"):
+        load_pipeline(f, llm=echo_llm())
+    f.write_text("lmm: x\n")
+    with pytest.raises(InputError, match="lmm: Extra inputs are not permitted"):
+        PipelineConfig.load(f)
+    # a stage's own validation (ValueError), an unknown type and bad LLM options name the file and the entry
+    f.write_text("stages:\n  - type: identity_prompt\n  - type: identity_response\n    on_error: fail\n")
+    with pytest.raises(InputError, match=rf"{f}: stages.1 \(identity_response\): on_error must be 'pass' or 'raise'"):
+        load_pipeline(f, llm=echo_llm())
+    f.write_text("stages:\n  - type: identity_prompt\n  - type: identiy_response\n")
+    with pytest.raises(InputError, match=rf"{f}: stages.1 \(identiy_response\): unknown stage type"):
+        load_pipeline(f, llm=echo_llm())
+    f.write_text("llm: openai/gpt-4o-mini\nllm_options: {max_retries: -1}\n")
+    with pytest.raises(InputError, match=rf"{f}: llm_options: max_retries must be 0 or more"):
+        load_pipeline(f)
+    # generation defaults are checked as a request's parameters would be, when the file loads
+    f.write_text("defaults: {max_tokens: lots}\n")
+    with pytest.raises(InputError, match=rf"{f}: defaults: max_tokens: Input should be a valid integer"):
+        PipelineConfig.load(f)
+    f.write_text("defaults: {temprature: 0.2}\n")
+    with pytest.raises(InputError, match=rf"{f}: defaults: unknown key\(s\) 'temprature'; known: model, temperature"):
+        PipelineConfig.load(f)
+    with pytest.raises(InputError, match="defaults: max_tokens: max_tokens must be at least 1"):
+        Pipeline(echo_llm(), defaults={"max_tokens": 0})
+    assert Pipeline(echo_llm(), defaults={"stop": "END"}).defaults == {"stop": ["END"]}
