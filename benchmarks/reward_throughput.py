@@ -46,14 +46,14 @@ def parse() -> argparse.Namespace:
 
 
 def ours(pairs, args, rm_cfg) -> float:
-    from steering.reward import TrainConfig, train_reward_model
+    from judge import TrainConfig, train_reward_model
 
     with tempfile.TemporaryDirectory() as d:
         res = train_reward_model(
             pairs,
             d,
             rm_cfg,
-            TrainConfig(epochs=1, batch_size=args.batch_size, lr=args.lr, head_lr=args.lr, eval_fraction=0.0, save_every=10**6, seed=args.seed, warmup_ratio=0.0),
+            TrainConfig(epochs=1, batch_size=args.batch_size, learning_rate=args.lr, head_lr=args.lr, eval_fraction=0.0, save_every=10**6, seed=args.seed, warmup_ratio=0.0),
             progress=False,
         )
     return float(res.metrics["pairs_per_second"])
@@ -69,7 +69,8 @@ def trl_run(encoded, args, rm_cfg) -> float:
     from trl import RewardTrainer
 
     from middleware.models import resolve_model_path
-    from steering.reward import _decoder_layers, _linear_names, _truncate_layers
+    from judge.model import _linear_names, _truncate_layers
+    from middleware.models import decoder_layers_path
 
     folder = resolve_model_path(None if args.backbone == "embedded" else args.backbone)
     tok = AutoTokenizer.from_pretrained(str(folder))
@@ -81,7 +82,7 @@ def trl_run(encoded, args, rm_cfg) -> float:
     base = model.base_model
     if args.layers:
         _truncate_layers(base, args.layers)
-    blocks, path = _decoder_layers(base)
+    blocks, path = decoder_layers_path(base)
     n = len(blocks)
     top = min(args.train_layers or n, n)
     peft_cfg = LoraConfig(
@@ -141,7 +142,7 @@ def main() -> int:
     import torch
 
     from middleware.types import load_pairs
-    from steering.reward import RewardConfig, RewardModel
+    from judge import RewardConfig, RewardModel
 
     args = parse()
     data = Path(args.data)

@@ -41,7 +41,8 @@ def peak_mib() -> float:
 
 
 def make_adapters(folder: Path) -> None:
-    from rewriters.sft import SFTConfig, init_adapter
+    from rewriters.sft import init_adapter
+    from rewriters.sft_data import SFTConfig
 
     init_adapter(SFTConfig(kind="rewriter", template="bpo", seed=1), folder / "rewriter", random_init=True)
     init_adapter(SFTConfig(kind="corrector", template="aligner-v1.0", seed=2), folder / "corrector", random_init=True)

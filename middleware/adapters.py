@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import CheckpointError, InputError
 from .models import EMBEDDED_NAME
-from .training import sha256
+from .checkpoints import sha256
 
 MANIFEST = "alignware.json"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")

@@ -24,7 +24,7 @@ COMMANDS: dict[str, str] = {
     "demo": "middleware.demo:main",
     "eval": "middleware.evaluate.cli:main",
     "serve": "middleware.server:serve_main",
-    "train reward": "steering.reward:train_main",
+    "train reward": "judge.cli:train_main",
     "train rewriter": "rewriters.cli:train_rewriter_main",
     "train corrector": "rewriters.cli:train_corrector_main",
 }

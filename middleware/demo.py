@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 from .errors import AlignwareError, CheckpointError, InputError
 from .evaluate import decode_threads
+from .models import cache_dir
 
 #: The demo pipeline, in order; each entry is a stage of a pipeline config (see ``middleware.config``).
 DEMO_STAGES: list[dict[str, Any]] = [
@@ -39,7 +40,7 @@ DEMO_PROMPTS: list[str] = [
 
 #: The demo judge: frozen backbone, a linear head on the last-token features (trains in about a minute).
 DEMO_REWARD = {"max_length": 256, "train": "head"}
-DEMO_TRAIN = {"epochs": 30, "batch_size": 8, "lr": 2e-3, "weight_decay": 0.1, "eval_fraction": 0.2, "save_every": 100, "seed": 0}
+DEMO_TRAIN = {"epochs": 30, "batch_size": 8, "learning_rate": 2e-3, "weight_decay": 0.1, "eval_fraction": 0.2, "save_every": 100, "seed": 0}
 
 
 def example_pairs_path() -> Path:
@@ -48,16 +49,17 @@ def example_pairs_path() -> Path:
 
 
 def _reward_dir(pairs_file: Path, backbone: str) -> Path:
-    from .models import cache_dir
-
-    key = json.dumps({"reward": DEMO_REWARD, "train": DEMO_TRAIN, "backbone": backbone}, sort_keys=True)
+    # the cache key spells the learning rate "lr", as before the trainers' settings were named alike,
+    # so that judges cached by earlier versions stay valid
+    train = {("lr" if k == "learning_rate" else k): v for k, v in DEMO_TRAIN.items()}
+    key = json.dumps({"reward": DEMO_REWARD, "train": train, "backbone": backbone}, sort_keys=True)
     h = hashlib.sha256(key.encode() + pairs_file.read_bytes()).hexdigest()[:12]
     return cache_dir() / "demo" / f"reward-{h}"
 
 
 def get_judge(pairs_file: Path, *, backbone: str = "embedded", retrain: bool = False, progress: bool = True, out=sys.stdout) -> Any:
     """The demo reward model: loaded from the cache, else trained (resuming an interrupted run)."""
-    from steering.reward import RewardConfig, RewardModel, TrainConfig, train_reward_model
+    from judge import RewardConfig, RewardModel, TrainConfig, train_reward_model  # not core: loaded when the demo judges
 
     folder = _reward_dir(pairs_file, backbone)
     if retrain and folder.exists():

@@ -1,4 +1,5 @@
-"""Locating, converting and loading models: the embedded SmolLM2-135M-Instruct and local folders."""
+"""Locating, converting and loading models (the embedded SmolLM2-135M-Instruct and local folders), and
+finding the parts of a loaded one (its decoder blocks)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import AlignwareError
+from .errors import AlignwareError, InputError
 
 log = logging.getLogger("alignware")
 
@@ -143,3 +144,35 @@ def load_causal_lm(path: "str | os.PathLike[str] | None" = None, *, device: str 
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))  # type: ignore[arg-type]
     model.eval()
     return model, tok
+
+
+def decoder_layers_path(model: Any) -> tuple[Any, str]:
+    """The ``ModuleList`` of decoder blocks in ``model`` and its attribute path (e.g. ``model.layers``).
+
+    Works for any decoder-only transformers model (llama/mistral/qwen ``model.model.layers``, gpt2
+    ``transformer.h``, gpt-neox ``gpt_neox.layers``, …), bare or inside a peft wrapper: the longest
+    ``ModuleList`` whose length is the config's ``num_hidden_layers``. ``InputError`` names the model
+    type when there is none.
+    """
+    import torch.nn as nn  # heavy: torch loads only when a model is inspected
+
+    config = getattr(model, "config", None)
+    n = getattr(config, "num_hidden_layers", None)
+    best: tuple[int, str, Any] | None = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0 and (n is None or len(mod) == n):
+            if best is None or len(mod) > best[0]:
+                best = (len(mod), name, mod)
+    if best is None:
+        model_type = getattr(config, "model_type", None)
+        raise InputError(
+            f"{type(model).__name__} (model type {model_type!r}): cannot find its list of decoder blocks "
+            f"(no ModuleList of {n} layers)"
+        )
+    return best[2], best[1]
+
+
+def decoder_layers(model: Any) -> Any:
+    """The ``ModuleList`` of decoder blocks of a decoder-only transformers model (see
+    :func:`decoder_layers_path`)."""
+    return decoder_layers_path(model)[0]

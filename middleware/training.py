@@ -1,300 +1,48 @@
-"""Shared training machinery: atomic, checksummed checkpoints (safetensors, no pickle), resume,
-deterministic data order, and loss/accuracy plots.
+"""What every trainer shares: one training skeleton (``TrainingLoop``) and its parts.
 
-A checkpoint is a folder ``step-000120/`` holding ``model.safetensors`` (the trainable tensors),
-``optimizer.safetensors`` (AdamW moments, flattened), ``rng.safetensors`` and ``state.json``
-(step, history, config, and the SHA-256 of every file). It is written into a temporary folder and
-renamed into place, so an interrupted save never replaces a good checkpoint; ``state.json`` is
-written last, so a folder without it (or with a wrong checksum) is reported as half-written.
+- data order: a seeded permutation per epoch (``epoch_order``), length-bucketed batches
+  (``bucket_batches``), the step -> batch plan of a run's phases (``BatchPlan``) and a deterministic
+  held-out split (``split_holdout``);
+- the learning-rate schedule (``LRSchedule``: warm-up, then linear or cosine decay);
+- ``TrainingLoop``: the optimizer steps with their progress bar, periodic saving, and Ctrl-C safety
+  (the state before each update is kept so an interrupted update is undone, and the random state of
+  the step's start is what the last checkpoint stores);
+- resume: the newest verified checkpoint of the same run (``latest_checkpoint``, ``run_differences``,
+  ``restore_optimizer``);
+- the command line every ``alignware train ...`` verb shares (``add_training_flags``) and its exit
+  codes (``run_train_command``); loss/accuracy plots.
+
+Checkpoint files and the ``CheckpointManager`` are in ``middleware.checkpoints``. The SFT trainer
+(``rewriters.sft``) and the reward trainer (``judge.train``) are built on this module.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
+import math
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
-from .errors import CheckpointError
+from .checkpoints import Checkpoint, CheckpointManager, load_checkpoint, rng_state, set_rng_state, tensors_to_optimizer
+from .errors import AlignwareError, InputError
 
 log = logging.getLogger("alignware")
 
-STATE = "state.json"
-FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors")
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-# -- optimizer state <-> tensors (no pickle) ------------------------------------------------
-def optimizer_to_tensors(optimizer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Flatten a torch optimizer's state dict into named tensors plus JSON-able metadata."""
-    import torch
-
-    sd = optimizer.state_dict()
-    tensors: dict[str, Any] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(pid), {})[k] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def tensors_to_optimizer(optimizer: Any, tensors: dict[str, Any], meta: dict[str, Any]) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for key, v in tensors.items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = v
-    for pid, sc in meta.get("scalars", {}).items():
-        state.setdefault(int(pid), {}).update(sc)
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def rng_state() -> dict[str, Any]:
-    import torch
-
-    out = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            out[f"cuda{i}"] = s
-    return out
-
-
-def set_rng_state(tensors: dict[str, Any]) -> None:
-    import torch
-
-    if "torch" in tensors:
-        torch.set_rng_state(tensors["torch"])
-    if torch.cuda.is_available():
-        states = [tensors[k] for k in sorted(tensors) if k.startswith("cuda")]
-        if states:
-            torch.cuda.set_rng_state_all(states)
-
-
-# -- checkpoints ---------------------------------------------------------------------------
-@dataclass
-class Checkpoint:
-    path: Path
-    step: int
-    model: dict[str, Any]
-    optimizer: dict[str, Any]
-    rng: dict[str, Any]
-    state: dict[str, Any]
-
-
-def verify_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Check a checkpoint folder is whole; return its ``state.json``. Raises ``CheckpointError``."""
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: no such checkpoint folder")
-    state_file = path / STATE
-    if not state_file.is_file():
-        raise CheckpointError(f"{path}: {STATE} is missing: the checkpoint was not finished (half-written)")
-    try:
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{state_file}: corrupt JSON ({e.msg} at line {e.lineno})") from None
-    for name, digest in state.get("sha256", {}).items():
-        f = path / name
-        if not f.is_file():
-            raise CheckpointError(f"{path}: {name} is missing (listed in {STATE})")
-        if sha256(f) != digest:
-            raise CheckpointError(f"{f}: checksum mismatch: the file is corrupt or was changed after saving")
-    return state
-
-
-def save_checkpoint(
-    path: str | Path,
-    *,
-    step: int,
-    model_tensors: dict[str, Any],
-    optimizer: Any = None,
-    state: dict[str, Any] | None = None,
-    extra_files: dict[str, str] | None = None,
-    rng: dict[str, Any] | None = None,
-) -> Path:
-    """Write a checkpoint folder atomically and return where it lies. ``extra_files`` maps file names to
-    text content. ``rng`` is the random state to store (default: the current one); a trainer passes the
-    state it captured at the start of a step when it saves that step's starting point.
-
-    When ``path`` already exists (a corrupt or stale checkpoint of the same step) it is replaced so that
-    a complete checkpoint of the step is visible at every moment from the first rename on: the new folder
-    is renamed in beside it (``<name>.<k>``, which sorts after ``<name>``), the old one is moved aside and
-    deleted, and the new one takes the name. If that last swap fails, the new checkpoint stays under its
-    side name, which is returned.
-    """
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model_tensors.items()}, str(tmp / FILES[0]))
-        opt_meta: dict[str, Any] = {}
-        if optimizer is not None:
-            opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
-            save_file(opt_tensors, str(tmp / FILES[1]))
-        rng_tensors = rng if rng is not None else rng_state()
-        save_file({k: v.detach().cpu().contiguous() for k, v in rng_tensors.items()}, str(tmp / FILES[2]))
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        files = [f.name for f in tmp.iterdir() if f.is_file()]
-        full = dict(state or {}, step=step, optimizer_meta=opt_meta, sha256={n: sha256(tmp / n) for n in sorted(files)})
-        (tmp / STATE).write_text(json.dumps(full, indent=2, default=str), encoding="utf-8")
-        if not path.exists():
-            os.replace(tmp, path)
-            return path
-        k = 1
-        while path.with_name(f"{path.name}.{k}").exists():
-            k += 1
-        side = path.with_name(f"{path.name}.{k}")
-        os.replace(tmp, side)  # the new checkpoint is complete and visible from here on
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    aside: Path | None = None
-    try:
-        aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-        os.replace(path, aside / "old")
-        os.replace(side, path)
-    except OSError as e:
-        log.warning("checkpoint %s kept as %s: could not replace the old folder: %s", path.name, side.name, e)
-        return side
-    finally:
-        if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
-    return path
-
-
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read and verify a checkpoint. Raises ``CheckpointError`` naming the problem."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    state = verify_checkpoint(path)
-    try:
-        model = load_file(str(path / FILES[0]))
-        opt = load_file(str(path / FILES[1])) if (path / FILES[1]).is_file() else {}
-        rng = load_file(str(path / FILES[2])) if (path / FILES[2]).is_file() else {}
-    except Exception as e:  # safetensors raises its own error types on truncation
-        raise CheckpointError(f"{path}: cannot read tensors: {e}") from None
-    return Checkpoint(path=path, step=int(state["step"]), model=model, optimizer=opt, rng=rng, state=state)
-
-
-def _step_of(path: Path) -> int:
-    """The step number in a checkpoint folder name ``step-0000120`` (or ``step-0000120.1``); -1 if none."""
-    try:
-        return int(path.name[len("step-") :].split(".", 1)[0])
-    except ValueError:
-        return -1
-
-
-def _stamp(folder: Path) -> tuple[Any, ...]:
-    """The names, sizes and modification times of a folder's files: a cheap sign that none changed."""
-    try:
-        return tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir() if f.is_file()))
-    except OSError:
-        return ()
-
-
-class CheckpointManager:
-    """Numbered checkpoints under ``root/checkpoints``; keeps the newest ``keep`` good ones."""
-
-    def __init__(self, root: str | Path, keep: int = 2) -> None:
-        self.root = Path(root) / "checkpoints"
-        self.keep = max(1, keep)
-        # checkpoints this manager wrote or verified, with their files' sizes and times then: pruning does
-        # not hash them again unless a file changed
-        self._verified: dict[Path, tuple[Any, ...]] = {}
-
-    def path_for(self, step: int) -> Path:
-        return self.root / f"step-{step:07d}"
-
-    def all(self) -> list[Path]:
-        """Checkpoint folders, oldest step first (whether or not they verify)."""
-        if not self.root.is_dir():
-            return []
-        found = [p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("step-")]
-        return sorted(found, key=lambda p: (_step_of(p), p.name))
-
-    def latest(self) -> Path | None:
-        """The newest checkpoint that verifies; corrupt or half-written ones are skipped with a warning."""
-        for p in reversed(self.all()):
-            try:
-                verify_checkpoint(p)
-                return p
-            except CheckpointError as e:
-                log.warning("skipping checkpoint: %s", e)
-        return None
-
-    def save(self, step: int, **kw: Any) -> Path:
-        """Write checkpoint ``step`` (replacing a folder of that step atomically), then prune.
-
-        Pruning never deletes the checkpoint just written and counts only checkpoints that verify
-        towards ``keep``: it keeps the just-written one and the newest ``keep - 1`` other good ones.
-        Corrupt or half-written folders are removed only when a newer good checkpoint exists.
-        """
-        p = save_checkpoint(self.path_for(step), step=step, **kw)
-        self._verified[p] = _stamp(p)
-        self.prune(p)
-        return p
-
-    def prune(self, written: Path) -> None:
-        """Prune around ``written``, a checkpoint just saved (see :meth:`save`)."""
-        at = _step_of(written)
-        good: list[Path] = []
-        bad: list[Path] = []
-        for q in self.all():
-            if q == written:
-                continue
-            if _step_of(q) == at:  # an older folder of the step just written: replaced by it
-                shutil.rmtree(q, ignore_errors=True)
-                self._verified.pop(q, None)
-                continue
-            try:
-                if self._verified.get(q) != _stamp(q):
-                    verify_checkpoint(q)
-                    self._verified[q] = _stamp(q)
-                good.append(q)
-            except CheckpointError as e:
-                bad.append(q)
-                log.debug("checkpoint %s does not verify: %s", q, e)
-        keep = good[max(0, len(good) - (self.keep - 1)) :]
-        for q in good:
-            if q not in keep:
-                shutil.rmtree(q, ignore_errors=True)
-                self._verified.pop(q, None)
-        newest_good = max([at] + [_step_of(q) for q in keep])
-        for q in bad:
-            if _step_of(q) < newest_good:
-                log.warning("removing checkpoint %s: it does not verify and a newer good one exists", q.name)
-                shutil.rmtree(q, ignore_errors=True)
+#: Exit codes of every ``alignware train ...`` verb.
+EXIT_OK = 0  # done, or stopped at --max-steps / --stop-after (resumable)
+EXIT_FAILED = 1  # the run failed: checkpoint, data or model error
+EXIT_USAGE = 2  # bad usage or bad input
+EXIT_INTERRUPTED = 130  # Ctrl-C: the last finished step is saved, rerun to resume
 
 
 # -- data order ----------------------------------------------------------------------------
 def epoch_order(n: int, epoch: int, seed: int) -> list[int]:
     """A permutation of ``range(n)`` that depends only on (seed, epoch): resumable data order."""
-    import torch
+    import torch  # heavy: loaded on first use
 
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g).tolist()
@@ -305,9 +53,106 @@ def batches(order: Sequence[int], batch_size: int) -> Iterator[list[int]]:
         yield list(order[i : i + batch_size])
 
 
+def bucket_batches(
+    order: Sequence[int], lengths: Sequence[int], batch_size: int, *, window: int, shuffle_seed: int, longest_first: bool = False
+) -> list[list[int]]:
+    """Length-bucketed batches of ``order`` (an epoch's seeded permutation of row indices): rows are
+    sorted by length within windows of ``window`` batches (little padding), cut into batches, and the
+    batches shuffled by ``shuffle_seed``."""
+    import torch  # heavy: loaded on first use
+
+    span = batch_size * window
+    sign = -1 if longest_first else 1
+    out: list[list[int]] = []
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start : start + span], key=lambda i: sign * lengths[i])
+        out.extend(batches(chunk, batch_size))
+    g = torch.Generator().manual_seed(shuffle_seed)
+    return [out[i] for i in torch.randperm(len(out), generator=g).tolist()]
+
+
+@dataclass
+class Phase:
+    """A part of a run (e.g. a warm-up, then the main data): its rows (indices into the tokenized rows),
+    an epoch offset (so the phases draw different orders), its steps per epoch and its steps."""
+
+    name: str
+    rows: list[int]
+    offset: int
+    steps_per_epoch: int
+    steps: int
+
+
+class BatchPlan:
+    """Maps a global step to its batch; depends only on (seed, step), so a resumed run replays it.
+
+    An epoch of a phase is a seeded permutation of its rows, cut into batches bucketed by length
+    (``bucket_batches`` with windows of ``window`` batches) unless ``bucket`` is false.
+    """
+
+    def __init__(
+        self, phases: Sequence[Phase], lengths: Sequence[int], batch_size: int, seed: int, *,
+        total: int | None = None, window: int = 16, longest_first: bool = False, bucket: bool = True,
+    ) -> None:
+        self.phases = list(phases)
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.seed = seed
+        self.window = window
+        self.longest_first = longest_first
+        self.bucket = bucket
+        self.total = sum(p.steps for p in self.phases) if total is None else total
+        self._cache: tuple[tuple[int, int], list[list[int]]] | None = None
+
+    @classmethod
+    def from_epochs(
+        cls, phases: Sequence[tuple[str, list[int], float]], lengths: Sequence[int], batch_size: int, seed: int, *,
+        max_steps: int | None = None, **kw: Any,
+    ) -> "BatchPlan":
+        """Phases of ``(name, rows, epochs)`` (fractions allowed; empty ones dropped), capped at ``max_steps``."""
+        built: list[Phase] = []
+        offset = 0
+        for name, rows, epochs in phases:
+            if not rows or epochs <= 0:
+                continue
+            per_epoch = math.ceil(len(rows) / batch_size)
+            built.append(Phase(name, rows, offset, per_epoch, math.ceil(epochs * per_epoch - 1e-9)))
+            offset += math.ceil(epochs) + 1
+        planned = sum(p.steps for p in built)
+        return cls(built, lengths, batch_size, seed, total=min(planned, max_steps) if max_steps is not None else planned, **kw)
+
+    def locate(self, step: int) -> tuple[Phase, int]:
+        """(phase, step within the phase) of the 0-based global ``step``."""
+        for ph in self.phases:
+            if step < ph.steps:
+                return ph, step
+            step -= ph.steps
+        raise IndexError(step)
+
+    def epoch_batches(self, ph: Phase, epoch: int) -> list[list[int]]:
+        """The batches of one epoch of ``ph`` (the last one asked for is cached)."""
+        key = (ph.offset, epoch)
+        if self._cache and self._cache[0] == key:
+            return self._cache[1]
+        perm = [ph.rows[i] for i in epoch_order(len(ph.rows), ph.offset + epoch, self.seed)]
+        if self.bucket:
+            shuffle = self.seed * 7_919 + ph.offset * 104_729 + epoch + 1
+            out = bucket_batches(perm, self.lengths, self.batch_size, window=self.window, shuffle_seed=shuffle, longest_first=self.longest_first)
+        else:
+            out = list(batches(perm, self.batch_size))
+        self._cache = (key, out)
+        return out
+
+    def batch(self, step: int) -> tuple[Phase, float, list[int]]:
+        """(phase, epochs done in the phase after this step, row indices) of the 0-based global ``step``."""
+        ph, local = self.locate(step)
+        epoch, b = divmod(local, ph.steps_per_epoch)
+        return ph, (local + 1) / ph.steps_per_epoch, self.epoch_batches(ph, epoch)[b]
+
+
 def split_holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Deterministic (train, held-out) index split."""
-    import torch
+    import torch  # heavy: loaded on first use
 
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=g).tolist()
@@ -315,6 +160,285 @@ def split_holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[i
     if fraction > 0 and n > 1:
         k = min(max(k, 1), n - 1)
     return sorted(perm[k:]), sorted(perm[:k])
+
+
+# -- learning rate -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LRSchedule:
+    """A linear warm-up over ``warmup`` steps, then a ``decay`` (linear or cosine) to zero at ``total``."""
+
+    total: int
+    warmup: int
+    decay: Literal["linear", "cosine"] = "linear"
+
+    def lr(self, step: int, peak: float) -> float:
+        """The learning rate of the 0-based ``step`` for a peak rate ``peak``."""
+        warm, total = self.warmup, self.total
+        if self.decay == "cosine":
+            return peak * self.factor(step)
+        if warm > 0 and step < warm:
+            return peak * (step + 1) / warm
+        return peak * max(0.0, (total - step) / max(1, total - warm))
+
+    def factor(self, step: int) -> float:
+        """The share of the peak rate at the 0-based ``step``."""
+        warm, total = self.warmup, self.total
+        if warm > 0 and step < warm:
+            return (step + 1) / warm
+        if self.decay == "linear":
+            return max(0.0, (total - step) / max(1, total - warm))
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+
+# -- resume --------------------------------------------------------------------------------
+def latest_checkpoint(manager: CheckpointManager, *, resume: bool) -> Checkpoint | None:
+    """The newest checkpoint that verifies (corrupt or half-written ones are skipped with a warning),
+    loaded; ``None`` without one or when ``resume`` is false."""
+    latest = manager.latest() if resume else None
+    return load_checkpoint(latest) if latest is not None else None
+
+
+def run_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The keys of ``current`` (a run's identity: settings and data fingerprints) whose values differ
+    in ``saved`` (the identity stored with a checkpoint)."""
+
+    def canon(v: Any) -> str:
+        return json.dumps(v, sort_keys=True, default=str)
+
+    return sorted(k for k in current if canon(saved.get(k)) != canon(current[k]))
+
+
+def restore_optimizer(ckpt: Checkpoint, optimizer: Any) -> None:
+    """Put a checkpoint's optimizer moments and random state back."""
+    if ckpt.optimizer:
+        tensors_to_optimizer(optimizer, ckpt.optimizer, ckpt.state.get("optimizer_meta", {}))
+    set_rng_state(ckpt.rng)
+
+
+# -- the loop ------------------------------------------------------------------------------
+Snapshot = tuple[dict[str, Any], dict[Any, dict[str, Any]]]
+
+
+def snapshot(params: dict[str, Any], optimizer: Any) -> Snapshot:
+    """Copies of the trainable weights and the optimizer state, taken before an update so that an
+    interrupted update can be undone (adapters or a head and their moments: a small share of a model)."""
+    import copy
+
+    import torch  # heavy: loaded on first use
+
+    with torch.no_grad():
+        weights = {n: p.detach().clone() for n, p in params.items()}
+        state = {
+            p: {k: v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v) for k, v in st.items()}
+            for p, st in optimizer.state.items()
+        }
+    return weights, state
+
+
+def restore(snap: Snapshot, params: dict[str, Any], optimizer: Any) -> None:
+    """Put back the weights and optimizer state of :func:`snapshot`."""
+    import torch  # heavy: loaded on first use
+
+    weights, state = snap
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(weights[n])
+    optimizer.state.clear()
+    for p, st in state.items():
+        optimizer.state[p] = st
+
+
+@dataclass
+class LoopResult:
+    """How a ``TrainingLoop.run`` ended."""
+
+    step: int  # steps done in all (including those before a resume)
+    train_seconds: float  # seconds in training steps in this run (no evaluation, no saving)
+    stopped: bool = False  # a hook asked to stop, or Ctrl-C
+    interrupted: bool = False  # Ctrl-C; the last finished step is saved
+
+
+#: loss_fn(step) -> (loss tensor, make_row): the forward pass of the 0-based ``step`` (the loop has set
+#: the learning rates); ``make_row()``, called after backward and clipping, gives the step's record.
+LossFn = Callable[[int], tuple[Any, Callable[[], dict[str, Any]]]]
+
+
+class TrainingLoop:
+    """The optimizer steps of a run, shared by every trainer.
+
+    Each step: the learning rates (``peak_lrs``, one per parameter group, × the schedule), ``loss_fn(step)``, backward,
+    gradient clipping, the step's row, a snapshot of the trainable state, the update, then the
+    trainer's hooks: ``record(row)`` right after the update, ``on_step(step, row)`` (evaluation, callbacks; returning
+    ``True`` stops the run after this step's checkpoint), a checkpoint every ``save_every`` steps, at
+    ``total`` and when stopping (``save(step, rng)``), and ``after_save(step, row)``.
+
+    Ctrl-C can land anywhere; what it saves is always the state at the end of the last finished step.
+    An update that had not finished is undone from the snapshot (and ``unrecord(row)`` drops its row if
+    ``record`` took it),
+    and the random state saved is the one the next step starts with (the masks dropout drew before the
+    interrupt are drawn again on resume, as in an uninterrupted run). ``run`` then returns with
+    ``interrupted``; any other exception propagates, leaving the last checkpoint in place.
+    """
+
+    def __init__(
+        self,
+        params: dict[str, Any],
+        optimizer: Any,
+        schedule: LRSchedule,
+        peak_lrs: Sequence[float],
+        *,
+        save_every: int,
+        grad_clip: float | None = 1.0,
+        desc: str = "training",
+        progress: bool = True,
+    ) -> None:
+        self.params = params
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.peak_lrs = list(peak_lrs)
+        self.save_every = save_every
+        self.grad_clip = grad_clip
+        self.desc = desc
+        self.progress = progress
+        self.bar: Any = None
+        self.train_seconds = 0.0  # in training steps during ``run`` so far (no evaluation, no saving)
+        self._clip_params = list(params.values())
+
+    def run(
+        self,
+        loss_fn: LossFn,
+        *,
+        start: int,
+        stop: int,
+        save: Callable[[int, dict[str, Any] | None], None],
+        record: Callable[[dict[str, Any]], None] = lambda row: None,
+        unrecord: Callable[[dict[str, Any]], None] = lambda row: None,
+        on_step: Callable[[int, dict[str, Any]], bool | None] = lambda step, row: None,
+        after_save: Callable[[int, dict[str, Any]], None] = lambda step, row: None,
+    ) -> LoopResult:
+        """Train from step ``start`` to ``stop`` (at most ``schedule.total``)."""
+        import torch  # heavy: loaded on first use
+        from tqdm.auto import tqdm
+
+        total, opt = self.schedule.total, self.optimizer
+        step = saved_at = start
+        # ``step_rng`` is (step, random state at its start, before dropout drew any mask); ``committing``
+        # is the step whose update is under way: until ``step`` reaches it the weights and moments may
+        # be half-updated, and ``snap`` holds them as of the end of step ``step``.
+        step_rng: tuple[int, dict[str, Any]] | None = None
+        committing: int | None = None
+        snap: Snapshot | None = None
+        row: dict[str, Any] = {}
+        result = LoopResult(step=start, train_seconds=0.0)
+        self.train_seconds = 0.0
+        # in a terminal the bar redraws in place; in a log file (nohup, CI) it writes a line every 30 s instead
+        tty = sys.stderr.isatty()
+        self.bar = tqdm(
+            total=total, initial=start, desc=self.desc, unit="step", disable=not self.progress,
+            dynamic_ncols=tty, mininterval=0.1 if tty else 30.0, ascii=not tty,
+        )
+        try:
+            while step < stop:
+                step_rng = (step, rng_state())  # nothing random has been drawn for this step yet
+                t0 = time.perf_counter()
+                for group, peak in zip(opt.param_groups, self.peak_lrs):
+                    group["lr"] = self.schedule.lr(step, peak)
+                loss, make_row = loss_fn(step)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(self._clip_params, self.grad_clip)
+                row = make_row()
+                snap = snapshot(self.params, opt)
+                committing = step + 1
+                opt.step()
+                record(row)
+                step += 1  # the step counts from here: weights, moments and records are those of ``step``
+                committing = None
+                snap = None
+                self.train_seconds += time.perf_counter() - t0
+                self.bar.update(1)
+                stopped = bool(on_step(step, row))
+                if step % self.save_every == 0 or step == total or stopped:
+                    save(step, None)
+                    saved_at = step
+                after_save(step, row)
+                if stopped:
+                    result.stopped = True
+                    break
+        except KeyboardInterrupt:
+            result.interrupted = result.stopped = True
+            if committing is not None and step != committing:
+                assert snap is not None
+                restore(snap, self.params, opt)
+                unrecord(row)
+            # between steps (after the update) the random state now is the one the next step starts with
+            rng = step_rng[1] if step_rng is not None and step_rng[0] == step else None
+            if step > saved_at:
+                save(step, rng)
+        finally:
+            self.bar.close()
+        result.step, result.train_seconds = step, self.train_seconds
+        return result
+
+
+# -- command line --------------------------------------------------------------------------
+def add_training_flags(
+    parser: Any,
+    *,
+    epochs: float,
+    batch_size: int,
+    learning_rate: float | None,
+    eval_fraction: float,
+    eval_every: int | None,
+    save_every: int,
+    keep_checkpoints: int,
+    seed: int,
+    unit: str = "examples",
+    learning_rate_help: str | None = None,
+    eval_every_help: str | None = None,
+    max_steps_help: str = "stop after this many optimizer steps in all (a cap on --epochs)",
+    device: bool = False,
+) -> None:
+    """Add the flags every ``alignware train ...`` verb shares to ``parser`` (a parser or an argument
+    group), with the verb's defaults. Their ``dest`` names are the config fields (``learning_rate``,
+    ``keep_checkpoints``, …); ``--fresh`` sets ``resume`` to false."""
+    p = parser
+    p.add_argument("--epochs", type=float, default=epochs, help="passes over the training data, fractions allowed (default %(default)s)")
+    p.add_argument("--max-steps", type=int, default=None, help=max_steps_help)
+    p.add_argument("--batch-size", type=int, default=batch_size, help=f"{unit} per step (default %(default)s)")
+    p.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float, default=learning_rate,
+                   help=learning_rate_help or "peak learning rate (default %(default)s)")
+    p.add_argument("--eval-fraction", type=float, default=eval_fraction, help="share of the data held out for evaluation (default %(default)s)")
+    p.add_argument("--eval-every", type=int, default=eval_every, help=eval_every_help or "steps between evaluations (default %(default)s)")
+    p.add_argument("--save-every", type=int, default=save_every, help="steps between checkpoints (default %(default)s)")
+    p.add_argument("--keep-checkpoints", type=int, default=keep_checkpoints, help="checkpoints kept (default %(default)s)")
+    p.add_argument("--seed", type=int, default=seed, help="random seed (default %(default)s)")
+    p.add_argument("--fresh", dest="resume", action="store_false",
+                   help="start over: remove the earlier run's checkpoints from --out first (default: resume from the newest good one)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    if device:
+        p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
+def run_train_command(body: Callable[[], int]) -> int:
+    """Run the body of an ``alignware train ...`` verb under the exit-code policy every verb shares:
+    ``EXIT_OK`` (0) done, or stopped at --max-steps/--stop-after and resumable; ``EXIT_FAILED`` (1) the
+    run failed (a checkpoint, data or model error); ``EXIT_USAGE`` (2) bad usage or bad input;
+    ``EXIT_INTERRUPTED`` (130) Ctrl-C, the last good checkpoint kept. ``body`` returns the code of a
+    run that ended (``EXIT_INTERRUPTED`` when its result says it was interrupted)."""
+    try:
+        return body()
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except AlignwareError as e:  # CheckpointError and the others: the run failed
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:  # before or after the training loop, which handles its own
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 # -- plots ---------------------------------------------------------------------------------
@@ -366,10 +490,8 @@ def set_threads(n: int | None) -> None:
     if n is None:
         return
     if n < 1:
-        from .errors import InputError
-
         raise InputError(f"--threads must be 1 or more, got {n}")
-    import torch
+    import torch  # heavy: loaded on first use
 
     torch.set_num_threads(n)
 

@@ -57,8 +57,8 @@ _LAZY: dict[str, str] = {
     "TextGenerator": ".generator",
     "Generation": ".generator",
     # training
-    "SFTExample": ".sft",
-    "SFTConfig": ".sft",
+    "SFTExample": ".sft_data",
+    "SFTConfig": ".sft_data",
     "SFTResult": ".sft",
     "train_sft": ".sft",
 }
@@ -76,7 +76,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .rewrite_checks import RewriteCheck, check_rewrite, clean_rewrite
     from .rewriter_data import RewriterDataReport, build_rewriter_data
     from .sentences import ChunkSplitter, flatten_question, split_chunks, split_sentences
-    from .sft import SFTConfig, SFTExample, SFTResult, train_sft
+    from .sft import SFTResult, train_sft
+    from .sft_data import SFTConfig, SFTExample
     from .teacher import bpo_filter, parse_teacher_output, teacher_prompt
     from .templates import Template, get_template, list_templates, register_template
 

@@ -19,7 +19,8 @@ from middleware.types import PreferencePair, load_pairs
 from .corrector_data import build_corrector_data
 from .rewriter_data import build_rewriter_data
 from .selection import RewardChoice
-from .sft import SFTConfig, SFTResult, add_train_args, config_from_args, train_sft
+from .sft import SFTResult, add_train_args, config_from_args, train_sft
+from .sft_data import SFTConfig
 
 __all__ = ["rewriter_parser", "train_rewriter_main", "corrector_parser", "train_corrector_main"]
 

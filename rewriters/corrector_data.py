@@ -11,7 +11,7 @@ from middleware.types import PreferencePair
 
 from .pairs import as_pairs
 from .sentences import flatten_question
-from .sft import SFTExample
+from .sft_data import SFTExample
 from .templates import Template, get_template
 
 __all__ = ["build_corrector_data"]

@@ -23,7 +23,7 @@ from middleware.types import ChatRequest, Message, PreferencePair
 from .answer_cache import TextCache, cache_identity, failure_message, progress_bar
 from .pairs import as_pairs
 from .selection import RewardChoice, select_by_reward
-from .sft import SFTExample
+from .sft_data import SFTExample
 from .stage import resolve_llm
 from .teacher import bpo_filter, parse_teacher_output, teacher_prompt
 from .templates import Template, get_template

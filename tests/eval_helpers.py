@@ -9,7 +9,7 @@ import pytest
 
 from middleware.stages import PromptStage, ResponseStage
 from middleware.types import ChatRequest, ChatResponse
-from steering.reward import RewardConfig, RewardModel
+from judge import RewardConfig, RewardModel
 
 
 PROMPTS = ["What is the capital of France?", "How can I help you today?", "Please improve this prompt.", "Hello!"]

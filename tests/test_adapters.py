@@ -9,7 +9,7 @@ import pytest
 
 from middleware.adapters import ADAPTER_FILES, MANIFEST, adapter_base, base_label, read_manifest, verify_adapter
 from middleware.errors import CheckpointError, InputError
-from middleware.training import sha256
+from middleware.checkpoints import sha256
 
 
 def _folder(tmp_path: Path) -> Path:

@@ -1,4 +1,4 @@
-"""The SFT trainer on a tiny random Llama: masking, learning, resume, corrupt checkpoints, CLI flags."""
+"""The SFT trainer on a tiny random Llama: learning, warm-up, resume, Ctrl-C, corrupt checkpoints, CLI flags."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from middleware.errors import CheckpointError, InputError
-from middleware.training import CheckpointManager, load_checkpoint
-from rewriters.sft import SFTConfig, SFTExample, collate, config_from_args, add_train_args, tokenize_example, train_sft
+from middleware.checkpoints import CheckpointManager, load_checkpoint
+from rewriters.sft import add_train_args, config_from_args, train_sft
+from rewriters.sft_data import SFTConfig, SFTExample
 from rewriters.templates import get_template
 
 BPO = get_template("bpo")
@@ -33,53 +34,6 @@ def _adapter_tensors(folder: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(folder / "adapter_model.safetensors"))
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir: Path):
-    from middleware.models import load_causal_lm
-
-    return load_causal_lm(tiny_model_dir)[1]
-
-
-def test_tokenize_masks_source_and_padding(tokenizer) -> None:
-    ex = SFTExample("Edit the following question answer pair:", " Paris is the capital of France.")
-    src = tokenizer(ex.source)["input_ids"]
-    row = tokenize_example(tokenizer, ex, 64, pad_to_max_length=True)
-    ids, labels, mask = row["input_ids"], row["labels"], row["attention_mask"]
-    assert len(ids) == len(labels) == len(mask) == 64
-    n_src = len(src)
-    n_real = sum(mask)
-    assert ids[:n_src] == src
-    assert all(lab == -100 for lab in labels[:n_src])  # source masked
-    assert labels[n_src:n_real] == ids[n_src:n_real]  # target (+ EOS) learned
-    assert ids[n_real - 1] == tokenizer.eos_token_id and labels[n_real - 1] == tokenizer.eos_token_id
-    assert all(lab == -100 for lab in labels[n_real:])  # padding masked
-    assert mask[:n_real] == [1] * n_real and mask[n_real:] == [0] * (64 - n_real)
-    target = tokenizer(ex.target, add_special_tokens=False)["input_ids"]
-    assert ids[n_src : n_real - 1] == target
-
-
-def test_tokenize_truncates_source_from_the_left(tokenizer) -> None:
-    ex = SFTExample("The quick brown fox jumps over the lazy dog. " * 20 + "END", " Hello!")
-    row = tokenize_example(tokenizer, ex, 32)
-    target = tokenizer(ex.target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    assert len(row["input_ids"]) == 32
-    assert row["input_ids"][-len(target) :] == target  # target kept whole
-    src_ids = tokenizer(ex.source)["input_ids"]
-    kept = 32 - len(target)
-    assert row["input_ids"][:kept] == src_ids[-kept:]  # the end of the source is kept
-    assert sum(lab != -100 for lab in row["labels"]) == len(target)
-
-
-def test_collate_pads_per_batch(tokenizer) -> None:
-    rows = [tokenize_example(tokenizer, SFTExample("a" * k, " b"), 512) for k in (1, 9, 30)]
-    batch = collate(rows, pad_id=tokenizer.pad_token_id)
-    assert batch["input_ids"].shape[1] == max(len(r["input_ids"]) for r in rows)  # not 512
-    for i, r in enumerate(rows):
-        n = len(r["input_ids"])
-        assert batch["labels"][i, :n].tolist() == r["labels"]
-        assert (batch["labels"][i, n:] == -100).all() and (batch["attention_mask"][i, n:] == 0).all()
 
 
 def test_train_lowers_held_out_loss(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -212,7 +166,7 @@ def test_cli_flags_round_trip() -> None:
     parser = argparse.ArgumentParser()
     add_train_args(parser)
     args = parser.parse_args(["--lora-r", "4", "--target-modules", "q_proj,v_proj", "--lr", "1e-3", "--epochs", "2.5",
-                              "--max-steps", "7", "--no-resume"])
+                              "--max-steps", "7", "--fresh"])
     cfg = config_from_args(args, kind="corrector")
     assert cfg.kind == "corrector" and cfg.template == "aligner-v1.0"
     assert cfg.lora_r == 4 and cfg.target_modules == ("q_proj", "v_proj") and cfg.learning_rate == 1e-3
@@ -349,78 +303,3 @@ def test_a_corrupt_newer_checkpoint_never_pushes_out_the_good_ones(tiny_model_di
     assert load_checkpoint(manager.latest()).step == 8
     final = _adapter_tensors(out)
     assert all((good[k] == final[k]).all() for k in good)
-
-
-def _fake_ckpt(value: float) -> dict:
-    import torch
-
-    return {"w": torch.full((3,), value)}
-
-
-def _corrupt(folder: Path) -> None:
-    (folder / "model.safetensors").write_bytes(b"rotten")
-
-
-def test_checkpoint_manager_prunes_verified_checkpoints_only(tmp_path: Path) -> None:
-    manager = CheckpointManager(tmp_path, keep=4)
-    for step in (1, 2, 3, 4):
-        manager.save(step, model_tensors=_fake_ckpt(step), state={})
-    assert len(manager.all()) == 4
-    manager.keep = 1
-    _corrupt(manager.path_for(3))
-    _corrupt(manager.path_for(4))
-    assert manager.latest() == manager.path_for(2)
-
-    # resumed from step 2, the run writes step 3 again: it replaces the corrupt folder and survives
-    # the pruning; step 4 is corrupt but the newest, so it is kept; the good ones beyond keep go
-    written = manager.save(3, model_tensors=_fake_ckpt(33.0), state={})
-    assert written == manager.path_for(3)
-    assert manager.all() == [manager.path_for(3), manager.path_for(4)]
-    assert manager.latest() == written and float(load_checkpoint(written).model["w"][0]) == 33.0
-
-    # once a newer good checkpoint exists, the corrupt one goes
-    manager.save(5, model_tensors=_fake_ckpt(5.0), state={})
-    assert manager.all() == [manager.path_for(5)]
-
-    # keep counts good checkpoints only: a corrupt one in between takes no place
-    manager.keep = 2
-    manager.save(6, model_tensors=_fake_ckpt(6.0), state={})
-    (manager.root / "step-0000007").mkdir()  # half-written: no state.json
-    manager.save(8, model_tensors=_fake_ckpt(8.0), state={})
-    assert manager.all() == [manager.path_for(6), manager.path_for(8)]
-
-
-@pytest.mark.parametrize("failing_call", [2, 3])
-def test_saving_over_a_step_folder_always_leaves_a_good_checkpoint_of_that_step(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing_call: int
-) -> None:
-    import os
-
-    import middleware.training as training
-
-    manager = CheckpointManager(tmp_path, keep=1)
-    manager.save(4, model_tensors=_fake_ckpt(4.0), state={})
-    _corrupt(manager.path_for(4))
-
-    real_replace = os.replace
-    calls = {"n": 0}
-
-    def flaky_replace(src, dst):  # a rename of the replacement fails (a crash would stop there)
-        calls["n"] += 1
-        if calls["n"] == failing_call:
-            raise OSError("simulated failure while swapping the folders")
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(training.os, "replace", flaky_replace)
-    try:
-        manager.save(4, model_tensors=_fake_ckpt(44.0), state={})
-    except OSError:
-        pass
-    monkeypatch.setattr(training.os, "replace", real_replace)
-    latest = manager.latest()
-    assert latest is not None, "no good checkpoint of step 4 is left"
-    ck = load_checkpoint(latest)
-    assert ck.step == 4 and float(ck.model["w"][0]) == 44.0
-    # the next save tidies up: one good checkpoint under its plain name
-    manager.save(5, model_tensors=_fake_ckpt(5.0), state={})
-    assert manager.all() == [manager.path_for(5)]

@@ -23,7 +23,7 @@ from text_stage_fakes import ANSWER, PROMPT, QUESTION, FixedLLM, echo_llm, recei
 
 # -- alignware train rewriter ---------------------------------------------------------------------------
 def test_train_rewriter_cli_selects_with_a_reward_model(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from steering.reward import RewardConfig, RewardModel
+    from judge import RewardConfig, RewardModel
 
     RewardModel.create(RewardConfig(backbone=str(tiny_model_dir), max_length=64, train="head")).save(tmp_path / "judge")
     data = tmp_path / "pairs.jsonl"

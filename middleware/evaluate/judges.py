@@ -12,7 +12,7 @@ from ..types import PreferencePair, load_pairs
 
 @runtime_checkable
 class Judge(Protocol):
-    """Anything that scores (prompt, response) items; ``steering.reward.RewardModel`` is one."""
+    """Anything that scores (prompt, response) items; ``judge.RewardModel`` is one."""
 
     def score_batch(self, items: Sequence[tuple[Any, str]]) -> list[float]: ...
 
@@ -23,7 +23,7 @@ JudgeLike = Union[Judge, str, Path]
 def load_judge(judge: JudgeLike) -> Judge:
     """A judge object, or a reward model folder loaded with ``RewardModel.load`` (``CheckpointError``)."""
     if isinstance(judge, (str, Path)):
-        from steering.reward import RewardModel
+        from judge import RewardModel  # the judge package loads only when a folder is given
 
         return RewardModel.load(judge)
     if not hasattr(judge, "score_batch"):
