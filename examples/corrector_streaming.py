@@ -30,6 +30,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from middleware.llm import LLM  # noqa: E402
 from middleware.pipeline import Pipeline  # noqa: E402
 from middleware.types import ChatChunk, ChatRequest, ChatResponse  # noqa: E402
+from rewriters.generator import TextGenerator  # noqa: E402
+from rewriters.response_corrector import ResponseCorrector  # noqa: E402
 
 QUESTION = "How can I keep my houseplants healthy?"
 ANSWER = (
@@ -76,8 +78,6 @@ def measure(pipe: Pipeline, question: str) -> dict[str, Any]:
 
 def run(generator: Any, *, delay: float, max_new_tokens: int, question: str = QUESTION, answer: str = ANSWER) -> dict[str, dict[str, Any]]:
     """Measure both streaming modes with ``generator`` as the corrector; also the non-streamed result."""
-    from rewriters.response_corrector import ResponseCorrector
-
     results: dict[str, dict[str, Any]] = {}
     for mode in ("buffer", "chunked"):
         corrector = ResponseCorrector(generator, streaming=mode, temperature=0.0, max_new_tokens=max_new_tokens)
@@ -95,8 +95,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--delay", type=float, default=0.05, help="seconds per upstream word (default 0.05)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="correction length limit (default 256)")
     args = p.parse_args(argv)
-
-    from rewriters.generator import TextGenerator
 
     if args.adapter:
         gen = TextGenerator.from_pretrained(args.adapter, base=args.model, kind="corrector")

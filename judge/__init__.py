@@ -1,8 +1,9 @@
 """The judge: a reward model that scores answers, trained from preference pairs.
 
-Every stage family (rewriters, steering) and the evaluation code use the judge from here. ``import
-judge`` is cheap: every name below is imported on first use (torch and transformers load only when a
-model is).
+The evaluation (``middleware.evaluate``), reward selection (``rewriters.selection``) and the steering and
+DPO code use the judge from here, through the ``Judge`` protocol that ``middleware.evaluate`` defines
+(anything with ``score_batch``); a folder becomes a ``RewardModel`` with ``middleware.evaluate.load_judge``.
+``import judge`` is cheap: the names that need torch import on first use.
 
 - ``RewardModel``: a scalar head on a transformers backbone (optionally LoRA-adapted); ``score`` and
   ``score_batch`` rate answers, ``pair_margins`` compares pairs, ``RewardModel.load(DIR)`` reads a
@@ -17,34 +18,20 @@ Modules: ``judge.config`` (settings, file names), ``judge.encoding`` (rendering,
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-_LAZY: dict[str, str] = {
-    "RewardConfig": ".config",
-    "TrainConfig": ".config",
-    "RewardModel": ".model",
-    "accuracy_from_margins": ".model",
-    "TrainResult": ".train",
-    "train_reward_model": ".train",
-}
+from middleware.evaluate.judges import accuracy as accuracy_from_margins
+from middleware.lazy import lazy_exports
 
-__all__ = sorted(_LAZY)
+from .config import RewardConfig, TrainConfig
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import RewardConfig, TrainConfig
-    from .model import RewardModel, accuracy_from_margins
+    from .model import RewardModel
     from .train import TrainResult, train_reward_model
 
+# torch loads with these
+__getattr__, __dir__ = lazy_exports(
+    __name__, globals(), {"RewardModel": ".model", "TrainResult": ".train", "train_reward_model": ".train"}
+)
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'judge' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__all__ = ["RewardModel", "RewardConfig", "TrainConfig", "TrainResult", "train_reward_model", "accuracy_from_margins"]

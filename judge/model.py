@@ -369,12 +369,3 @@ class RewardModel:
         finally:
             self.net.train(was_training)
         return out
-
-
-def accuracy_from_margins(margins: Iterable[float], eps: float = 0.0) -> float:
-    """Share of pairs whose chosen answer scores higher; ties count half."""
-    m = list(margins)
-    if not m:
-        return float("nan")
-    return sum(1.0 if x > eps else (0.5 if abs(x) <= eps else 0.0) for x in m) / len(m)
-

@@ -39,11 +39,12 @@ from middleware.training import (
     run_differences,
     split_holdout,
 )
+from middleware.evaluate.judges import accuracy as accuracy_from_margins
 from middleware.types import PreferencePair, load_pairs
 
 from .config import CONFIG_FILE, METRICS_FILE, PLOT_FILE, WEIGHTS_FILE, RewardConfig, TrainConfig
 from .encoding import EncodedPair
-from .model import RewardModel, accuracy_from_margins
+from .model import RewardModel
 
 log = logging.getLogger("alignware")
 

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from .config import PipelineConfig, load_pipeline, register_stage
 from .errors import AlignwareError, BackendError, CheckpointError, InputError, StageError
+from .evaluate import EvalReport, evaluate_pipeline
+from .lazy import lazy_exports
 from .llm import LLM, FunctionLLM, make_llm
+from .local import LocalBackend
 from .pipeline import Pipeline
-from .stages import ModelStage, PromptStage, ResponseStage, Stage, batch_item, is_title_request, note
+from .shared_base import SharedBase
+from .stages import (
+    IdentityPromptStage,
+    IdentityResponseStage,
+    ModelStage,
+    PromptStage,
+    ResponseStage,
+    Stage,
+    batch_item,
+    is_title_request,
+    note,
+)
 from .types import (
     ChatChunk,
     ChatRequest,
@@ -24,27 +37,16 @@ from .types import (
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "LocalBackend": ".local",
-    "LiteLLMBackend": ".remote",
-    "load_pipeline": ".config",
-    "register_stage": ".config",
-}
-
-
-def __getattr__(name: str) -> Any:  # heavy backends import torch / litellm only when asked for
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module 'middleware' has no attribute {name!r}")
-
+# litellm takes seconds to import: LiteLLMBackend loads on first use
+__getattr__, __dir__ = lazy_exports(__name__, globals(), {"LiteLLMBackend": ".remote"})
 
 __all__ = [
     "AlignwareError", "BackendError", "CheckpointError", "InputError", "StageError",
-    "LLM", "FunctionLLM", "make_llm", "Pipeline",
-    "ModelStage", "PromptStage", "ResponseStage", "Stage", "batch_item", "is_title_request", "note",
+    "LLM", "FunctionLLM", "make_llm", "Pipeline", "PipelineConfig", "load_pipeline", "register_stage",
+    "LocalBackend", "LiteLLMBackend", "SharedBase",
+    "ModelStage", "PromptStage", "ResponseStage", "Stage", "IdentityPromptStage", "IdentityResponseStage",
+    "batch_item", "is_title_request", "note",
     "ChatChunk", "ChatRequest", "ChatResponse", "Message", "PreferencePair", "PromptRecord", "StageTrace",
-    "Usage", "load_pairs", "load_prompts", "save_pairs", "LocalBackend", "LiteLLMBackend", "load_pipeline",
-    "register_stage",
+    "Usage", "load_pairs", "load_prompts", "save_pairs",
+    "evaluate_pipeline", "EvalReport",
 ]

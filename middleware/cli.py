@@ -17,7 +17,12 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
+from . import __version__
+from .config import PipelineConfig
 from .errors import AlignwareError
+from .llm import make_llm
+from .pipeline import Pipeline
+from .types import format_trace
 
 # command -> "module:function"; each function takes argv and returns an exit code
 COMMANDS: dict[str, str] = {
@@ -57,11 +62,7 @@ def build_chat_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _build_pipeline(args: argparse.Namespace):  # -> Pipeline
-    from .config import PipelineConfig
-    from .llm import make_llm
-    from .pipeline import Pipeline
-
+def _build_pipeline(args: argparse.Namespace) -> Pipeline:
     if args.pipeline:
         cfg = PipelineConfig.load(args.pipeline)
         llm = make_llm(args.model) if args.model else cfg.build_llm()
@@ -94,8 +95,6 @@ def _answer(pipe, messages: list[dict], args: argparse.Namespace, out=sys.stdout
         out.write("\n")
         text = "".join(parts)
     if args.trace:
-        from .types import format_trace
-
         out.write(format_trace(trace) + "\n")
     out.flush()
     return text
@@ -142,8 +141,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(_usage())
         return 0
     if argv[0] in ("--version", "version"):
-        from . import __version__
-
         print(f"alignware {__version__}")
         return 0
     cmd, rest = argv[0], argv[1:]

@@ -15,15 +15,20 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 import textwrap
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from .config import PipelineConfig
 from .errors import AlignwareError, CheckpointError, InputError
 from .evaluate import decode_threads
+from .local import LocalBackend
 from .models import cache_dir
+from .pipeline import Pipeline
+from .shared_base import SharedBase
 
 #: The demo pipeline, in order; each entry is a stage of a pipeline config (see ``middleware.config``).
 DEMO_STAGES: list[dict[str, Any]] = [
@@ -63,8 +68,6 @@ def get_judge(pairs_file: Path, *, backbone: str = "embedded", retrain: bool = F
 
     folder = _reward_dir(pairs_file, backbone)
     if retrain and folder.exists():
-        import shutil
-
         shutil.rmtree(folder)
     if (folder / "reward_config.json").is_file():
         try:
@@ -90,8 +93,6 @@ def get_judge(pairs_file: Path, *, backbone: str = "embedded", retrain: bool = F
 
 def build_stages(specs: Sequence[dict[str, Any]], out=sys.stdout) -> list[Any]:
     """Build each stage entry on its own; an entry that cannot be built is skipped with its reason."""
-    from .config import PipelineConfig
-
     stages = []
     for spec in specs:
         label = spec.get("name") or spec.get("type", "?")
@@ -103,17 +104,10 @@ def build_stages(specs: Sequence[dict[str, Any]], out=sys.stdout) -> list[Any]:
 
 
 def _llm(max_tokens: int, backbone: str) -> Any:
-    """The chat model; shares the weights of the rewriter/corrector engine when it is available."""
+    """The chat model; the embedded one shares its weights with the rewriter and corrector (``SharedBase``)."""
     if backbone == "embedded":
-        try:
-            from middleware.shared_base import SharedBase
-
-            return SharedBase.get().chat_backend(max_tokens=max_tokens)
-        except ImportError:
-            pass
-    from .local import LocalBackend
-
-    return LocalBackend(None if backbone == "embedded" else backbone, max_tokens=max_tokens)
+        return SharedBase.get().chat_backend(max_tokens=max_tokens)
+    return LocalBackend(backbone, max_tokens=max_tokens)
 
 
 def _wrap(text: str, indent: str = "    ") -> str:
@@ -141,7 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     """``alignware demo``: returns the process exit status."""
     from tqdm.auto import tqdm
 
-    from .pipeline import Pipeline
 
     args = _parser().parse_args(argv)
     t_start = time.perf_counter()

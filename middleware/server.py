@@ -19,13 +19,16 @@ fails later ends with a single ``data: {"error": ...}`` event and ``data: [DONE]
 import argparse
 import json
 import logging
+import os
 import secrets
 import time
 from typing import Any, AsyncIterator, Sequence
 
 from pydantic import ValidationError
 
+from .config import PipelineConfig
 from .errors import AlignwareError, BackendError, InputError
+from .llm import make_llm
 from .pipeline import Pipeline
 from .types import ChatChunk, ChatRequest, ChatResponse
 
@@ -244,12 +247,7 @@ async def _sse(chunks: AsyncIterator[ChatChunk], first: ChatChunk | None, model:
 
 def serve_main(argv: Sequence[str]) -> int:
     """``alignware serve``: run the OpenAI-compatible server."""
-    import os
-
-    import uvicorn
-
-    from .config import PipelineConfig
-    from .llm import make_llm
+    import uvicorn  # only the command needs the server itself
 
     p = argparse.ArgumentParser(prog="alignware serve", description="Serve a pipeline over an OpenAI-compatible API.")
     p.add_argument("--pipeline", help="pipeline YAML/JSON file (default: the bare --model)")

@@ -18,6 +18,7 @@ Checkpoint files and the ``CheckpointManager`` are in ``middleware.checkpoints``
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -222,8 +223,6 @@ Snapshot = tuple[dict[str, Any], dict[Any, dict[str, Any]]]
 def snapshot(params: dict[str, Any], optimizer: Any) -> Snapshot:
     """Copies of the trainable weights and the optimizer state, taken before an update so that an
     interrupted update can be undone (adapters or a head and their moments: a small share of a model)."""
-    import copy
-
     import torch  # heavy: loaded on first use
 
     with torch.no_grad():

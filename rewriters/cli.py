@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from middleware.errors import InputError
-from middleware.training import set_threads
+from middleware.training import EXIT_INTERRUPTED, EXIT_OK, run_train_command, set_threads
 from middleware.types import PreferencePair, load_pairs
 
 from .corrector_data import build_corrector_data
@@ -71,7 +71,12 @@ def rewriter_parser() -> argparse.ArgumentParser:
 
 
 def train_rewriter_main(argv: Sequence[str]) -> int:
-    """``alignware train rewriter --data PAIRS --out DIR [--teacher MODEL] [SFT flags]``."""
+    """``alignware train rewriter --data PAIRS --out DIR [--teacher MODEL] [SFT flags]``: the exit status
+    (the policy every train verb shares, ``middleware.training.run_train_command``)."""
+    return run_train_command(lambda: _train_rewriter(argv))
+
+
+def _train_rewriter(argv: Sequence[str]) -> int:
     args, config, pairs = _parse(rewriter_parser(), argv, "rewriter")
     set_threads(args.threads)  # --judge generates answers before training starts
     choices: list[RewardChoice] = []
@@ -106,7 +111,7 @@ def train_rewriter_main(argv: Sequence[str]) -> int:
             for ex in examples:
                 f.write(json.dumps({"source": ex.source, "target": ex.target}, ensure_ascii=False) + "\n")
         print(f"wrote {len(examples)} examples to {out / 'rewriter_data.jsonl'}")
-        return 0
+        return EXIT_OK
     result = train_sft(examples, config, out, resume=args.resume, progress=not args.quiet)
     return _finished(result)
 
@@ -129,7 +134,7 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str], kind: str) -> t
 def _finished(result: SFTResult) -> int:
     """Print the line about a finished SFT run; the exit status (130 when it was interrupted)."""
     print(_result_line(result))
-    return 130 if result.interrupted else 0
+    return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
 
 
 def _result_line(result: SFTResult) -> str:
@@ -171,7 +176,12 @@ def corrector_parser() -> argparse.ArgumentParser:
 
 
 def train_corrector_main(argv: Sequence[str]) -> int:
-    """``alignware train corrector --data PAIRS --out DIR [SFT flags]``."""
+    """``alignware train corrector --data PAIRS --out DIR [SFT flags]``: the exit status (the policy every
+    train verb shares, ``middleware.training.run_train_command``)."""
+    return run_train_command(lambda: _train_corrector(argv))
+
+
+def _train_corrector(argv: Sequence[str]) -> int:
     args, config, pairs = _parse(corrector_parser(), argv, "corrector")
     examples, warmup = build_corrector_data(pairs, identity_warmup=args.identity_warmup, template=config.template)
     if not examples:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from middleware.errors import InputError
+from middleware.evaluate import load_judge
 from middleware.llm import LLM
 from middleware.models import cache_dir as cache_root
 from middleware.types import ChatRequest, Message, PreferencePair
@@ -84,8 +85,6 @@ def select_by_reward(
         samples: answers per side; more than 1 needs ``temperature`` > 0 (greedy answers repeat).
         temperature: the target's sampling temperature (``None``: its default decoding, greedy for local models).
     """
-    from middleware.evaluate import load_judge  # left here: the judge moves to its own package
-
     if max_tokens < 1:
         raise InputError(f"max_tokens must be at least 1, got {max_tokens!r}")
     if samples < 1:

@@ -26,8 +26,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from middleware.errors import CheckpointError, InputError
+from middleware.adapters import ADAPTER_FILES, MANIFEST, base_label
 from middleware.checkpoints import Checkpoint, CheckpointManager, sha256, write_json_atomic
+from middleware.errors import CheckpointError, InputError
+from middleware.models import load_causal_lm
 from middleware.training import (
     BatchPlan,
     LossFn,
@@ -39,8 +41,6 @@ from middleware.training import (
     restore_optimizer,
     run_differences,
 )
-
-from middleware.adapters import ADAPTER_FILES, MANIFEST, base_label
 
 from .generator import KINDS
 from .sft_data import IGNORE_INDEX, SFTConfig, SFTExample, check_examples, collate, fingerprint, prepare_rows
@@ -175,8 +175,7 @@ def _save_adapter(model: Any, out_dir: Path, manifest: dict[str, Any]) -> None:
 
 
 def _load_training_model(config: SFTConfig) -> tuple[Any, Any]:
-    import torch
-    from middleware.models import load_causal_lm
+    import torch  # heavy dependencies: loaded with the model
     from peft import LoraConfig, get_peft_model
 
     model, tok = load_causal_lm(config.base_model)
@@ -294,6 +293,23 @@ def _step_fn(plan: BatchPlan, rows: list[dict[str, list[int]]], pad_id: int, dev
 
 
 # -- training ------------------------------------------------------------------------------------
+def _start(
+    manager: CheckpointManager, resume: bool, fp: str, params: dict[str, Any], optimizer: Any, total: int
+) -> tuple[int, list[dict[str, Any]], float | None, int | None]:
+    """Where a run starts: the step, history and untrained held-out loss of the newest good checkpoint
+    (weights and optimizer restored) and that step again as the one resumed from; or step 0 and nothing
+    (the old checkpoints removed when not resuming)."""
+    if not resume and manager.root.exists():
+        log.warning("resume=False: removing the old checkpoints in %s", manager.root)
+        shutil.rmtree(manager.root)
+    ck = latest_checkpoint(manager, resume=resume)
+    if ck is None:
+        return 0, [], None, None
+    _resume(ck, fp, params, optimizer)
+    log.info("resuming from %s (step %d of %d)", ck.path, ck.step, total)
+    return ck.step, list(ck.state.get("history", [])), ck.state.get("eval_loss_untrained"), ck.step
+
+
 def train_sft(
     examples: list[SFTExample],
     config: SFTConfig,
@@ -342,21 +358,7 @@ def train_sft(
     loss_fn = _LossFn(model)
     manager = CheckpointManager(out_dir, keep=config.keep_checkpoints)
 
-    step = 0
-    history: list[dict[str, Any]] = []
-    eval_untrained: float | None = None
-    resumed_from: int | None = None
-    if not resume and manager.root.exists():
-        log.warning("resume=False: removing the old checkpoints in %s", manager.root)
-        shutil.rmtree(manager.root)
-    ck = latest_checkpoint(manager, resume=resume)
-    if ck is not None:
-        _resume(ck, fp, params, optimizer)
-        step = ck.step
-        history = list(ck.state.get("history", []))
-        eval_untrained = ck.state.get("eval_loss_untrained")
-        resumed_from = step
-        log.info("resuming from %s (step %d of %d)", ck.path, step, plan.total)
+    step, history, eval_untrained, resumed_from = _start(manager, resume, fp, params, optimizer, plan.total)
 
     model.train()
     if step == 0:

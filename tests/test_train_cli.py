@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from middleware.errors import InputError
 from middleware.pipeline import Pipeline
 from middleware.types import PreferencePair, save_pairs
 from rewriters.cli import train_corrector_main, train_rewriter_main
@@ -22,7 +21,7 @@ from text_stage_fakes import ANSWER, PROMPT, QUESTION, FixedLLM, echo_llm, recei
 
 
 # -- alignware train rewriter ---------------------------------------------------------------------------
-def test_train_rewriter_cli_selects_with_a_reward_model(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_train_rewriter_cli_selects_with_a_reward_model(tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from judge import RewardConfig, RewardModel
 
     RewardModel.create(RewardConfig(backbone=str(tiny_model_dir), max_length=64, train="head")).save(tmp_path / "judge")
@@ -45,8 +44,8 @@ def test_train_rewriter_cli_selects_with_a_reward_model(tmp_path: Path, tiny_mod
     assert len(rows) == 6 and all(r["gain"] == pytest.approx(r["rewritten_reward"] - r["reward"]) for r in rows)
     assert all(r["kept"] and r["answer"] and r["rewritten_answer"] for r in rows)
     assert len((out / "rewriter_data.jsonl").read_text().splitlines()) == 6
-    with pytest.raises(InputError, match="no training examples"):
-        train_rewriter_main(args + ["--select-margin", "1000"])
+    assert train_rewriter_main(args + ["--select-margin", "1000"]) == 2  # bad input: the exit code every train verb uses
+    assert "no training examples" in capsys.readouterr().err
     rows = [json.loads(line) for line in (out / "selection.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and not any(r["kept"] for r in rows)
 
@@ -100,3 +99,14 @@ def test_train_main_with_warmup_then_from_pretrained(tmp_path: Path, tiny_model_
     assert corrector.mode == "model" and corrector.template.name == "aligner-v1.0"
     resp = Pipeline(FixedLLM(ANSWER), [corrector]).chat(QUESTION)
     assert resp.text == ANSWER  # four random tokens are cut off: the answer is kept
+
+
+# -- exit codes ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("main", [train_rewriter_main, train_corrector_main])
+def test_bad_input_exits_2_with_the_file_and_line(main, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"prompt": "Hi", "chosen": "Hello"}\n', encoding="utf-8")  # no "rejected"
+    assert main(["--data", str(data), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and f"{data}:1" in err and "rejected" in err
+    assert not (tmp_path / "run").exists()

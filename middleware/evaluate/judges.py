@@ -4,7 +4,7 @@ judge's accuracy on labelled preference pairs."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol, Sequence, Union, runtime_checkable
+from typing import Any, Iterable, Protocol, Sequence, Union, runtime_checkable
 
 from ..errors import InputError
 from ..types import PreferencePair, load_pairs
@@ -63,6 +63,9 @@ def pairwise_accuracy(
     return accuracy(pair_margins(judge, pairs, limit=limit, batch_size=batch_size, progress=progress), epsilon)
 
 
-def accuracy(margins: Sequence[float], epsilon: float) -> float:
-    """Share of margins above ``epsilon`` (chosen wins); within ``epsilon`` of zero counts half."""
-    return sum(1.0 if x > epsilon else 0.0 if x < -epsilon else 0.5 for x in margins) / len(margins)
+def accuracy(margins: Iterable[float], epsilon: float = 0.0) -> float:
+    """Share of margins above ``epsilon`` (chosen wins); within ``epsilon`` of zero counts half; NaN for none."""
+    m = list(margins)
+    if not m:
+        return float("nan")
+    return sum(1.0 if x > epsilon else 0.0 if x < -epsilon else 0.5 for x in m) / len(m)
