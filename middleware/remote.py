@@ -167,11 +167,11 @@ def _usage(raw: Any) -> Usage | None:
     get = raw.get if isinstance(raw, dict) else lambda k: getattr(raw, k, None)
     prompt = get("prompt_tokens")
     completion = get("completion_tokens")
-    prompt = int(prompt) if isinstance(prompt, int) else 0
-    completion = int(completion) if isinstance(completion, int) else 0
+    prompt = prompt if isinstance(prompt, int) else 0
+    completion = completion if isinstance(completion, int) else 0
     total = get("total_tokens")
-    total = int(total) if isinstance(total, int) and total else prompt + completion
-    return Usage.of(prompt, completion, total)
+    total = total if isinstance(total, int) and total else prompt + completion
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total)
 
 
 def _close(stream: Any) -> None:

@@ -179,17 +179,10 @@ class Usage(BaseModel):
     completion_tokens: int = 0
     total_tokens: int = 0
 
-    @classmethod
-    def of(cls, prompt_tokens: int, completion_tokens: int, total_tokens: int) -> "Usage":
-        """Counts a backend has checked to be ints, without validating them again."""
-        values = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": total_tokens}
-        return _trusted(cls, values, _USAGE_FIELDS)
-
 
 _MESSAGE_FIELDS = frozenset(("role", "content"))
 _MESSAGES_FIELD = frozenset(("messages",))
 _REQUEST_DEFAULTS: dict[str, Any] = {"model": None, "temperature": None, "top_p": None, "max_tokens": None, "stop": None, "seed": None}
-_USAGE_FIELDS = frozenset(("prompt_tokens", "completion_tokens", "total_tokens"))
 
 
 class StageTrace(BaseModel):
