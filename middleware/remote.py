@@ -286,8 +286,7 @@ class LiteLLMBackend(LLM):
         self.litellm_kwargs = dict(litellm_kwargs)
         self._targets = [_Target(model)] + [self._target(f, i) for i, f in enumerate(fallbacks or ())]
         self.fallbacks = [t.model for t in self._targets[1:]]
-        # max_retries=0: no retries inside the provider's SDK client; the retry policy is ours alone.
-        self._base = {"timeout": timeout, "max_retries": 0, **self.litellm_kwargs}
+        self._base = {"timeout": timeout, **self.litellm_kwargs}
         retry_args: dict[str, Any] = dict(
             stop=tenacity.stop_after_attempt(max_retries + 1),
             wait=self._wait,
@@ -330,6 +329,10 @@ class LiteLLMBackend(LLM):
             kw["retry_policy"] = _no_retries()
         if target.kwargs:
             kw.update(target.kwargs)
+        if kw.get("mock_response") is None:
+            # No retries inside the provider's SDK client: the retry policy is ours alone. (A mocked call
+            # builds no client, so it goes without: litellm only checks and logs the value, at a cost.)
+            kw["max_retries"] = 0
         kw["model"] = target.model
         kw["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
         for name in _REQUEST_FIELDS:
@@ -366,18 +369,21 @@ class LiteLLMBackend(LLM):
             raise TypeError("LiteLLMBackend calls a hosted model: model stages need a local model")
 
     # -- retry + fallback core ----------------------------------------------------------
-    def _attempt(self, fn: Callable[[], Any]) -> Any:
+    def _attempt(self, fn: Callable[[], Any], failed: Exception | None = None) -> Any:
         """Run ``fn`` under the retry policy; raise ``_Attempted`` with the attempt count on failure.
 
-        The first attempt is a plain call (most succeed); a retryable failure is handed to tenacity
-        as its attempt 1, and tenacity decides the waits, the retries and when to stop.
+        The first attempt is a plain call (most succeed), or already made where ``failed`` is how it
+        failed; a retryable failure is handed to tenacity as its attempt 1, and tenacity decides the
+        waits, the retries and when to stop.
         """
-        try:
-            return fn()
-        except Exception as e:
-            if self.max_retries == 0 or not is_retryable(e):
-                raise _Attempted(e, 1) from e
-            first = e
+        if failed is None:
+            try:
+                return fn()
+            except Exception as e:
+                failed = e
+        if self.max_retries == 0 or not is_retryable(failed):
+            raise _Attempted(failed, 1) from failed
+        first = failed
         attempts = 1
         try:
             for attempt in self._retrying.copy():
@@ -409,16 +415,18 @@ class LiteLLMBackend(LLM):
             raise _Attempted(e, attempts) from e
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _run(self, call: Callable[[_Target], Any]) -> tuple[Any, _Target]:
-        """Try each target in turn; move on only after a retryable failure."""
+    def _run(self, call: Callable[[_Target], Any], failed: Exception | None = None) -> tuple[Any, _Target]:
+        """Try each target in turn; move on only after a retryable failure. ``failed``: how a first
+        attempt at the first target, already made, failed."""
         failures: list[_Failure] = []
         for target in self._targets:
             try:
-                return self._attempt(lambda: call(target)), target
+                return self._attempt(lambda: call(target), failed), target
             except _Attempted as a:
                 failures.append(_Failure(target.model, a.exc, a.attempts))
                 if not is_retryable(a.exc):
                     break
+            failed = None
         raise _backend_error(failures) from failures[-1].exc
 
     async def _arun(self, call: Callable[[_Target], Awaitable[Any]]) -> tuple[Any, _Target]:
@@ -435,8 +443,13 @@ class LiteLLMBackend(LLM):
     # -- the LLM protocol ---------------------------------------------------------------
     def complete(self, request: ChatRequest, *, model_stages: ModelStages = ()) -> ChatResponse:
         """One completion, retried and falling back as configured."""
-        self._check_stages(model_stages)
-        raw, target = self._run(lambda t: litellm.completion(**self._kwargs(t, request)))
+        if model_stages:
+            self._check_stages(model_stages)
+        target = self._targets[0]
+        try:  # the first attempt at the first model, as a plain call: most calls end here
+            raw = litellm.completion(**self._kwargs(target, request))
+        except Exception as e:  # the retry policy and the fallbacks take over from here
+            raw, target = self._run(lambda t: litellm.completion(**self._kwargs(t, request)), e)
         return self._response(raw, target)
 
     async def acomplete(self, request: ChatRequest, *, model_stages: ModelStages = ()) -> ChatResponse:

@@ -141,6 +141,10 @@ class ChatRequest(BaseModel):
         """Validate ``messages`` (or copy a request) and apply ``params``; raise ``InputError``."""
         if isinstance(messages, ChatRequest):
             return messages.model_copy(update=params) if params else messages
+        if type(messages) is str and not params:  # one user turn, nothing to check: the per-call hot path
+            message = _trusted(Message, {"role": "user", "content": messages}, _MESSAGE_FIELDS)
+            values = {"messages": [message], **_REQUEST_DEFAULTS, "metadata": {}}
+            return _trusted(cls, values, _MESSAGES_FIELD)
         try:
             return cls(messages=to_messages(messages), **params)
         except ValidationError as e:
@@ -169,9 +173,16 @@ class ChatRequest(BaseModel):
 
 
 class Usage(BaseModel):
+    """Token counts of one reply."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+
+
+_MESSAGE_FIELDS = frozenset(("role", "content"))
+_MESSAGES_FIELD = frozenset(("messages",))
+_REQUEST_DEFAULTS: dict[str, Any] = {"model": None, "temperature": None, "top_p": None, "max_tokens": None, "stop": None, "seed": None}
 
 
 class StageTrace(BaseModel):

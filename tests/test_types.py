@@ -115,3 +115,12 @@ def test_chat_response_of_skips_validation_only_for_values_of_the_right_type():
     assert ChatResponse.of(**dict(kw, model=None)).model is None
     with pytest.raises(ValidationError):  # a value of another type is validated as before
         ChatResponse.of(**dict(kw, usage={"prompt_tokens": "many"}))
+
+
+def test_a_one_string_request_is_what_validation_would_build() -> None:
+    fast, checked = ChatRequest.build("hi"), ChatRequest(messages=[{"role": "user", "content": "hi"}])
+    assert fast == checked and fast.model_dump_json() == checked.model_dump_json()
+    assert fast.model_fields_set == checked.model_fields_set and fast.messages[0].model_fields_set == {"role", "content"}
+    other = ChatRequest.build("hi")
+    other.metadata["task"] = "title"  # each request has its own metadata
+    assert fast.metadata == {} and ChatRequest.build("") == ChatRequest(messages=[{"role": "user", "content": ""}])
