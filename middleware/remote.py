@@ -286,7 +286,8 @@ class LiteLLMBackend(LLM):
         self.litellm_kwargs = dict(litellm_kwargs)
         self._targets = [_Target(model)] + [self._target(f, i) for i, f in enumerate(fallbacks or ())]
         self.fallbacks = [t.model for t in self._targets[1:]]
-        self._base = {"timeout": timeout, **self.litellm_kwargs}
+        # max_retries=0: no retries inside the provider's SDK client; the retry policy is ours alone.
+        self._base = {"timeout": timeout, "max_retries": 0, **self.litellm_kwargs}
         retry_args: dict[str, Any] = dict(
             stop=tenacity.stop_after_attempt(max_retries + 1),
             wait=self._wait,
@@ -329,10 +330,6 @@ class LiteLLMBackend(LLM):
             kw["retry_policy"] = _no_retries()
         if target.kwargs:
             kw.update(target.kwargs)
-        if kw.get("mock_response") is None:
-            # No retries inside the provider's SDK client: the retry policy is ours alone. (A mocked call
-            # builds no client, so it goes without: litellm only checks and logs the value, at a cost.)
-            kw["max_retries"] = 0
         kw["model"] = target.model
         kw["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
         for name in _REQUEST_FIELDS:
