@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from lively import PROMPTS, ascii_piece, lively_backend, req
+from local_models import PROMPTS, ascii_piece, lively_backend, req
 from middleware.decoding import Decoder, Row, check_sampling, choose, eos_ids
 from middleware.errors import AlignwareError, InputError
 from middleware.local import LocalBackend

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lively import TEXTS, adapters, fresh_bases  # noqa: F401  (fixtures)
+from local_models import TEXTS, adapters, fresh_bases  # noqa: F401  (fixtures)
 from middleware.errors import CheckpointError, InputError
 from middleware.shared_base import SharedBase
 from rewriters.generator import TextGenerator

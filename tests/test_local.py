@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import pytest
 import torch
 
-from lively import PROMPTS, ascii_piece, lively_backend, req
+from local_models import PROMPTS, ascii_piece, lively_backend, req
 from middleware.errors import BackendError, InputError, StageError
 from middleware.local import LocalBackend
 from middleware.pipeline import Pipeline

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lively import TEXTS, adapters, fresh_bases  # noqa: F401  (fixtures)
-from lively import logits as _logits
+from local_models import TEXTS, adapters, fresh_bases  # noqa: F401  (fixtures)
+from local_models import logits as _logits
 from middleware.errors import AlignwareError, InputError
 from middleware.shared_base import SharedBase
 from rewriters.generator import TextGenerator
