@@ -366,21 +366,18 @@ class LiteLLMBackend(LLM):
             raise TypeError("LiteLLMBackend calls a hosted model: model stages need a local model")
 
     # -- retry + fallback core ----------------------------------------------------------
-    def _attempt(self, fn: Callable[[], Any], failed: Exception | None = None) -> Any:
+    def _attempt(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` under the retry policy; raise ``_Attempted`` with the attempt count on failure.
 
-        The first attempt is a plain call (most succeed), or already made where ``failed`` is how it
-        failed; a retryable failure is handed to tenacity as its attempt 1, and tenacity decides the
-        waits, the retries and when to stop.
+        The first attempt is a plain call (most succeed); a retryable failure is handed to tenacity
+        as its attempt 1, and tenacity decides the waits, the retries and when to stop.
         """
-        if failed is None:
-            try:
-                return fn()
-            except Exception as e:
-                failed = e
-        if self.max_retries == 0 or not is_retryable(failed):
-            raise _Attempted(failed, 1) from failed
-        first = failed
+        try:
+            return fn()
+        except Exception as e:
+            if self.max_retries == 0 or not is_retryable(e):
+                raise _Attempted(e, 1) from e
+            first = e
         attempts = 1
         try:
             for attempt in self._retrying.copy():
@@ -412,18 +409,16 @@ class LiteLLMBackend(LLM):
             raise _Attempted(e, attempts) from e
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _run(self, call: Callable[[_Target], Any], failed: Exception | None = None) -> tuple[Any, _Target]:
-        """Try each target in turn; move on only after a retryable failure. ``failed``: how a first
-        attempt at the first target, already made, failed."""
+    def _run(self, call: Callable[[_Target], Any]) -> tuple[Any, _Target]:
+        """Try each target in turn; move on only after a retryable failure."""
         failures: list[_Failure] = []
         for target in self._targets:
             try:
-                return self._attempt(lambda: call(target), failed), target
+                return self._attempt(lambda: call(target)), target
             except _Attempted as a:
                 failures.append(_Failure(target.model, a.exc, a.attempts))
                 if not is_retryable(a.exc):
                     break
-            failed = None
         raise _backend_error(failures) from failures[-1].exc
 
     async def _arun(self, call: Callable[[_Target], Awaitable[Any]]) -> tuple[Any, _Target]:
@@ -440,13 +435,8 @@ class LiteLLMBackend(LLM):
     # -- the LLM protocol ---------------------------------------------------------------
     def complete(self, request: ChatRequest, *, model_stages: ModelStages = ()) -> ChatResponse:
         """One completion, retried and falling back as configured."""
-        if model_stages:
-            self._check_stages(model_stages)
-        target = self._targets[0]
-        try:  # the first attempt at the first model, as a plain call: most calls end here
-            raw = litellm.completion(**self._kwargs(target, request))
-        except Exception as e:  # the retry policy and the fallbacks take over from here
-            raw, target = self._run(lambda t: litellm.completion(**self._kwargs(t, request)), e)
+        self._check_stages(model_stages)
+        raw, target = self._run(lambda t: litellm.completion(**self._kwargs(t, request)))
         return self._response(raw, target)
 
     async def acomplete(self, request: ChatRequest, *, model_stages: ModelStages = ()) -> ChatResponse:
