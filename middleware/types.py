@@ -143,7 +143,7 @@ class ChatRequest(BaseModel):
             return messages.model_copy(update=params) if params else messages
         if type(messages) is str and not params:  # one user turn, nothing to check: the per-call hot path
             message = _trusted(Message, {"role": "user", "content": messages}, _MESSAGE_FIELDS)
-            values = {"messages": [message], **_REQUEST_DEFAULTS, "metadata": {}}
+            values = {"messages": [message], **_REQUEST_DEFAULTS, **{n: make() for n, make in _REQUEST_FACTORIES.items()}}
             return _trusted(cls, values, _MESSAGES_FIELD)
         try:
             return cls(messages=to_messages(messages), **params)
@@ -182,7 +182,13 @@ class Usage(BaseModel):
 
 _MESSAGE_FIELDS = frozenset(("role", "content"))
 _MESSAGES_FIELD = frozenset(("messages",))
-_REQUEST_DEFAULTS: dict[str, Any] = {"model": None, "temperature": None, "top_p": None, "max_tokens": None, "stop": None, "seed": None}
+# the defaults of every ChatRequest field but ``messages``, read off the model so the fast build cannot drift from it
+_REQUEST_DEFAULTS: dict[str, Any] = {
+    n: f.default for n, f in ChatRequest.model_fields.items() if n != "messages" and f.default_factory is None
+}
+_REQUEST_FACTORIES: dict[str, Any] = {
+    n: f.default_factory for n, f in ChatRequest.model_fields.items() if n != "messages" and f.default_factory is not None
+}
 
 
 class StageTrace(BaseModel):
