@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from middleware.training import EXIT_INTERRUPTED, EXIT_OK, add_training_flags, run_train_command, set_threads
+from middleware.training import EXIT_INTERRUPTED, EXIT_OK, add_training_flags, flag_values, run_train_command, set_threads
 from middleware.types import load_pairs
 
 from .config import PLOT_FILE, RewardConfig, TrainConfig
@@ -53,32 +53,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _configs(args: argparse.Namespace) -> tuple[RewardConfig, TrainConfig]:
-    mcfg = RewardConfig(
-        backbone=args.backbone,
-        max_length=args.max_length,
-        layers=args.layers,
-        train=args.train,
-        train_layers=args.train_layers,
-        lora_r=args.lora_r,
-        lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout,
-    )
+    """The model and training settings the flags give (each flag named like its config field)."""
+    mcfg = RewardConfig(**flag_values(RewardConfig, args))
     tcfg = TrainConfig(
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        head_lr=args.head_lr,
-        weight_decay=args.weight_decay,
-        warmup_ratio=args.warmup_ratio,
+        **flag_values(TrainConfig, args, skip=("eval_fraction",)),
         eval_fraction=0.0 if args.eval_data else args.eval_fraction,
-        eval_every=args.eval_every,
-        save_every=args.save_every,
-        keep_checkpoints=args.keep_checkpoints,
-        seed=args.seed,
         bucket=not args.no_bucket,
         share_prompt=not args.no_share_prompt,
-        stop_after=args.stop_after,
     )
     return mcfg, tcfg
 

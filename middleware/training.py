@@ -24,7 +24,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
@@ -419,6 +419,12 @@ def add_training_flags(
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     if device:
         p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
+def flag_values(config_type: type, args: Any, *, skip: Sequence[str] = ()) -> dict[str, Any]:
+    """The parsed flags (``argparse.Namespace``) named like the fields of the dataclass ``config_type``,
+    as its keyword arguments; fields without a flag, and those in ``skip``, are left to their defaults."""
+    return {f.name: getattr(args, f.name) for f in fields(config_type) if f.name not in skip and hasattr(args, f.name)}
 
 
 def run_train_command(body: Callable[[], int]) -> int:

@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,6 +36,7 @@ from middleware.training import (
     LRSchedule,
     TrainingLoop,
     add_training_flags,
+    flag_values,
     latest_checkpoint,
     plot_history,
     restore_optimizer,
@@ -463,8 +464,7 @@ def config_from_args(args: Any, *, kind: str | None = None) -> SFTConfig:
     kind = kind or getattr(args, "kind", None) or "rewriter"
     if kind not in KINDS:
         raise InputError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    names = {f.name for f in fields(SFTConfig)}
-    values = {n: getattr(args, n) for n in names if hasattr(args, n) and n not in ("kind", "template")}
+    values = flag_values(SFTConfig, args, skip=("kind", "template"))
     if "target_modules" in values:
         mods: list[str] = []
         for m in values["target_modules"]:

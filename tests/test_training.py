@@ -4,6 +4,7 @@ resume identity, the loop's Ctrl-C rollback, the shared flags and exit codes."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from middleware.training import (
     EXIT_OK,
     EXIT_USAGE,
     LRSchedule,
+    flag_values,
     TrainingLoop,
     add_training_flags,
     bucket_batches,
@@ -198,3 +200,15 @@ def test_batch_plan_runs_the_phases_in_order_and_replays_any_step() -> None:
     from middleware.training import epoch_order
 
     assert [plain.batch(s)[2] for s in range(3)] == [epoch_order(10, 0, 3)[i : i + 4] for i in (0, 4, 8)]
+
+
+def test_flag_values_take_the_flags_named_like_config_fields() -> None:
+    @dataclass
+    class Settings:
+        epochs: float = 1.0
+        seed: int = 0
+        unflagged: str = "default"
+
+    args = argparse.Namespace(epochs=3.0, seed=7, data="pairs.jsonl")
+    assert flag_values(Settings, args) == {"epochs": 3.0, "seed": 7}
+    assert Settings(**flag_values(Settings, args, skip=("seed",))) == Settings(epochs=3.0)
