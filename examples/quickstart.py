@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
 
 from middleware import ChatRequest, ChatResponse, LiteLLMBackend, LocalBackend, Message, Pipeline, PromptStage, ResponseStage
 from middleware.stages import is_title_request
@@ -45,7 +46,7 @@ def main() -> None:
     print(f"[{local.llm.name}] {reply.text}\n{reply.trace_table()}\n")
 
     # 2. Around a litellm model string: the same stages, any provider litellm knows.
-    kwargs = {} if os.environ.get("OPENAI_API_KEY") else {"mock_response": "Paris is the capital of France."}
+    kwargs: dict[str, Any] = {} if os.environ.get("OPENAI_API_KEY") else {"mock_response": "Paris is the capital of France."}
     remote = Pipeline(LiteLLMBackend(args.remote, **kwargs), stages, defaults={"max_tokens": args.max_tokens})
     reply = remote.chat("What is the capital of France?")
     print(f"[{args.remote}{' (mocked)' if kwargs else ''}] {reply.text}\n{reply.trace_table()}")

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from .config import PipelineConfig, load_pipeline, register_stage
+from typing import TYPE_CHECKING
+
 from .errors import AlignwareError, BackendError, CheckpointError, InputError, StageError
-from .evaluate import EvalReport, evaluate_pipeline
 from .lazy import lazy_exports
 from .llm import LLM, FunctionLLM, make_llm
-from .local import LocalBackend
 from .pipeline import Pipeline
-from .shared_base import SharedBase
 from .stages import (
     IdentityPromptStage,
     IdentityResponseStage,
@@ -35,10 +33,31 @@ from .types import (
     save_pairs,
 )
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import PipelineConfig, load_pipeline, register_stage
+    from .evaluate import EvalReport, evaluate_pipeline
+    from .local import LocalBackend
+    from .remote import LiteLLMBackend
+    from .shared_base import SharedBase
+
 __version__ = "0.1.0"
 
-# litellm takes seconds to import: LiteLLMBackend loads on first use
-__getattr__, __dir__ = lazy_exports(__name__, globals(), {"LiteLLMBackend": ".remote"})
+# loaded on first use: litellm takes seconds to import, and configs, local models and evaluation are more
+# than a pipeline needs to start (together about 100 ms of `import middleware`)
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    globals(),
+    {
+        "LiteLLMBackend": ".remote",
+        "PipelineConfig": ".config",
+        "load_pipeline": ".config",
+        "register_stage": ".config",
+        "LocalBackend": ".local",
+        "SharedBase": ".shared_base",
+        "evaluate_pipeline": ".evaluate",
+        "EvalReport": ".evaluate",
+    },
+)
 
 __all__ = [
     "AlignwareError", "BackendError", "CheckpointError", "InputError", "StageError",

@@ -1,8 +1,9 @@
 """Names a package exports but imports on first use, for modules that pull in a heavy dependency.
 
 The one place the project defers imports at package level: ``middleware`` defers ``LiteLLMBackend``
-(litellm takes seconds to import) and ``judge`` defers the reward model (torch). Everything else is
-imported at the top of its module.
+(litellm takes seconds to import) and the config, local-model and evaluation names (more than a pipeline
+needs to start), and ``judge`` defers the reward model (torch). Everything else is imported at the top of
+its module.
 
     __getattr__, __dir__ = lazy_exports(__name__, globals(), {"LiteLLMBackend": ".remote"})
 """
