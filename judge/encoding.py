@@ -98,6 +98,10 @@ class PairEncoder:
 
     def encode(self, items: Sequence[tuple[PromptLike, str]]) -> list[list[int]]:
         """Token ids of (prompt, response) items, truncated to ``max_length``."""
+        return [p + r for p, r in self.encode_split(items)]
+
+    def encode_split(self, items: Sequence[tuple[PromptLike, str]]) -> list[tuple[list[int], list[int]]]:
+        """``(prompt ids, response ids)`` of (prompt, response) items, truncated to ``max_length`` together."""
         tok = self.tokenizer
         ptexts = [self.render_prompt(p) for p, _ in items]
         rtexts = [self.render_response(p, t, r) for (p, r), t in zip(items, ptexts)]
@@ -106,7 +110,7 @@ class PairEncoder:
             if self.bos and not pt.startswith(tok.bos_token):
                 pi = [tok.bos_token_id] + pi
             p, (r,) = fit(pi, [ri or [tok.pad_token_id]], self.max_length)
-            out.append(p + r)
+            out.append((p, r))
         return out
 
 

@@ -7,6 +7,7 @@ code with no downloads.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -23,11 +24,20 @@ CORPUS = [
 ] * 20
 
 
-def make_tiny_model_dir(path: str | Path, *, seed: int = 0, hidden_size: int = 32, layers: int = 2) -> Path:
-    """Write a tiny Llama checkpoint (config, safetensors weights, tokenizer) to ``path``."""
+def make_tiny_model_dir(path: str | Path, *, seed: int = 0, hidden_size: int = 32, layers: int = 2, arch: str = "llama") -> Path:
+    """Write a tiny checkpoint (config, safetensors weights, tokenizer) to ``path``: a Llama, or with
+    ``arch="qwen2"`` / ``"gpt2"`` a Qwen2 / GPT-2 of the same size and tokenizer."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -50,19 +60,23 @@ def make_tiny_model_dir(path: str | Path, *, seed: int = 0, hidden_size: int = 3
     tok.save_pretrained(path)
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config)
+    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model: Any
+    if arch == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=hidden_size, n_layer=layers, n_head=4, n_positions=512, **ids))
+    else:
+        cls, cfg_cls = (Qwen2ForCausalLM, Qwen2Config) if arch == "qwen2" else (LlamaForCausalLM, LlamaConfig)
+        config = cfg_cls(
+            vocab_size=len(tok),
+            hidden_size=hidden_size,
+            intermediate_size=hidden_size * 2,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            tie_word_embeddings=True,
+            **ids,
+        )
+        model = cls(config)
     model.save_pretrained(path)
     return path

@@ -1,0 +1,137 @@
+"""Hidden states of a causal LM over the answer tokens of (prompt, answer) items: what every steering
+method is trained from.
+
+A decoder block returns a tensor or a tuple whose first element is the hidden state, depending on the
+architecture and the transformers version; ``block_hidden`` and ``with_block_hidden`` read and replace it
+either way. ``capture_blocks`` records block outputs with forward hooks (the same place the steering
+hooks act on, so a direction read here is added back at the very point it was measured), and
+``response_states`` runs items through the model and keeps the states of the answer tokens only.
+Conversations are rendered and truncated as the reward model does (``judge.encoding.PairEncoder``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Literal, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from judge.encoding import PairEncoder, PromptLike
+from middleware.errors import InputError
+from middleware.models import decoder_layers
+from middleware.types import PreferencePair
+
+__all__ = ["block_hidden", "capture_blocks", "layer_indices", "pair_states", "response_states", "with_block_hidden"]
+
+Reduce = Literal["mean", "last", "none"]
+
+
+def block_hidden(output: Any) -> torch.Tensor:
+    """The hidden state in a decoder block's output (the tensor itself, or the first element of a tuple)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def with_block_hidden(output: Any, hidden: torch.Tensor) -> Any:
+    """``output`` with its hidden state replaced by ``hidden``, in the same structure."""
+    return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
+
+
+def layer_indices(model: Any, layers: "Sequence[int] | None") -> list[int]:
+    """``layers`` as sorted, distinct, non-negative block indices (negative ones count from the end;
+    ``None``: every block). ``InputError`` names an index the model does not have."""
+    n = len(decoder_layers(model))
+    if layers is None:
+        return list(range(n))
+    out = set()
+    for i in layers:
+        if not isinstance(i, int) or isinstance(i, bool) or not -n <= i < n:
+            raise InputError(f"layer {i!r} does not exist: the model has {n} decoder blocks (0 to {n - 1}, or -{n} to -1)")
+        out.add(i % n)
+    if not out:
+        raise InputError("layers is empty: name at least one decoder block")
+    return sorted(out)
+
+
+@contextlib.contextmanager
+def capture_blocks(model: Any, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """Within the block, the dict holds the output hidden state of each block in ``layers`` from the
+    latest forward call (detached). The hooks are removed on exit, also when the block raises."""
+    blocks = decoder_layers(model)
+    seen: dict[int, torch.Tensor] = {}
+    handles = []
+
+    def hook_for(i: int) -> Any:
+        def hook(module: Any, args: Any, output: Any) -> None:
+            seen[i] = block_hidden(output).detach()
+
+        return hook
+
+    try:
+        for i in layers:
+            handles.append(blocks[i].register_forward_hook(hook_for(i)))
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def response_states(
+    model: Any,
+    tokenizer: Any,
+    items: Sequence[tuple[PromptLike, str]],
+    layers: Sequence[int],
+    *,
+    reduce: Reduce = "mean",
+    max_length: int = 256,
+    batch_size: int = 8,
+    progress: bool = False,
+    desc: str = "hidden states",
+) -> dict[int, Any]:
+    """The output hidden states of blocks ``layers`` over the answer tokens of each ``(prompt, answer)``.
+
+    Returns ``{layer: states}`` in the order of ``items``: with ``reduce="mean"`` a float32 tensor
+    ``[len(items), hidden]`` (the mean over the answer's tokens), ``"last"`` the state at the answer's
+    last token, ``"none"`` a list of ``[answer tokens, hidden]`` tensors. Items are run in batches sorted
+    by length (right padding, attention mask), without gradients.
+    """
+    if not items:
+        raise InputError("no items to read hidden states from")
+    layers = layer_indices(model, layers)
+    encoded = PairEncoder(tokenizer, max_length).encode_split(items)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    kept: dict[int, list[Any]] = {i: [None] * len(items) for i in layers}
+    bar = tqdm(total=len(items), desc=desc, unit="item", disable=not progress)
+    with capture_blocks(model, layers) as seen, torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            rows = [encoded[k][0] + encoded[k][1] for k in chunk]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for j, r in enumerate(rows):
+                ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
+                mask[j, : len(r)] = 1
+            model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+            for layer in layers:
+                h = seen[layer].float()
+                for j, k in enumerate(chunk):
+                    p, r = len(encoded[k][0]), len(encoded[k][1])
+                    span = h[j, p : p + r]
+                    kept[layer][k] = span.mean(0) if reduce == "mean" else span[-1] if reduce == "last" else span.cpu()
+            bar.update(len(chunk))
+    bar.close()
+    if reduce == "none":
+        return kept
+    return {layer: torch.stack(v).cpu() for layer, v in kept.items()}
+
+
+def pair_states(
+    model: Any, tokenizer: Any, pairs: Sequence[PreferencePair], layers: Sequence[int], **kw: Any
+) -> tuple[dict[int, Any], dict[int, Any]]:
+    """``response_states`` of every pair's chosen answer and of its rejected answer (same keywords)."""
+    chosen = response_states(model, tokenizer, [(p.prompt, p.chosen) for p in pairs], layers, **kw)
+    rejected = response_states(model, tokenizer, [(p.prompt, p.rejected) for p in pairs], layers, **kw)
+    return chosen, rejected
