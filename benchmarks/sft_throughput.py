@@ -1,4 +1,4 @@
-"""Training throughput of ``rewriters.sft.train_sft`` against TRL's ``SFTTrainer``, in one run.
+"""Training throughput of ``middleware.sft.train_sft`` against TRL's ``SFTTrainer``, in one run.
 
 Same base model (the embedded SmolLM2-135M-Instruct, float32), same LoRA settings (r, alpha, dropout,
 target modules), same data (``../shared/data/bpo_pairs.jsonl``, prompts rendered with the BPO template,
@@ -36,7 +36,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bpo_pairs.json
 
 def load_examples(path: Path) -> list[Any]:
     from middleware.types import load_pairs
-    from rewriters.sft_data import SFTExample
+    from middleware.sft_data import SFTExample
     from rewriters.templates import get_template
 
     bpo = get_template("bpo")
@@ -63,8 +63,8 @@ def rate(times: list[tuple[float, float]], target: list[int], total: list[int], 
 
 
 def run_alignware(examples: list[Any], args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    from rewriters.sft import train_sft
-    from rewriters.sft_data import SFTConfig
+    from middleware.sft import train_sft
+    from rewriters.sft_config import SFTConfig
 
     cfg = SFTConfig(
         base_model=None, template="bpo", kind="rewriter", lora_r=args.lora_r, lora_alpha=args.lora_alpha,

@@ -41,8 +41,8 @@ def peak_mib() -> float:
 
 
 def make_adapters(folder: Path) -> None:
-    from rewriters.sft import init_adapter
-    from rewriters.sft_data import SFTConfig
+    from middleware.sft import init_adapter
+    from rewriters.sft_config import SFTConfig
 
     init_adapter(SFTConfig(kind="rewriter", template="bpo", seed=1), folder / "rewriter", random_init=True)
     init_adapter(SFTConfig(kind="corrector", template="aligner-v1.0", seed=2), folder / "corrector", random_init=True)

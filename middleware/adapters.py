@@ -1,6 +1,6 @@
 """Adapter folders: the ``alignware.json`` manifest, its checksums, and how a base model is named in it.
 
-An adapter folder written by ``rewriters.sft.train_sft`` holds ``adapter_config.json``,
+An adapter folder written by ``middleware.sft.train_sft`` holds ``adapter_config.json``,
 ``adapter_model.safetensors`` and the manifest ``alignware.json``::
 
     {"kind": "rewriter", "base_model": "embedded", "template": "bpo",

@@ -13,7 +13,7 @@
   codes (``run_train_command``); loss/accuracy plots.
 
 Checkpoint files and the ``CheckpointManager`` are in ``middleware.checkpoints``. The SFT trainer
-(``rewriters.sft``) and the reward trainer (``judge.train``) are built on this module.
+(``middleware.sft``) and the reward trainer (``judge.train``) are built on this module.
 """
 
 from __future__ import annotations

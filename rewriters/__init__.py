@@ -8,7 +8,8 @@
 - ``RewriteCheck`` / ``check_rewrite`` and ``CorrectionCheck`` / ``check_correction``: their safeguards.
 - ``build_rewriter_data`` / ``build_corrector_data``: SFT examples from preference pairs;
   ``select_by_reward``: keep the rewrites that raise a judge's reward of the target's answer.
-- ``train_sft``, ``SFTConfig``, ``SFTExample``, ``SFTResult``: the one LoRA SFT trainer behind both.
+- ``train_sft``, ``SFTExample``, ``SFTResult`` (from ``middleware.sft``): the one LoRA SFT trainer behind both;
+  ``SFTConfig``: its settings with the stages' kinds and templates.
 - ``TextGenerator``: a trained stage model continuing rendered templates; ``SharedBase`` (from
   ``middleware.shared_base``): one base model, LoRA adapters switched per call.
 - ``Template``, ``get_template``, ``register_template``, ``list_templates``: the prompt templates.
@@ -17,12 +18,14 @@ Modules: ``stage`` (what both stages share), ``prompt_rewriter`` and ``response_
 ``rewrite_checks`` and ``correction_checks`` (their safeguards, on the word helpers of ``text``),
 ``sentences`` (the corrector's question and sentence groups), ``teacher``, ``answer_cache``,
 ``selection``, ``pairs``, ``rewriter_data`` and ``corrector_data`` (the training data), ``cli``
-(``alignware train rewriter`` / ``corrector``), ``sft`` and ``sft_data`` (the trainer and its examples),
+(``alignware train rewriter`` / ``corrector``), ``sft_config`` (the trainer's settings and flags for the two stages),
 ``generator`` (a trained stage model on a ``SharedBase``), ``templates``.
 """
 
 from __future__ import annotations
 
+from middleware.sft import SFTResult, train_sft
+from middleware.sft_data import SFTExample
 from middleware.shared_base import SharedBase
 
 from .correction_checks import CorrectionCheck, check_correction, degeneration
@@ -34,8 +37,7 @@ from .rewrite_checks import RewriteCheck, check_rewrite, clean_rewrite
 from .rewriter_data import RewriterDataReport, build_rewriter_data
 from .selection import RewardChoice, select_by_reward
 from .sentences import ChunkSplitter, flatten_question, split_chunks, split_sentences
-from .sft import SFTResult, train_sft
-from .sft_data import SFTConfig, SFTExample
+from .sft_config import SFTConfig
 from .stage import TextStage
 from .teacher import bpo_filter, parse_teacher_output, teacher_prompt
 from .templates import Template, get_template, list_templates, register_template

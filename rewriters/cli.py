@@ -1,6 +1,6 @@
 """Command lines of the text-to-text trainers: ``alignware train rewriter`` (:func:`train_rewriter_main`)
 and ``alignware train corrector`` (:func:`train_corrector_main`). Both build their examples from
-preference pairs, then train a LoRA adapter with ``rewriters.sft.train_sft``.
+preference pairs, then train a LoRA adapter with ``middleware.sft.train_sft``.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Sequence
 
 from middleware.errors import InputError
+from middleware.sft import SFTResult, train_sft
 from middleware.training import EXIT_INTERRUPTED, EXIT_OK, run_train_command, set_threads
 from middleware.types import PreferencePair, load_pairs
 
 from .corrector_data import build_corrector_data
 from .rewriter_data import build_rewriter_data
 from .selection import RewardChoice
-from .sft import SFTResult, add_train_args, config_from_args, train_sft
-from .sft_data import SFTConfig
+from .sft_config import SFTConfig, add_train_args, config_from_args
 
 __all__ = ["rewriter_parser", "train_rewriter_main", "corrector_parser", "train_corrector_main"]
 

@@ -7,11 +7,11 @@ import os
 from typing import Any, Iterable
 
 from middleware.errors import InputError
+from middleware.sft_data import SFTExample
 from middleware.types import PreferencePair
 
 from .pairs import as_pairs
 from .sentences import flatten_question
-from .sft_data import SFTExample
 from .templates import Template, get_template
 
 __all__ = ["build_corrector_data"]

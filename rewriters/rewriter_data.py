@@ -18,12 +18,12 @@ from typing import Any, Iterable, Sequence
 from middleware.errors import InputError
 from middleware.llm import LLM
 from middleware.models import cache_dir as cache_root
+from middleware.sft_data import SFTExample
 from middleware.types import ChatRequest, Message, PreferencePair
 
 from .answer_cache import TextCache, cache_identity, failure_message, progress_bar
 from .pairs import as_pairs
 from .selection import RewardChoice, select_by_reward
-from .sft_data import SFTExample
 from .stage import resolve_llm
 from .teacher import bpo_filter, parse_teacher_output, teacher_prompt
 from .templates import Template, get_template

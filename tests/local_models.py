@@ -16,8 +16,8 @@ from middleware.local import LocalBackend
 from middleware.models import load_causal_lm
 from middleware.shared_base import SharedBase
 from middleware.types import ChatRequest
-from rewriters.sft import init_adapter
-from rewriters.sft_data import SFTConfig
+from middleware.sft import init_adapter
+from rewriters.sft_config import SFTConfig
 from rewriters.templates import get_template
 
 PROMPTS = [

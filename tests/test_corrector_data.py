@@ -42,7 +42,8 @@ def test_build_corrector_data_with_identity_warmup() -> None:
 def test_held_out_pairs_are_not_trained_on_in_the_warm_up(
     tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import rewriters.sft as sft
+    import middleware.sft as sft
+    from rewriters.sft_config import SFTConfig
 
     pairs = [PreferencePair(prompt=f"question {i}", chosen=f"good answer number {i}.", rejected=f"bad {i}") for i in range(10)]
     examples, warmup = build_corrector_data(pairs)
@@ -56,7 +57,7 @@ def test_held_out_pairs_are_not_trained_on_in_the_warm_up(
         return real(self, batch)
 
     monkeypatch.setattr(sft._LossFn, "__call__", recording)
-    cfg = sft.SFTConfig(
+    cfg = SFTConfig(
         base_model=str(tiny_model_dir), kind="corrector", template="aligner-v1.0", lora_r=2, lora_alpha=4,
         batch_size=4, epochs=1, warmup_epochs=1, eval_fraction=0.3, save_every=100, eval_every=100,
     )

@@ -1,8 +1,8 @@
-"""The SFT trainer on a tiny random Llama: learning, warm-up, resume, Ctrl-C, corrupt checkpoints, CLI flags."""
+"""The SFT trainer (``middleware.sft``) on a tiny random Llama: learning, warm-up, resume, Ctrl-C, corrupt
+checkpoints, the manifest of a plain config. The rewriters' config and flags: ``test_sft_config.py``."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -10,8 +10,8 @@ import pytest
 
 from middleware.errors import CheckpointError, InputError
 from middleware.checkpoints import CheckpointManager, load_checkpoint
-from rewriters.sft import add_train_args, config_from_args, train_sft
-from rewriters.sft_data import SFTConfig, SFTExample
+from middleware.sft import train_sft
+from middleware.sft_data import SFTConfig, SFTExample
 from rewriters.templates import get_template
 
 BPO = get_template("bpo")
@@ -23,7 +23,7 @@ def _examples(n: int = 20) -> list[SFTExample]:
 
 def _config(tiny_model_dir: Path, **kw) -> SFTConfig:
     base = dict(
-        base_model=str(tiny_model_dir), lora_r=8, lora_alpha=16, learning_rate=3e-2, epochs=4, batch_size=4,
+        base_model=str(tiny_model_dir), kind="rewriter", template="bpo", lora_r=8, lora_alpha=16, learning_rate=3e-2, epochs=4, batch_size=4,
         eval_fraction=0.2, eval_every=4, save_every=3, seed=0,
     )
     base.update(kw)
@@ -49,7 +49,6 @@ def test_train_lowers_held_out_loss(tiny_model_dir: Path, tmp_path: Path) -> Non
     manifest = json.loads((out / "alignware.json").read_text())
     assert manifest["kind"] == "rewriter" and manifest["template"] == "bpo"
     assert manifest["base_model"] == str(tiny_model_dir.resolve())
-    assert manifest["generation"] == {"temperature": 0.6, "top_p": 0.9}
     assert set(manifest["files"]) == {"adapter_config.json", "adapter_model.safetensors"}
 
 
@@ -144,6 +143,17 @@ def test_corrupt_checkpoint_falls_back_and_failed_run_keeps_adapter(tiny_model_d
     assert all((good[k] == final[k]).all() for k in good)
 
 
+def test_a_plain_config_writes_its_labels_into_the_manifest(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from middleware.sft import init_adapter
+
+    cfg = _config(tiny_model_dir, kind="rahf-scit", template=None)
+    cfg.validate()  # free-form labels: any family names its own kinds
+    manifest = json.loads((init_adapter(cfg, tmp_path / "a") / "alignware.json").read_text())
+    assert manifest["kind"] == "rahf-scit" and manifest["template"] is None
+    assert "template_spec" not in manifest and "generation" not in manifest
+    assert manifest["lora"]["r"] == 8 and manifest["training"]["steps"] == 0
+
+
 def test_other_run_checkpoints_are_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
     cfg = _config(tiny_model_dir, epochs=1, save_every=2)
     train_sft(_examples(), cfg, tmp_path / "r", progress=False)
@@ -154,44 +164,12 @@ def test_other_run_checkpoints_are_refused(tiny_model_dir: Path, tmp_path: Path)
 
 
 def test_bad_config_is_reported(tiny_model_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="template"):
-        _config(tiny_model_dir, template="nope").validate()
+    with pytest.raises(InputError, match="kind"):
+        _config(tiny_model_dir, kind="").validate()
     with pytest.raises(InputError, match="batch_size"):
         _config(tiny_model_dir, batch_size=0).validate()
     with pytest.raises(InputError, match="not linear layers"):
         train_sft(_examples(4), _config(tiny_model_dir, target_modules=("qq_proj",)), tmp_path / "x", progress=False)
-
-
-def test_cli_flags_round_trip() -> None:
-    parser = argparse.ArgumentParser()
-    add_train_args(parser)
-    args = parser.parse_args(["--lora-r", "4", "--target-modules", "q_proj,v_proj", "--lr", "1e-3", "--epochs", "2.5",
-                              "--max-steps", "7", "--fresh"])
-    cfg = config_from_args(args, kind="corrector")
-    assert cfg.kind == "corrector" and cfg.template == "aligner-v1.0"
-    assert cfg.lora_r == 4 and cfg.target_modules == ("q_proj", "v_proj") and cfg.learning_rate == 1e-3
-    assert cfg.epochs == 2.5 and cfg.max_steps == 7 and args.resume is False
-    assert config_from_args(parser.parse_args([])) == SFTConfig()
-
-
-def test_threads_flag_sets_torch_threads_and_rejects_zero() -> None:
-    import torch
-
-    from middleware.training import set_threads
-
-    parser = argparse.ArgumentParser()
-    add_train_args(parser)
-    assert parser.parse_args(["--threads", "1"]).threads == 1 and parser.parse_args([]).threads is None
-    before = torch.get_num_threads()
-    try:
-        set_threads(1)
-        assert torch.get_num_threads() == 1
-        set_threads(None)
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
-    with pytest.raises(InputError, match="--threads must be 1 or more, got 0"):
-        set_threads(0)
 
 
 # -- Ctrl-C inside a step, pruning around corrupt checkpoints ---------------------------------------
@@ -207,7 +185,7 @@ def _assert_same_adapter(a_dir: Path, b_dir: Path) -> None:
 def test_ctrl_c_during_a_forward_pass_resumes_to_the_uninterrupted_weights(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import rewriters.sft as sft
+    import middleware.sft as sft
 
     cfg = _config(tiny_model_dir, lora_dropout=0.1)  # dropout draws random masks in every forward pass
     full = train_sft(_examples(), cfg, tmp_path / "full", progress=False)

@@ -1,4 +1,4 @@
-"""SFT token rows on a tiny random Llama's tokenizer: masking, truncation, per-batch padding."""
+"""SFT token rows (``middleware.sft_data``) on a tiny random Llama's tokenizer: masking, truncation, per-batch padding."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rewriters.sft_data import SFTExample, collate, tokenize_example
+from middleware.sft_data import SFTExample, collate, tokenize_example
 
 
 @pytest.fixture(scope="module")

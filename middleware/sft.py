@@ -1,17 +1,20 @@
-"""One supervised fine-tuning trainer for both text-to-text stages: rendered template text in, better
-text out (BPO rewriter: prompt -> optimized prompt; Aligner corrector: question + answer -> correction).
+"""One supervised fine-tuning trainer for every LoRA adapter the stage families train: source text in,
+target text out (BPO rewriter: prompt -> optimized prompt; Aligner corrector: question + answer ->
+correction; RAHF: instruction + prompt -> chosen or rejected answer).
 
 This module holds what is SFT's own: the LoRA model (peft) and its loss, the adapter folder with its
 manifest, and ``train_sft`` on the shared training skeleton (``middleware.training``: length-bucketed
 batches, learning-rate schedule, Ctrl-C safety, resume). The examples, settings and token rows are in
-``rewriters.sft_data``. The loss is on the target tokens (and the closing EOS) only, and the output
+``middleware.sft_data``. The loss is on the target tokens (and the closing EOS) only, and the output
 layer is applied to the target positions only, which is what makes this trainer fast on CPU. Training
 is resumable: numbered, checksummed checkpoints every ``save_every`` steps hold the adapter weights,
 the optimizer moments and the random state, and the data order depends only on the seed and the step,
 so a resumed run ends with the same weights as an uninterrupted one.
 
 The result is a PEFT adapter folder (``adapter_config.json``, ``adapter_model.safetensors``) with the
-manifest ``alignware.json`` that ``rewriters.generator.TextGenerator.from_pretrained`` reads.
+manifest ``alignware.json`` (``middleware.adapters``) that the stages loading adapters onto a
+``SharedBase`` read; what the manifest says beyond the LoRA and the run comes from the config's
+``manifest_fields`` (the rewriters add their template there).
 """
 
 from __future__ import annotations
@@ -26,26 +29,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from middleware.adapters import ADAPTER_FILES, MANIFEST, base_label
-from middleware.checkpoints import Checkpoint, CheckpointManager, sha256, write_json_atomic
-from middleware.errors import CheckpointError, InputError
-from middleware.models import load_causal_lm
-from middleware.training import (
+from .adapters import ADAPTER_FILES, MANIFEST, base_label
+from .checkpoints import Checkpoint, CheckpointManager, sha256, write_json_atomic
+from .errors import CheckpointError, InputError
+from .models import load_causal_lm
+from .sft_data import IGNORE_INDEX, SFTConfig, SFTExample, check_examples, collate, fingerprint, prepare_rows
+from .training import (
     BatchPlan,
     LossFn,
     LRSchedule,
     TrainingLoop,
-    add_training_flags,
-    flag_values,
     latest_checkpoint,
     plot_history,
     restore_optimizer,
     run_differences,
 )
-
-from .generator import KINDS
-from .sft_data import IGNORE_INDEX, SFTConfig, SFTExample, check_examples, collate, fingerprint, prepare_rows
-from .templates import DEFAULT_TEMPLATES, get_template
 
 log = logging.getLogger("alignware")
 
@@ -53,13 +51,7 @@ log = logging.getLogger("alignware")
 #: head can be applied to the target positions only.
 PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "smollm3"})
 
-__all__ = [
-    "SFTResult",
-    "train_sft",
-    "add_train_args",
-    "config_from_args",
-    "init_adapter",
-]
+__all__ = ["SFTResult", "init_adapter", "load_training_model", "save_adapter", "train_sft"]
 
 
 @dataclass
@@ -154,7 +146,7 @@ def _evaluate(loss_fn: _LossFn, rows: list[dict[str, list[int]]], batch_size: in
     return total / max(1, count)
 
 
-def _save_adapter(model: Any, out_dir: Path, manifest: dict[str, Any]) -> None:
+def save_adapter(model: Any, out_dir: Path, manifest: dict[str, Any]) -> None:
     """Write the adapter files and the manifest into ``out_dir``: each file is written aside and renamed
     into place, the manifest (with the files' checksums) last, so a failure leaves the previous
     adapter whole or a detectably inconsistent one, never silently mixed."""
@@ -175,7 +167,9 @@ def _save_adapter(model: Any, out_dir: Path, manifest: dict[str, Any]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load_training_model(config: SFTConfig) -> tuple[Any, Any]:
+def load_training_model(config: SFTConfig) -> tuple[Any, Any]:
+    """``(peft model, tokenizer)``: ``config.base_model`` with a fresh LoRA (``config``'s rank, alpha,
+    dropout, target modules; seeded by ``config.seed``); ``InputError`` names target modules it lacks."""
     import torch  # heavy dependencies: loaded with the model
     from peft import LoraConfig, get_peft_model
 
@@ -203,14 +197,11 @@ def _load_training_model(config: SFTConfig) -> tuple[Any, Any]:
 
 
 def _manifest(config: SFTConfig, **training: Any) -> dict[str, Any]:
-    tmpl = get_template(config.template)
     return {
         "format": 1,
         "kind": config.kind,
         "base_model": base_label(config.base_model),
-        "template": tmpl.name,
-        "template_spec": tmpl.to_dict(),
-        "generation": dict(tmpl.generation),
+        **config.manifest_fields(),
         "lora": {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
                  "target_modules": list(config.target_modules)},
         "training": dict(training, config=config.to_dict()),
@@ -227,7 +218,7 @@ def init_adapter(config: SFTConfig, out_dir: str | Path, *, random_init: bool = 
     import torch
 
     config.validate()
-    model, _ = _load_training_model(config)
+    model, _ = load_training_model(config)
     if random_init:
         g = torch.Generator().manual_seed(config.seed)
         with torch.no_grad():
@@ -235,7 +226,7 @@ def init_adapter(config: SFTConfig, out_dir: str | Path, *, random_init: bool = 
                 if "lora_" in name:
                     p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * (1.0 / max(1, p.shape[-1])) ** 0.5)
     out = Path(out_dir).expanduser()
-    _save_adapter(model, out, _manifest(config, steps=0))
+    save_adapter(model, out, _manifest(config, steps=0))
     return out
 
 
@@ -260,11 +251,12 @@ def _resume(ck: Checkpoint, fp: str, params: dict[str, Any], optimizer: Any) -> 
 
 def _export(model: Any, out_dir: Path, config: SFTConfig, history: list[dict[str, Any]], training: dict[str, Any]) -> None:
     """Write the adapter with its manifest (``training``: what the run did), ``history.json`` and ``loss.png``."""
-    _save_adapter(model, out_dir, _manifest(config, **training))
+    save_adapter(model, out_dir, _manifest(config, **training))
     write_json_atomic(out_dir / "history.json", history)
     try:
         curves = [{k: v for k, v in r.items() if k in ("step", "loss", "eval_loss")} for r in history]
-        plot_history(curves, out_dir / "loss.png", title=f"{config.kind} SFT ({config.template})")
+        title = f"{config.kind} SFT" + (f" ({config.template})" if config.template else "")
+        plot_history(curves, out_dir / "loss.png", title=title)
     except Exception as e:  # a missing plotting backend must not lose a trained adapter
         log.warning("could not draw %s: %s", out_dir / "loss.png", e)
 
@@ -347,7 +339,7 @@ def train_sft(
     out_dir.mkdir(parents=True, exist_ok=True)
     fp = fingerprint(config, examples, warmup)
 
-    model, tok = _load_training_model(config)
+    model, tok = load_training_model(config)
     device = next(model.parameters()).device
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
@@ -434,42 +426,3 @@ def train_sft(
         total_steps=plan.total,
         interrupted=interrupted,
     )
-
-
-# -- command line ---------------------------------------------------------------------------------
-def add_train_args(parser: Any) -> None:
-    """Add the SFT settings to an ``argparse`` parser (used by ``alignware train rewriter|corrector``): the
-    LoRA and data flags, and the flags every ``alignware train ...`` verb shares (``add_training_flags``)."""
-    d = SFTConfig()
-    g = parser.add_argument_group("fine-tuning (LoRA SFT)")
-    g.add_argument("--base-model", default=None, help="base model folder or .gguf (default: the embedded model)")
-    g.add_argument("--template", default=None, help="prompt template name (default: bpo for rewriter, aligner-v1.0 for corrector)")
-    g.add_argument("--lora-r", type=int, default=d.lora_r, help=f"LoRA rank (default {d.lora_r})")
-    g.add_argument("--lora-alpha", type=int, default=d.lora_alpha, help=f"LoRA alpha (default {d.lora_alpha})")
-    g.add_argument("--lora-dropout", type=float, default=d.lora_dropout, help=f"LoRA dropout (default {d.lora_dropout})")
-    g.add_argument("--target-modules", nargs="+", default=list(d.target_modules), metavar="NAME",
-                   help="linear layers to adapt (default: %(default)s)")
-    g.add_argument("--max-length", type=int, default=d.max_length, help=f"tokens per example (default {d.max_length})")
-    g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs,
-                   help=f"epochs of the warm-up phase, when there is one (default {d.warmup_epochs})")
-    add_training_flags(
-        g, epochs=d.epochs, batch_size=d.batch_size, learning_rate=d.learning_rate, eval_fraction=d.eval_fraction,
-        eval_every=d.eval_every, save_every=d.save_every, keep_checkpoints=d.keep_checkpoints, seed=d.seed,
-    )
-
-
-def config_from_args(args: Any, *, kind: str | None = None) -> SFTConfig:
-    """Build an ``SFTConfig`` from parsed ``add_train_args`` flags. ``kind`` (or ``args.kind``) picks the
-    default template; the result is validated."""
-    kind = kind or getattr(args, "kind", None) or "rewriter"
-    if kind not in KINDS:
-        raise InputError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    values = flag_values(SFTConfig, args, skip=("kind", "template"))
-    if "target_modules" in values:
-        mods: list[str] = []
-        for m in values["target_modules"]:
-            mods.extend(x for x in str(m).replace(",", " ").split() if x)
-        values["target_modules"] = tuple(mods)
-    cfg = SFTConfig(kind=kind, template=getattr(args, "template", None) or DEFAULT_TEMPLATES[kind], **values)
-    cfg.validate()
-    return cfg

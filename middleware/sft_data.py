@@ -1,6 +1,9 @@
 """What an SFT run trains on and with: the examples (``SFTExample``), the settings (``SFTConfig``), the
 token rows (``tokenize_example``: loss on the target and the closing EOS only), their batches
 (``collate``: padded to the batch's longest row) and the run's fingerprint.
+
+Shared by every stage family that fine-tunes a LoRA adapter (``rewriters``: the rewriter and corrector,
+whose ``rewriters.sft_config.SFTConfig`` adds their kinds and templates; ``steering``: RAHF).
 """
 
 from __future__ import annotations
@@ -11,11 +14,8 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Sequence
 
-from middleware.errors import InputError
-from middleware.training import BatchPlan, split_holdout
-
-from .generator import KINDS
-from .templates import get_template
+from .errors import InputError
+from .training import BatchPlan, split_holdout
 
 log = logging.getLogger("alignware")
 
@@ -42,14 +42,18 @@ class SFTExample:
 class SFTConfig:
     """Settings of one SFT run (LoRA, optimisation, evaluation, checkpoints).
 
-    ``epochs`` and ``warmup_epochs`` may be fractional. ``warmup_epochs`` applies only when
-    ``train_sft`` gets ``warmup_examples`` (the Aligner identity warm-up: answer -> same answer),
-    which are trained on before the main examples. ``max_steps`` caps the total number of steps.
+    ``kind`` and ``template`` are labels written into the adapter's manifest (what the adapter is for,
+    how its sources were rendered); a stage family that gives them meaning subclasses this config,
+    checks them in ``validate`` and adds its own manifest entries in ``manifest_fields``
+    (``rewriters.sft_config.SFTConfig``). ``epochs`` and ``warmup_epochs`` may be fractional.
+    ``warmup_epochs`` applies only when ``train_sft`` gets ``warmup_examples`` (e.g. the Aligner
+    identity warm-up: answer -> same answer), which are trained on before the main examples.
+    ``max_steps`` caps the total number of steps.
     """
 
     base_model: str | None = None
-    template: str = "bpo"
-    kind: str = "rewriter"
+    template: str | None = None
+    kind: str = "sft"
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -68,9 +72,8 @@ class SFTConfig:
 
     def validate(self) -> None:
         """Raise ``InputError`` naming the first bad setting."""
-        if self.kind not in KINDS:
-            raise InputError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        get_template(self.template)
+        if not isinstance(self.kind, str) or not self.kind:
+            raise InputError(f"kind must be a non-empty string, got {self.kind!r}")
         positive = {"lora_r": self.lora_r, "lora_alpha": self.lora_alpha, "batch_size": self.batch_size,
                     "max_length": self.max_length, "eval_every": self.eval_every, "save_every": self.save_every,
                     "keep_checkpoints": self.keep_checkpoints, "learning_rate": self.learning_rate}
@@ -94,6 +97,10 @@ class SFTConfig:
         d = asdict(self)
         d["target_modules"] = list(self.target_modules)
         return d
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """What the adapter manifest says about the sources beyond ``kind`` (here: the ``template`` label)."""
+        return {"template": self.template}
 
 
 # -- tokenisation --------------------------------------------------------------------------------
