@@ -51,7 +51,7 @@ log = logging.getLogger("alignware")
 #: head can be applied to the target positions only.
 PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "smollm3"})
 
-__all__ = ["SFTResult", "init_adapter", "load_training_model", "save_adapter", "train_sft"]
+__all__ = ["SFTResult", "init_adapter", "load_training_model", "resume_run", "save_adapter", "trainable_params", "train_sft"]
 
 
 @dataclass
@@ -121,7 +121,8 @@ class _LossFn:
         return loss, n
 
 
-def _trainable(model: Any) -> dict[str, Any]:
+def trainable_params(model: Any) -> dict[str, Any]:
+    """The parameters the optimizer updates (the LoRA matrices), by name."""
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
@@ -167,9 +168,10 @@ def save_adapter(model: Any, out_dir: Path, manifest: dict[str, Any]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_training_model(config: SFTConfig) -> tuple[Any, Any]:
+def load_training_model(config: SFTConfig, *, layers_to_transform: list[int] | None = None) -> tuple[Any, Any]:
     """``(peft model, tokenizer)``: ``config.base_model`` with a fresh LoRA (``config``'s rank, alpha,
-    dropout, target modules; seeded by ``config.seed``); ``InputError`` names target modules it lacks."""
+    dropout, target modules; seeded by ``config.seed``), on the decoder blocks ``layers_to_transform``
+    only when given; ``InputError`` names target modules it lacks."""
     import torch  # heavy dependencies: loaded with the model
     from peft import LoraConfig, get_peft_model
 
@@ -187,6 +189,7 @@ def load_training_model(config: SFTConfig) -> tuple[Any, Any]:
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         target_modules=list(config.target_modules),
+        layers_to_transform=layers_to_transform,
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -286,7 +289,7 @@ def _step_fn(plan: BatchPlan, rows: list[dict[str, list[int]]], pad_id: int, dev
 
 
 # -- training ------------------------------------------------------------------------------------
-def _start(
+def resume_run(
     manager: CheckpointManager, resume: bool, fp: str, params: dict[str, Any], optimizer: Any, total: int
 ) -> tuple[int, list[dict[str, Any]], float | None, int | None]:
     """Where a run starts: the step, history and untrained held-out loss of the newest good checkpoint
@@ -346,12 +349,12 @@ def train_sft(
     data = prepare_rows(tok, examples, warmup, config)
     rows, eval_rows, plan = data.rows, data.eval_rows, data.plan
 
-    params = _trainable(model)
+    params = trainable_params(model)
     optimizer = torch.optim.AdamW(list(params.values()), lr=config.learning_rate, weight_decay=0.0)
     loss_fn = _LossFn(model)
     manager = CheckpointManager(out_dir, keep=config.keep_checkpoints)
 
-    step, history, eval_untrained, resumed_from = _start(manager, resume, fp, params, optimizer, plan.total)
+    step, history, eval_untrained, resumed_from = resume_run(manager, resume, fp, params, optimizer, plan.total)
 
     model.train()
     if step == 0:

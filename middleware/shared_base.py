@@ -79,6 +79,15 @@ class SharedBase:
             return inst
 
     @classmethod
+    def owning(cls, model: Any) -> "SharedBase | None":
+        """The ``SharedBase`` whose weights ``model`` is: an ``AdapterScopedModel`` of it (as in
+        ``chat_backend()``), or the very model object of a cached instance; ``None`` otherwise."""
+        if isinstance(model, AdapterScopedModel):
+            return model._shared
+        with cls._class_lock:
+            return next((inst for inst in cls._instances.values() if inst.model is model), None)
+
+    @classmethod
     def clear(cls) -> None:
         """Forget every cached instance (their memory is freed once nothing else refers to them)."""
         with cls._class_lock:

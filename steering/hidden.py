@@ -22,7 +22,9 @@ from middleware.errors import InputError
 from middleware.models import decoder_layers
 from middleware.types import PreferencePair
 
-__all__ = ["block_hidden", "capture_blocks", "layer_indices", "pair_states", "response_states", "with_block_hidden"]
+__all__ = [
+    "block_hidden", "block_states", "capture_blocks", "layer_indices", "pair_states", "response_states", "with_block_hidden",
+]
 
 Reduce = Literal["mean", "last", "none"]
 
@@ -76,6 +78,40 @@ def capture_blocks(model: Any, layers: Sequence[int]) -> Iterator[dict[int, torc
             h.remove()
 
 
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once the last block wanted has run."""
+
+
+def block_states(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+    """The output hidden states of blocks ``layers`` (sorted indices) for one batch, computed only as far
+    as the last of them: the blocks after it and the output head never run. Gradients flow (call it
+    under ``torch.no_grad()`` when none are needed)."""
+    blocks = decoder_layers(model)
+    seen: dict[int, torch.Tensor] = {}
+    last = max(layers)
+    handles = []
+
+    def hook_for(i: int) -> Any:
+        def hook(module: Any, args: Any, output: Any) -> None:
+            seen[i] = block_hidden(output)
+            if i == last:
+                raise _StopForward
+
+        return hook
+
+    try:
+        for i in layers:
+            handles.append(blocks[i].register_forward_hook(hook_for(i)))
+        try:
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except _StopForward:
+            pass
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
 def response_states(
     model: Any,
     tokenizer: Any,
@@ -118,8 +154,8 @@ def response_states(
             for layer in layers:
                 h = seen[layer].float()
                 for j, k in enumerate(chunk):
-                    p, r = len(encoded[k][0]), len(encoded[k][1])
-                    span = h[j, p : p + r]
+                    n_p, n_r = len(encoded[k][0]), len(encoded[k][1])
+                    span = h[j, n_p : n_p + n_r]
                     kept[layer][k] = span.mean(0) if reduce == "mean" else span[-1] if reduce == "last" else span.cpu()
             bar.update(len(chunk))
     bar.close()
