@@ -23,7 +23,8 @@ from middleware.models import decoder_layers
 from middleware.types import PreferencePair
 
 __all__ = [
-    "block_hidden", "block_states", "capture_blocks", "layer_indices", "pair_states", "response_states", "with_block_hidden",
+    "block_hidden", "block_states", "capture_blocks", "layer_indices", "pair_states", "response_states", "right_padded",
+    "with_block_hidden",
 ]
 
 Reduce = Literal["mean", "last", "none"]
@@ -76,6 +77,17 @@ def capture_blocks(model: Any, layers: Sequence[int]) -> Iterator[dict[int, torc
     finally:
         for h in handles:
             h.remove()
+
+
+def right_padded(rows: Sequence[list[int]], pad: int, device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of token rows padded on the right to the longest."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for j, r in enumerate(rows):
+        ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[j, : len(r)] = 1
+    return ids.to(device), mask.to(device)
 
 
 class _StopForward(Exception):
@@ -143,14 +155,8 @@ def response_states(
     with capture_blocks(model, layers) as seen, torch.inference_mode():
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            rows = [encoded[k][0] + encoded[k][1] for k in chunk]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for j, r in enumerate(rows):
-                ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
-                mask[j, : len(r)] = 1
-            model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+            ids, mask = right_padded([encoded[k][0] + encoded[k][1] for k in chunk], pad, device)
+            model(input_ids=ids, attention_mask=mask, use_cache=False)
             for layer in layers:
                 h = seen[layer].float()
                 for j, k in enumerate(chunk):

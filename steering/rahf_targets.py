@@ -22,7 +22,7 @@ from middleware.checkpoints import write_json_atomic
 from middleware.shared_base import SharedBase
 from middleware.types import PreferencePair
 
-from .hidden import block_states
+from .hidden import block_states, right_padded
 from .rahf import RAHFConfig, with_instruction
 
 __all__ = ["FitItem", "TargetStore", "build_targets", "fit_batch", "masked_l2"]
@@ -87,22 +87,12 @@ class TargetStore:
         return handle.get_tensor(item.key).float()
 
 
-def _padded(rows: Sequence[list[int]], pad: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for j, r in enumerate(rows):
-        ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[j, : len(r)] = 1
-    return ids.to(device), mask.to(device)
-
-
 def _answer_states(
     shared: SharedBase, adapter: str | None, encoded: Sequence[tuple[list[int], list[int]]], ns: Sequence[int], layers: list[int], pad: int
 ) -> list[list[torch.Tensor]]:
     """Per layer, per item: the states of the item's first ``ns[j]`` answer tokens (float32, CPU)."""
     device = next(shared.model.parameters()).device
-    ids, mask = _padded([p + r for p, r in encoded], pad, device)
+    ids, mask = right_padded([p + r for p, r in encoded], pad, device)
     with shared.using(adapter) as model, torch.no_grad():
         h = block_states(model, ids, mask, layers)
     return [[h[layer][j, len(p) : len(p) + n].float().cpu() for j, ((p, _), n) in enumerate(zip(encoded, ns))] for layer in layers]
@@ -168,7 +158,7 @@ def fit_batch(
     """``(input_ids, attention_mask, target [layers, B, T, hidden], answer mask [B, T])`` of the items ``idx``
     (right padding; targets are zero outside the answer tokens)."""
     rows = [items[i] for i in idx]
-    ids, mask = _padded([r.ids for r in rows], pad, device)
+    ids, mask = right_padded([r.ids for r in rows], pad, device)
     answer = torch.zeros(ids.shape, dtype=torch.bool, device=device)
     target: torch.Tensor | None = None
     for j, r in enumerate(rows):

@@ -16,6 +16,7 @@ Output folder::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -158,7 +159,7 @@ def _step_fn(plan: BatchPlan, items: list[FitItem], store: TargetStore, layers: 
 
         def row() -> dict[str, Any]:
             return {"step": at + 1, "loss": float(loss.detach()), "lr": optimizer.param_groups[0]["lr"],
-                    "epoch": round(epoch, 4), "answer_tokens": n}
+                    "epoch": round(epoch, 4), "answer_tokens": n // len(layers)}
 
         return loss, row
 
@@ -184,7 +185,7 @@ def train_rahf(
     """
     config = config or RAHFConfig()
     if base is not None:
-        config = RAHFConfig(**dict(config.to_dict(), base_model=base, layers=config.layers, target_modules=config.target_modules))
+        config = dataclasses.replace(config, base_model=base)
     config.validate()
     pairs = _pairs(pairs)
     out = Path(out_dir).expanduser()

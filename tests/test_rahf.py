@@ -148,10 +148,11 @@ def test_yaml_entry_on_the_merged_folder_and_a_plain_model(scit_run: RAHFResult,
         RAHF(scit_run.out_dir / "sft")
 
 
-def test_resume_reuses_targets_and_checkpoints(scit_run: RAHFResult) -> None:
-    cfg = json.loads((scit_run.out_dir / "rahf.json").read_text())["training"]["config"]
-    again = train_rahf(PAIRS, scit_run.out_dir, RAHFConfig(**{**cfg, "layers": None, "target_modules": tuple(cfg["target_modules"])}),
-                       progress=False)
+def test_resume_reuses_targets_and_checkpoints(scit_run: RAHFResult, llama: Path) -> None:
+    shards = sorted((scit_run.out_dir / "targets").glob("shard-*.safetensors"))
+    stamps = [f.stat().st_mtime_ns for f in shards]
+    again = train_rahf(PAIRS, scit_run.out_dir, _config(llama), progress=False)
+    assert [f.stat().st_mtime_ns for f in shards] == stamps  # the targets were not computed again
     assert again.resumed_from == scit_run.steps and again.steps == scit_run.steps
     assert again.history == scit_run.history
 
@@ -184,3 +185,13 @@ def test_bad_settings_are_reported() -> None:
         RAHFConfig(alpha=-1).validate()
     with pytest.raises(InputError, match="no preference pairs"):
         train_rahf([], "/nonexistent-rahf-out")
+
+
+def test_shared_base_owning_finds_the_base_of_a_model(llama: Path) -> None:
+    shared = SharedBase.get(llama, device="cpu")
+    try:
+        assert SharedBase.owning(shared.chat_backend().model) is shared  # the chat backend's scoped view
+        assert SharedBase.owning(shared.model) is shared  # the cached instance's model itself
+        assert SharedBase.owning(load_causal_lm(llama)[0]) is None  # another copy of the same weights
+    finally:
+        SharedBase.clear()
