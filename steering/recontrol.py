@@ -79,8 +79,9 @@ class ValueGuidedEditor(ModelStage):
         self.value = value.eval().requires_grad_(False)
         self.steps, self.step_size, self.max_edit_norm = steps, float(step_size), max_edit_norm
         self.info = dict(info or {})
-        self.edits = 0  # positions edited since the stage was built
+        self.edits = 0  # positions edited since the stage was built, the sum and the largest of their edits' norms
         self.edit_norm_sum = 0.0
+        self.edit_norm_max = 0.0
 
     def deterministic(self) -> bool:
         return True
@@ -101,8 +102,10 @@ class ValueGuidedEditor(ModelStage):
                         norm = delta.norm(dim=-1, keepdim=True)
                         x = x0 + delta * (self.max_edit_norm / norm.clamp(min=1e-12)).clamp(max=1.0)
             x = x.detach()
+            norms = (x - x0).norm(dim=-1)
             self.edits += len(x)
-            self.edit_norm_sum += float((x - x0).norm(dim=-1).sum())
+            self.edit_norm_sum += float(norms.sum())
+            self.edit_norm_max = max(self.edit_norm_max, float(norms.max())) if len(x) else self.edit_norm_max
         return x
 
     @contextlib.contextmanager
@@ -115,7 +118,7 @@ class ValueGuidedEditor(ModelStage):
                 f"{self.name}: the value function takes states of size {self.value.hidden_size}, but the model's output head "
                 f"reads states of size {hidden}: it was trained on another base model ({self.info.get('base_model', 'unknown')})"
             )
-        if weight is not None and next(self.value.parameters()).device != weight.device:
+        if weight is not None and self.value.in_mean.device != weight.device:
             self.value.to(weight.device)
 
         def hook(module: Any, args: Any) -> Any:

@@ -122,6 +122,11 @@ class ValueNet(nn.Module):
     """``V(h)``: an MLP from a hidden state (``[..., hidden_size]``) to a value (``[...]``), in z-scored
     reward units. The input centring/scale and the reward normalisation are buffers, saved with it."""
 
+    in_mean: torch.Tensor
+    in_scale: torch.Tensor
+    reward_mean: torch.Tensor
+    reward_std: torch.Tensor
+
     def __init__(self, hidden_size: int, width: int = 512, depth: int = 2) -> None:
         super().__init__()
         if hidden_size < 1 or width < 1 or depth < 1:
@@ -295,7 +300,9 @@ class ValueRun:
             states, lengths, rewards = self.held.padded(idx, self.device)
             _, td, term = td_loss(self.net, states, lengths, self.targets(rewards))
             v = self.net(states)
-            tds.append(td), terms.append(term), first.append(v[:, 0])
+            tds.append(td)
+            terms.append(term)
+            first.append(v[:, 0])
             last.append(v[torch.arange(len(idx), device=v.device), lengths - 1])
         self.net.train()
         r = self.targets(self.held.rewards.float().to(self.device))
