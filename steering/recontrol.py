@@ -40,7 +40,7 @@ from middleware.adapters import base_label
 from middleware.checkpoints import sha256, write_json_atomic
 from middleware.errors import CheckpointError, InputError
 from middleware.evaluate.judges import JudgeLike
-from middleware.models import load_causal_lm
+from middleware.models import EMBEDDED_NAME, load_causal_lm
 from middleware.stages import ModelStage
 from middleware.training import split_holdout
 from middleware.types import Message, PreferencePair, load_pairs
@@ -68,7 +68,7 @@ class ValueGuidedEditor(ModelStage):
     """
 
     def __init__(
-        self, value: ValueNet, *, steps: int = 4, step_size: float = 0.5, max_edit_norm: float | None = 8.0,
+        self, value: ValueNet, *, steps: int = 4, step_size: float = 2.0, max_edit_norm: float | None = 8.0,
         info: dict[str, Any] | None = None, **stage: Any,
     ) -> None:
         super().__init__(**stage)
@@ -199,6 +199,12 @@ class ReControlResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def _model_label(model: Any) -> str:
+    """How the manifest names a model passed in: ``"embedded"`` for the embedded model's cached folder."""
+    name = str(getattr(model, "name_or_path", "") or "unknown")
+    return "embedded" if Path(name).name == EMBEDDED_NAME else base_label(name)
+
+
 def _prompts(pairs: "Sequence[PreferencePair] | str | Path") -> list[list[Message]]:
     rows = load_pairs(pairs) if isinstance(pairs, (str, Path)) else list(pairs)
     seen: dict[str, list[Message]] = {}
@@ -230,7 +236,7 @@ def train_recontrol(
     t0 = time.perf_counter()
     if (model is None) != (tokenizer is None):
         raise InputError("model and tokenizer go together: pass both, or neither and base")
-    label = base_label(base) if base is not None or model is None else str(getattr(model, "name_or_path", "") or "unknown")
+    label = base_label(base) if base is not None or model is None else _model_label(model)
     if model is None:
         model, tokenizer = load_causal_lm(base)
     timings["load"] = time.perf_counter() - t0

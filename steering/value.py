@@ -91,7 +91,7 @@ class ReControlConfig:
     grad_clip: float | None = 1.0
     seed: int = 0
     steps: int = 4
-    step_size: float = 0.5
+    step_size: float = 2.0
     max_edit_norm: float = 8.0
 
     def __post_init__(self) -> None:
@@ -348,7 +348,7 @@ class ValueRun:
         metrics = {
             "steps": done.step, "total_steps": self.total, "finished": done.step >= self.total, "interrupted": done.interrupted,
             "n_train": len(self.train_set), "n_eval": len(self.held), "train_seconds_this_run": done.train_seconds,
-            "train_loss": self.history[-1].get("loss") if self.history else None, **final,
+            "train_loss": next((r["loss"] for r in reversed(self.history) if "loss" in r), None), **final,
         }
         write_json_atomic(self.out_dir / "value_metrics.json", metrics)
         return metrics
