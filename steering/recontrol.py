@@ -19,7 +19,11 @@ from the reference (``intervented_model/llama.py``) and why:
   less work); it also needs a patched copy of the Llama forward, where a hook works on any model;
 - a few steps (default 4) instead of the reference's ~30-100, with a larger step size and a cap on the
   edit's norm: the cap keeps the state near what the head was trained on (the reference has none) and the
-  cost per token stays near plain decoding (see the benchmark numbers in the README);
+  cost per token stays near plain decoding. Measured on the embedded model (1 CPU thread, 64 tokens, a
+  512×2 MLP), on a loaded machine: 4 steps ran at 0.83-0.91× plain tokens/s; one edit took 7 ms with 4
+  steps and 43 ms with 30, against 205 ms for the forward pass of a token. The defaults (``step_size`` 2, cap 8) come from
+  V trained on the embedded model's answers (HH judge): ‖∇V‖ ≈ 0.24 reward-std per unit of state, centred states of norm ≈ 35,
+  so 4 steps move a state by ≈ 2 (6 %) and raise V by ≈ 0.5 std; tune them on a dev split;
 - the value is in z-scored reward units (``steering.value``), so one step size fits any judge.
 """
 
