@@ -138,11 +138,12 @@ def _fingerprint(prompts: Sequence[Prompt]) -> str:
 
 def collect_rollouts(
     model: Any, tokenizer: Any, prompts: Sequence[Prompt], folder: str | Path, cfg: ReControlConfig, *, base: str,
-    progress: bool = True,
+    progress: bool = True, prompts_per_part: int | None = None,
 ) -> list[dict[str, Any]]:
     """Sample ``cfg.samples_per_prompt`` answers to each prompt into ``folder`` (the cache), resuming a
     collection of the same base, settings and prompts from its last complete part; another one there is
-    replaced. Returns the rollouts' metadata in order (prompt, then sample); states via ``load_states``."""
+    replaced. A part holds ``prompts_per_part`` prompts (default: about 64 answers). Returns the rollouts'
+    metadata in order (prompt, then sample); states via ``load_states``."""
     folder = Path(folder)
     identity = {"base": base, "collection": cfg.collection(), "prompts": _fingerprint(prompts), "n_prompts": len(prompts)}
     ident_file = folder / "identity.json"
@@ -155,7 +156,7 @@ def collect_rollouts(
             shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(ident_file, identity)
-    per_part = max(1, 64 // cfg.samples_per_prompt)
+    per_part = prompts_per_part or max(1, 64 // cfg.samples_per_prompt)
     metas: list[dict[str, Any]] = []
     bar = tqdm(total=len(prompts), desc="sampling answers", unit="prompt", disable=not progress)
     for part, a in enumerate(range(0, len(prompts), per_part)):

@@ -22,7 +22,7 @@ from middleware.models import load_causal_lm
 from middleware.types import ChatRequest, Message
 from steering import ReControlConfig, ValueGuidedEditor, train_recontrol
 from steering import rollouts as rollouts_mod
-from steering.rollouts import output_head, sample_rollouts
+from steering.rollouts import collect_rollouts, output_head, sample_rollouts
 from steering.value import ValueNet
 from tiny import make_tiny_model_dir
 
@@ -221,3 +221,30 @@ def test_train_recontrol_end_to_end_and_rerun_resumes_without_sampling(tiny_mode
     llm = LocalBackend(tiny_model_dir, device="cpu", max_tokens=6)
     resp = llm.complete(req("Hi"), model_stages=[editor])
     assert resp.trace[0].verdict == "modified" and editor.edits == resp.usage.completion_tokens
+
+
+def test_interrupted_collection_resumes_from_its_last_part(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, tok = load_causal_lm(tiny_model_dir, device="cpu")
+    prompts = [[Message(role="user", content=p)] for p in PROMPTS]
+    cfg = ReControlConfig(samples_per_prompt=2, max_new_tokens=4)
+    whole = collect_rollouts(model, tok, prompts, tmp_path / "a", cfg, base="tiny", progress=False, prompts_per_part=1)
+    real, calls, stop_at = rollouts_mod.sample_rollouts, [], [2]
+
+    def flaky(*a: Any, **k: Any) -> Any:
+        calls.append(k["first_index"])
+        if k["first_index"] in stop_at:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(rollouts_mod, "sample_rollouts", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        collect_rollouts(model, tok, prompts, tmp_path / "b", cfg, base="tiny", progress=False, prompts_per_part=1)
+    calls.clear()
+    stop_at.clear()
+    again = collect_rollouts(model, tok, prompts, tmp_path / "b", cfg, base="tiny", progress=False, prompts_per_part=1)
+    assert calls == [2, 3] and again == whole
+    # other settings in the same folder: sampled again from scratch
+    calls.clear()
+    collect_rollouts(model, tok, prompts, tmp_path / "b", ReControlConfig(samples_per_prompt=1, max_new_tokens=4), base="tiny",
+                     progress=False, prompts_per_part=1)
+    assert calls == [0, 1, 2, 3]
