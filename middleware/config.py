@@ -36,6 +36,7 @@ STAGE_TYPES: dict[str, str] = {
     "identity_response": "middleware.stages.response:IdentityResponseStage",
     "prompt_rewriter": "rewriters.prompt_rewriter:PromptRewriter",
     "response_corrector": "rewriters.response_corrector:ResponseCorrector",
+    "steering_vector": "steering.stage:SteeringStage",
 }
 
 
