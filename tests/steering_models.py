@@ -4,8 +4,9 @@ wrapper that makes decoder blocks return tuples (as older transformers blocks do
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import pytest
 import torch
 
 from middleware.local import LocalBackend
@@ -58,3 +59,12 @@ def backend(model: Any, tok: Any, max_tokens: int = 12) -> LocalBackend:
 def hook_count(model: Any) -> int:
     """Forward hooks on the decoder blocks and below (the final norm's own pre-hook is not counted)."""
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for b in decoder_layers(model) for m in b.modules())
+
+
+@pytest.fixture(scope="module", autouse=False)
+def one_thread() -> Iterator[None]:
+    """One torch thread for the module (tiny models: threads only contend on a shared CPU), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -3,9 +3,9 @@ outputs, KV cache against recompute, batches, streams, and hooks removed whateve
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Iterator
 
-import contextlib
 import pytest
 import torch
 
@@ -15,7 +15,10 @@ from middleware.types import ChatRequest
 from steering.hooks import combine_directions, hidden_size, steer
 from steering.stage import SteeringStage
 from steering.vector import SteeringVector
-from steering_models import backend, hook_count, lively_model
+from steering_models import backend, hook_count, lively_model, one_thread
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+_ = one_thread
 
 PROMPTS = ["Hi", "What is the capital of France? Please answer.", "The quick brown fox jumps over the lazy dog. Tell me more.", "Paris"]
 
