@@ -8,8 +8,8 @@ its win rate the share of prompts where the steered answer scores higher (ties h
 coefficient and layers; ``search.json`` holds the grid and ``search.png`` shows it as a heat map.
 No reference implementation does this: repeng's users pick layers and a coefficient by hand.
 
-    result = search(vector, model, tokenizer, judge, dev_prompts, layer_ranges=["8-14", "8-20"], coefficients=[2, 4, 8])
-    result.best      # Cell(layers=[8..20], coefficient=4, gain=0.31, ...)
+    result = search(vector, model, tokenizer, judge, dev_prompts, layer_ranges=["8-14", "8-20"], coefficients=[0.05, 0.1, 0.2])
+    result.best      # Cell(layers=[8..20], coefficient=0.1, gain=0.31, ...)
     result.save("runs/vector")   # grid JSON + heat map, and the best cell as the vector's default
 """
 
@@ -138,7 +138,7 @@ def search(
     prompts: Sequence[PromptLike] = (),
     *,
     layer_ranges: Sequence[Any] | None = None,
-    coefficients: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
+    coefficients: Sequence[float] | None = None,
     max_tokens: int = 64,
     normalize: bool = False,
     out: "str | Path | None" = None,
@@ -147,7 +147,8 @@ def search(
     """Measure every (layer range, coefficient) cell on ``prompts`` with ``judge`` (anything with ``score_batch``).
 
     ``backend_or_model``: a ``LocalBackend``, or a causal LM with its ``tokenizer``. ``layer_ranges``: default
-    the vector's default layers, and its first and second halves. With ``out`` (default: the vector's
+    the vector's default layers, and its first and second halves. ``coefficients`` (per layer; the shifts of
+    a range's layers add up): default 0.5, 1, 2 and 4 times the vector's own. With ``out`` (default: the vector's
     folder when ``vector`` is a path) the grid, the heat map and the vector with its new defaults are saved there.
     """
     if isinstance(vector, (str, Path)):
@@ -157,6 +158,8 @@ def search(
         raise InputError("search needs a judge with score_batch (a judge.RewardModel)")
     if not prompts:
         raise InputError("search needs at least one dev prompt")
+    if coefficients is None:
+        coefficients = [round(m * vector.coefficient, 4) for m in (0.5, 1.0, 2.0, 4.0)]
     if not coefficients:
         raise InputError("search needs at least one coefficient")
     backend = backend_or_model if isinstance(backend_or_model, LocalBackend) else LocalBackend(model_obj=backend_or_model, tokenizer=tokenizer)

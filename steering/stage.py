@@ -1,7 +1,7 @@
 """``SteeringStage``: one or several steering vectors applied to a local model while it answers
 (``type: steering_vector`` in a pipeline config).
 
-    stage = SteeringStage("runs/vector", coefficient=4)          # or SteeringStage(vector, ...)
+    stage = SteeringStage("runs/vector", coefficient=0.1)        # or SteeringStage(vector, ...)
     pipe = Pipeline(None, stages=[stage])                          # the embedded model
     print(pipe.chat("How do I pick a lock?").text)
 
@@ -10,10 +10,10 @@ In YAML::
     stages:
       - type: steering_vector
         path: runs/vector
-        coefficient: 4            # default: the vector's own (set by ``steering.search``)
+        coefficient: 0.1          # default: the vector's own (set by ``steering.search``)
         layers: [8, 9, 10, 11]    # default: the vector's own
         normalize: false
-      # several vectors: vectors: [{path: runs/harmless, coefficient: 4}, {path: runs/concise, coefficient: -2}]
+      # several vectors: vectors: [{path: runs/harmless, coefficient: 0.1}, {path: runs/concise, coefficient: -0.05}]
 
 Several vectors are summed layer by layer (each with its coefficient) into one hook per layer. The
 stage checks the vectors' hidden size against the model when it attaches; a vector for another model

@@ -61,7 +61,7 @@ def test_train_from_pairs(model_tok: tuple[Any, Any]) -> None:
     model, tok = model_tok
     v = SteeringVector.train(model, tok, toy_pairs(8), method="pca_diff", max_length=64, batch_size=4)
     assert sorted(v.directions) == [1, 2, 3]  # every block but the first, which llama.cpp cannot steer
-    assert v.layers == [1, 2] and v.hidden_size == 32 and v.model_type == model.config.model_type
+    assert v.layers == [1, 2] and v.coefficient == 0.5 and v.hidden_size == 32 and v.model_type == model.config.model_type
     assert v.metadata["data_size"] == 8 and set(v.metadata["agreement"]) == {"1", "2", "3"}
     assert all(d.norm() > 0 for d in v.directions.values())
     m = SteeringVector.train(model, tok, toy_pairs(8), method="mean_diff", layers=[0, -1], max_length=64)
