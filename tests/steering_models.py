@@ -9,12 +9,10 @@ from typing import Any, Iterator
 import pytest
 import torch
 
+from local_models import lively_backend
 from middleware.local import LocalBackend
-from middleware.models import decoder_layers, load_causal_lm
+from middleware.models import decoder_layers
 from tiny import make_tiny_model_dir
-
-ARCHS = ["llama", "qwen2", "gpt2"]
-
 
 class TupleBlock(torch.nn.Module):
     """A decoder block that returns ``(hidden, None)`` and accepts a tuple from the block before it."""
@@ -42,13 +40,8 @@ def tuple_blocks(model: Any) -> Any:
 def lively_model(root: Path, arch: str, *, layers: int = 3, tuples: bool = False) -> tuple[Any, Any]:
     """A tiny checkpoint of ``arch`` loaded with its weights redrawn at std 0.3 (greedy answers differ
     from prompt to prompt), optionally with tuple-returning blocks."""
-    path = make_tiny_model_dir(root, arch=arch, layers=layers)
-    model, tok = load_causal_lm(path, device="cpu")
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    lively = lively_backend(make_tiny_model_dir(root, arch=arch, layers=layers))
+    model, tok = lively.model, lively.tokenizer
     return (tuple_blocks(model) if tuples else model), tok
 
 
