@@ -42,7 +42,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ContextManager, Literal, Sequence
+from typing import Any, ContextManager, Sequence
 
 import torch
 
@@ -53,61 +53,25 @@ from middleware.errors import CheckpointError, InputError
 from middleware.models import decoder_layers
 from middleware.types import PreferencePair
 
-from .hidden import layer_indices, pair_states, response_states
+from .directions import (
+    DEFAULT_PROMPTS,
+    DEFAULT_SUFFIXES,
+    DEFAULT_TEMPLATE,
+    METHODS,
+    Method,
+    default_layers,
+    directions_from_states,
+    openings,
+    train_layers,
+)
+from .hidden import pair_states, response_states
 from .hooks import hidden_size, steer
 
-__all__ = ["DEFAULT_SUFFIXES", "DEFAULT_TEMPLATE", "MANIFEST", "TENSORS", "SteeringVector", "directions_from_states"]
+__all__ = ["MANIFEST", "TENSORS", "SteeringVector"]
 
-Method = Literal["pca_diff", "mean_diff"]
-METHODS = ("pca_diff", "mean_diff")
 MANIFEST = "manifest.json"
 TENSORS = "vector.safetensors"
 FORMAT = "alignware-steering-vector"
-
-DEFAULT_TEMPLATE = "Act as if you are extremely {persona}."
-DEFAULT_PROMPTS = ("Tell me about yourself.", "What do you think about the world?", "Can you help me with something?")
-DEFAULT_SUFFIXES = (
-    "I think that the most important thing is",
-    "Sure, here is what I would do about it.",
-    "Honestly, my view of people is that they",
-    "That is a question I get asked a lot, and",
-    "Well, let me tell you how I see it:",
-)
-
-
-def _middle_layers(n: int) -> list[int]:
-    """The default layers a vector is applied at: the middle half of the blocks (at least one)."""
-    lo, hi = n // 4, max(n // 4 + 1, (3 * n) // 4)
-    return list(range(max(lo, 1 if n > 1 else 0), hi))
-
-
-def directions_from_states(
-    chosen: dict[int, torch.Tensor], rejected: dict[int, torch.Tensor], method: Method = "pca_diff"
-) -> tuple[dict[int, torch.Tensor], dict[int, float]]:
-    """Per-layer directions from paired states ``[n, hidden]`` (row i of ``chosen`` against row i of
-    ``rejected``), scaled by the mean gap, and the fraction of pairs each direction orders correctly."""
-    if method not in METHODS:
-        raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    directions: dict[int, torch.Tensor] = {}
-    agreement: dict[int, float] = {}
-    for layer in chosen:
-        diff = (chosen[layer].float() - rejected[layer].float()).cpu()
-        if method == "mean_diff":
-            d = diff.mean(0)
-        else:
-            # first right-singular vector of the uncentred differences (see the module docstring)
-            _, _, vh = torch.linalg.svd(diff, full_matrices=False)
-            u = vh[0]
-            proj = diff @ u
-            if (proj < 0).sum() > (proj > 0).sum():  # repeng's rule: chosen above rejected in most pairs
-                u, proj = -u, -proj
-            d = u * proj.mean().abs()
-        norm = d.norm()
-        proj = diff @ (d / norm) if norm > 0 else torch.zeros(len(diff))
-        agreement[layer] = float((proj > 0).float().mean())
-        directions[layer] = d.contiguous()
-    return directions, agreement
-
 
 @dataclass
 class SteeringVector:
@@ -182,7 +146,7 @@ class SteeringVector:
             raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         if len(pairs) < 2:
             raise InputError(f"a steering vector needs at least 2 preference pairs, got {len(pairs)}")
-        read = _train_layers(model, layers)
+        read = train_layers(model, layers)
         chosen, rejected = pair_states(model, tokenizer, pairs, read, max_length=max_length, batch_size=batch_size, progress=progress)
         directions, agreement = directions_from_states(chosen, rejected, method)
         return cls._made(model, directions, method, base_model, read, data_size=len(pairs), agreement=agreement, source="pairs")
@@ -216,7 +180,7 @@ class SteeringVector:
             raise InputError(f"template must contain {{persona}}, got {template!r}")
         if not positive.strip() or not negative.strip():
             raise InputError("positive and negative personas must not be empty")
-        openings = _openings(suffixes)
+        openings = openings(suffixes)
         if not openings or not prompts:
             raise InputError("from_templates needs at least one prompt and one non-empty suffix")
 
@@ -224,7 +188,7 @@ class SteeringVector:
             instruction = template.format(persona=persona)
             return [(f"{instruction} {p}".strip(), o) for p in prompts for o in openings]
 
-        read = _train_layers(model, layers)
+        read = train_layers(model, layers)
         kw: dict[str, Any] = dict(reduce="last", closed=False, max_length=max_length, batch_size=batch_size, progress=progress)
         pos = response_states(model, tokenizer, items(positive), read, **kw)
         neg = response_states(model, tokenizer, items(negative), read, **kw)
@@ -239,7 +203,7 @@ class SteeringVector:
     def _made(cls, model: Any, directions: dict[int, torch.Tensor], method: str, base_model: Any, read: list[int], **meta: Any) -> "SteeringVector":
         cfg = getattr(model, "config", None)
         name = base_model if base_model is not None else (getattr(cfg, "name_or_path", "") or getattr(model, "name_or_path", "") or None)
-        defaults = [i for i in _middle_layers(len(decoder_layers(model))) if i in directions] or list(read)
+        defaults = [i for i in default_layers(len(decoder_layers(model))) if i in directions] or list(read)
         meta["agreement"] = {str(k): round(v, 4) for k, v in meta.get("agreement", {}).items()}
         return cls(directions, model_type=str(getattr(cfg, "model_type", "") or ""), base_model=base_label(name),
                    method=method, coefficient=round(1.0 / len(defaults), 4), layers=defaults, metadata=meta)
@@ -361,18 +325,3 @@ class SteeringVector:
                        layers=meta.get("default_layers"), metadata=dict(meta.get("metadata") or {}))
         except InputError as e:
             raise CheckpointError(f"{folder}: {e}") from None
-
-
-def _train_layers(model: Any, layers: Sequence[int] | None) -> list[int]:
-    n = len(decoder_layers(model))
-    return layer_indices(model, layers if layers is not None else (list(range(1, n)) if n > 1 else [0]))
-
-
-def _openings(suffixes: Sequence[str]) -> list[str]:
-    """Every word-by-word prefix of every suffix (repeng's truncated outputs), without repeats."""
-    seen: dict[str, None] = {}
-    for s in suffixes:
-        words = s.split()
-        for k in range(1, len(words) + 1):
-            seen.setdefault(" ".join(words[:k]), None)
-    return list(seen)

@@ -12,7 +12,8 @@ import torch
 
 from judge_pairs import toy_pairs
 from middleware.errors import CheckpointError, InputError
-from steering.vector import MANIFEST, TENSORS, SteeringVector, _openings, directions_from_states
+from steering.directions import directions_from_states, openings
+from steering.vector import MANIFEST, TENSORS, SteeringVector
 from steering_models import lively_model, one_thread
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -78,7 +79,7 @@ def test_from_templates(model_tok: tuple[Any, Any]) -> None:
     assert v.metadata["data_size"] == 2 * 4 and v.metadata["source"] == "templates" and sorted(v.directions) == [1, 2, 3]
     swapped = SteeringVector.from_templates(model, tok, "sad", "happy", prompts=["Hi.", "Tell me more."], suffixes=["I am here", "Well"])
     torch.testing.assert_close(swapped.directions[2], -v.directions[2], atol=1e-4, rtol=1e-4)
-    assert _openings(["a b c", "a b"]) == ["a", "a b", "a b c"]
+    assert openings(["a b c", "a b"]) == ["a", "a b", "a b c"]
     with pytest.raises(InputError, match="persona"):
         SteeringVector.from_templates(model, tok, "happy", "sad", template="Be nice.")
 
