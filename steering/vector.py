@@ -180,20 +180,20 @@ class SteeringVector:
             raise InputError(f"template must contain {{persona}}, got {template!r}")
         if not positive.strip() or not negative.strip():
             raise InputError("positive and negative personas must not be empty")
-        openings = openings(suffixes)
-        if not openings or not prompts:
+        starts = openings(suffixes)
+        if not starts or not prompts:
             raise InputError("from_templates needs at least one prompt and one non-empty suffix")
 
         def items(persona: str) -> list[tuple[PromptLike, str]]:
             instruction = template.format(persona=persona)
-            return [(f"{instruction} {p}".strip(), o) for p in prompts for o in openings]
+            return [(f"{instruction} {p}".strip(), o) for p in prompts for o in starts]
 
         read = train_layers(model, layers)
         kw: dict[str, Any] = dict(reduce="last", closed=False, max_length=max_length, batch_size=batch_size, progress=progress)
         pos = response_states(model, tokenizer, items(positive), read, **kw)
         neg = response_states(model, tokenizer, items(negative), read, **kw)
         directions, agreement = directions_from_states(pos, neg, method)
-        n = len(prompts) * len(openings)
+        n = len(prompts) * len(starts)
         return cls._made(
             model, directions, method, base_model, read, data_size=n, agreement=agreement,
             source="templates", positive=positive, negative=negative, template=template,
