@@ -118,8 +118,8 @@ def response_states(
             for layer in layers:
                 h = seen[layer].float()
                 for j, k in enumerate(chunk):
-                    p, r = len(encoded[k][0]), len(encoded[k][1])
-                    span = h[j, p : p + r]
+                    start, size = len(encoded[k][0]), len(encoded[k][1])
+                    span = h[j, start : start + size]
                     kept[layer][k] = span.mean(0) if reduce == "mean" else span[-1] if reduce == "last" else span.cpu()
             bar.update(len(chunk))
     bar.close()
