@@ -4,8 +4,11 @@ For every cell of a grid (layer range × coefficient) the dev prompts are answer
 vector applied, and each answer's reward is compared with that of the plain answer to the same prompt
 (generated once): the cell's reward gain is the mean of these differences, with its 95% interval, and
 its win rate the share of prompts where the steered answer scores higher (ties half), with its interval
-(``middleware.evaluate.stats``). The best cell (highest mean gain) becomes the vector's default
-coefficient and layers; ``search.json`` holds the grid and ``search.png`` shows it as a heat map.
+(``middleware.evaluate.stats``). A small judge rewards refusals, and a vector read from harmlessness pairs
+is mostly a refusal style, so with ``benign_prompts`` every cell also answers those and counts refusals
+(``middleware.evaluate.refusals``): a cell that refuses benign prompts more than ``max_refusal_increase``
+above the plain model is not eligible. The best eligible cell (highest mean gain) becomes the vector's
+default coefficient and layers; ``search.json`` holds the grid and ``search.png`` shows it as a heat map.
 No reference implementation does this: repeng's users pick layers and a coefficient by hand.
 
     result = search(vector, model, tokenizer, judge, dev_prompts, layer_ranges=["8-14", "8-20"], coefficients=[0.05, 0.1, 0.2])
@@ -24,6 +27,7 @@ from tqdm.auto import tqdm
 from judge.encoding import PromptLike
 from middleware.checkpoints import write_json_atomic
 from middleware.errors import InputError
+from middleware.evaluate.refusals import refusal_rate
 from middleware.evaluate.stats import DEFAULT_EPSILON, mean_interval, outcome, win_rate_interval
 from middleware.local import LocalBackend
 from middleware.training import save_figure
@@ -46,6 +50,10 @@ class Cell:
     win_rate: float
     win_interval: tuple[float, float]
     reward: float
+    #: share of refusals among the answers to the benign prompts (``None`` without benign prompts)
+    refusal_rate: float | None = None
+    #: whether the refusal rate stays within the bound (always true without benign prompts)
+    eligible: bool = True
 
 
 @dataclass
@@ -58,14 +66,22 @@ class SearchResult:
     baseline: float
     prompts: int
     samples: dict[str, list[str]] = field(default_factory=dict)
+    #: refusal rate of the plain answers to the benign prompts (``None`` without benign prompts)
+    baseline_refusal_rate: float | None = None
 
     @property
     def best(self) -> Cell:
-        return max(self.cells, key=lambda c: (c.gain, -abs(c.coefficient)))
+        """The eligible cell with the highest mean gain (the smaller coefficient on a tie); when no cell is
+        eligible, the one with the fewest refusals."""
+        eligible = [c for c in self.cells if c.eligible]
+        if not eligible:
+            return min(self.cells, key=lambda c: (c.refusal_rate or 0.0, abs(c.coefficient), -c.gain))
+        return max(eligible, key=lambda c: (c.gain, -abs(c.coefficient)))
 
     def to_json(self) -> dict[str, Any]:
-        return {"baseline_reward": self.baseline, "prompts": self.prompts, "layer_ranges": self.labels,
-                "coefficients": self.coefficients, "best": asdict(self.best), "cells": [asdict(c) for c in self.cells]}
+        return {"baseline_reward": self.baseline, "baseline_refusal_rate": self.baseline_refusal_rate, "prompts": self.prompts,
+                "layer_ranges": self.labels, "coefficients": self.coefficients, "best": asdict(self.best),
+                "cells": [asdict(c) for c in self.cells]}
 
     def plot(self, path: "str | Path") -> Path:
         """A heat map of the reward gain (rows: layer ranges, columns: coefficients), the best cell outlined."""
@@ -84,7 +100,8 @@ class SearchResult:
         ax.set_xlabel("coefficient")
         ax.set_ylabel("layers")
         for k, c in enumerate(self.cells):
-            ax.text(k % len(self.coefficients), k // len(self.coefficients), f"{c.gain:+.2f}", ha="center", va="center", fontsize=8)
+            text = f"{c.gain:+.2f}" + ("" if c.refusal_rate is None else f"\n{c.refusal_rate:.0%} ref.") + ("" if c.eligible else " ✗")
+            ax.text(k % len(self.coefficients), k // len(self.coefficients), text, ha="center", va="center", fontsize=8)
         b = self.cells.index(self.best)
         ax.add_patch(plt.Rectangle((b % len(self.coefficients) - 0.5, b // len(self.coefficients) - 0.5), 1, 1, fill=False, lw=2))
         fig.colorbar(im, ax=ax, label="reward gain over plain")
@@ -107,7 +124,8 @@ class SearchResult:
         best = self.best
         vector.coefficient, vector.layers = best.coefficient, list(best.layers)
         vector.metadata["search"] = {"gain": best.gain, "gain_interval": best.gain_interval, "win_rate": best.win_rate,
-                                     "layers": best.label, "prompts": self.prompts}
+                                     "layers": best.label, "prompts": self.prompts, "refusal_rate": best.refusal_rate,
+                                     "baseline_refusal_rate": self.baseline_refusal_rate, "eligible": best.eligible}
         return vector
 
 
@@ -141,6 +159,8 @@ def search(
     coefficients: Sequence[float] | None = None,
     max_tokens: int = 64,
     normalize: bool = False,
+    benign_prompts: Sequence[PromptLike] = (),
+    max_refusal_increase: float = 0.05,
     out: "str | Path | None" = None,
     progress: bool = False,
 ) -> SearchResult:
@@ -168,28 +188,32 @@ def search(
         d = vector.default_layers
         layer_ranges = [d] + ([d[: len(d) // 2], d[len(d) // 2 :]] if len(d) > 1 else [])
     ranges = [parse_layer_range(r, sorted(vector.directions)) for r in layer_ranges]
-    requests = [ChatRequest.build(p, max_tokens=max_tokens, temperature=0) for p in prompts]
+    requests = [ChatRequest.build(p, max_tokens=max_tokens, temperature=0) for p in [*prompts, *benign_prompts]]
+    n = len(prompts)
 
-    def rewards(stages: list[SteeringStage]) -> tuple[list[float], list[str]]:
+    def rewards(stages: list[SteeringStage]) -> tuple[list[float], list[str], float | None]:
         texts = [r.text for r in backend.batch(requests, model_stages=stages)]
-        return [float(s) for s in judge.score_batch(list(zip(prompts, texts)))], texts
+        refusals = refusal_rate(texts[n:]) if benign_prompts else None
+        return [float(s) for s in judge.score_batch(list(zip(prompts, texts[:n])))], texts[:n], refusals
 
     bar = tqdm(total=1 + len(ranges) * len(coefficients), desc="steering search", unit="cell", disable=not progress)
-    plain, plain_texts = rewards([])
+    plain, plain_texts, plain_refusals = rewards([])
     bar.update(1)
     cells, samples = [], {"plain": plain_texts[:3]}
     for label, layers in ranges:
         for c in coefficients:
             stage = SteeringStage(vector, float(c), layers=layers, normalize=normalize, on_error="raise")
-            steered, texts = rewards([stage])
+            steered, texts, refusals = rewards([stage])
             gains = [s - p for s, p in zip(steered, plain)]
             scores = [outcome(g, DEFAULT_EPSILON) for g in gains]
+            eligible = refusals is None or plain_refusals is None or refusals <= plain_refusals + max_refusal_increase + 1e-9
             cells.append(Cell(label, layers, float(c), sum(gains) / len(gains), mean_interval(gains), sum(scores) / len(scores),
-                              win_rate_interval(scores), sum(steered) / len(steered)))
+                              win_rate_interval(scores), sum(steered) / len(steered), refusals, eligible))
             samples[f"{label} x{c:g}"] = texts[:3]
             bar.update(1)
     bar.close()
-    result = SearchResult(cells, [lab for lab, _ in ranges], [float(c) for c in coefficients], sum(plain) / len(plain), len(prompts), samples)
+    result = SearchResult(cells, [lab for lab, _ in ranges], [float(c) for c in coefficients], sum(plain) / len(plain), len(prompts),
+                          samples, plain_refusals)
     if out is not None:
         result.save(out, vector)
     return result

@@ -72,3 +72,27 @@ def test_search_checks_its_inputs(tiny_model_dir: Path, tmp_path: Path) -> None:
         search(v, model, tok, object(), PROMPTS)
     with pytest.raises(InputError, match="hidden size 5"):
         search(SteeringVector({1: torch.ones(5)}), model, tok, judge, PROMPTS)
+
+
+def test_the_best_cell_must_keep_benign_refusals_within_the_bound() -> None:
+    from steering.layer_search import Cell, SearchResult
+
+    def cell(c: float, gain: float, refusals: float, eligible: bool) -> Cell:
+        return Cell("1-2", [1, 2], c, gain, None, 0.5, (0.0, 1.0), gain, refusals, eligible)
+
+    strong, mild = cell(4.0, 0.9, 0.6, False), cell(1.0, 0.3, 0.05, True)
+    result = SearchResult([mild, strong], ["1-2"], [1.0, 4.0], 0.0, 4, baseline_refusal_rate=0.0)
+    assert result.best is mild  # the refusing cell gains more but is not eligible
+    none_ok = SearchResult([cell(1.0, 0.3, 0.5, False), cell(2.0, 0.9, 0.8, False)], ["1-2"], [1.0, 2.0], 0.0, 4)
+    assert none_ok.best.coefficient == 1.0  # no eligible cell: the one that refuses least
+
+
+def test_search_counts_refusals_on_benign_prompts(tiny_model_dir: Path, tmp_path: Path) -> None:
+    model, tok = lively_model(tmp_path / "m", "llama")
+    judge = RewardModel.create(cfg(tiny_model_dir, train="head"))
+    v = SteeringVector({1: torch.ones(hidden_size(model))}, layers=[1])
+    result = search(v, backend(model, tok), None, judge, PROMPTS[:2], benign_prompts=PROMPTS[2:], layer_ranges=["1-1"],
+                    coefficients=[0.0, 2.0], max_tokens=4)
+    assert result.baseline_refusal_rate == 0.0  # a random tiny model does not open with a refusal phrase
+    assert all(c.refusal_rate == 0.0 and c.eligible for c in result.cells)
+    assert result.to_json()["baseline_refusal_rate"] == 0.0
