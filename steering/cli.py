@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from middleware.errors import InputError
-from middleware.training import EXIT_OK, run_train_command, save_figure, set_threads, split_holdout
+from middleware.training import EXIT_INTERRUPTED, EXIT_OK, flag_values, run_train_command, save_figure, set_threads, split_holdout
 from middleware.types import PreferencePair, load_pairs, load_prompts
 
 __all__ = ["search_main", "search_parser", "train_main", "train_parser"]
@@ -65,10 +65,28 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default=None, help="decoder blocks to act on, e.g. 8-20 or 8,12,16 (default: the method's)")
     p.add_argument("--eval-fraction", type=float, default=0.1, help="share of the pairs held out (default %(default)s)")
     p.add_argument("--max-length", type=int, default=256, help="tokens per prompt+answer (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="sequences per forward pass (vector: default 8) or per training step (default: the method's)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    t = p.add_argument_group("training (rahf, recontrol; default: the method's)")
+    t.add_argument("--epochs", type=float, default=None, help="passes over the training data, fractions allowed")
+    t.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps in all")
+    t.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float, default=None, help="peak learning rate")
+    t.add_argument("--save-every", type=int, default=None, help="steps between checkpoints")
+    t.add_argument("--keep-checkpoints", type=int, default=None, help="checkpoints kept")
+    t.add_argument("--fresh", dest="resume", action="store_false",
+                   help="start over: remove the earlier run's checkpoints from --out first (default: resume from the newest good one)")
+    r = p.add_argument_group("RE-Control (--method recontrol; needs --judge)")
+    r.add_argument("--samples-per-prompt", type=int, default=None, help="answers sampled per training prompt (default 4)")
+    r.add_argument("--max-new-tokens", type=int, default=None, help="answer length when sampling (default 128)")
+    r.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 0.8)")
+    r.add_argument("--width", type=int, default=None, help="value network width (default 512)")
+    r.add_argument("--depth", type=int, default=None, help="value network hidden layers (default 2)")
+    r.add_argument("--steps", type=int, default=None, help="editor default: gradient steps per token (default 4)")
+    r.add_argument("--step-size", type=float, default=None, help="editor default: step size (default 2.0)")
+    r.add_argument("--max-edit-norm", type=float, default=None, help="editor default: cap on the edit's norm (default 8.0)")
     v = p.add_argument_group("vector (--method vector)")
     v.add_argument("--vector-method", default="pca_diff", choices=("pca_diff", "mean_diff"),
                    help="direction from the per-pair differences: their first principal component, or their mean (default %(default)s)")
@@ -118,7 +136,7 @@ def _train_vector(args: argparse.Namespace, model: Any, tok: Any, train: list[Pr
     if args.search and not held:
         raise InputError("--search needs held-out prompts: set --eval-fraction above 0")
     vector = SteeringVector.train(model, tok, train, layers=_layers(args.layers), method=args.vector_method,
-                                  max_length=args.max_length, batch_size=args.batch_size, progress=not args.quiet,
+                                  max_length=args.max_length, batch_size=args.batch_size or 8, progress=not args.quiet,
                                   base_model=args.base)
     out = vector.save(args.out)
     _plot_agreement(vector, out / "training.png")
@@ -132,6 +150,26 @@ def _train_vector(args: argparse.Namespace, model: Any, tok: Any, train: list[Pr
                         out=out, progress=not args.quiet)
         _print_search(result)
     return EXIT_OK
+
+
+def _given(config_type: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The flags named like ``config_type``'s fields that were given (``None`` means: the config's default)."""
+    return {k: v for k, v in flag_values(config_type, args).items() if v is not None}
+
+
+def _train_recontrol(args: argparse.Namespace, model: Any, tok: Any, pairs: list[PreferencePair]) -> int:
+    from .recontrol import train_recontrol
+    from .value import ReControlConfig
+
+    if not args.judge:
+        raise InputError("--method recontrol needs --judge DIR: the reward model that labels the sampled answers")
+    if args.layers is not None:
+        raise InputError("--layers does not apply to recontrol: it edits the state the output head reads")
+    config = ReControlConfig(**_given(ReControlConfig, args))  # it holds out eval_fraction of the prompts itself
+    result = train_recontrol(pairs, args.out, config, judge=args.judge, model=model, tokenizer=tok, base=args.base,
+                             resume=args.resume, progress=not args.quiet)
+    print(f"RE-Control editor -> {result.out_dir} ({', '.join(f'{k} {v:.0f} s' for k, v in result.timings.items())})")
+    return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
 
 
 def _print_search(result: Any) -> None:
@@ -161,6 +199,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         (Path(args.out) / "command.json").write_text(json.dumps({"argv": list(argv if argv is not None else sys.argv[1:])}, indent=2))
         if args.method == "vector":
             return _train_vector(args, model, tok, train, held)
+        if args.method == "recontrol":
+            return _train_recontrol(args, model, tok, pairs)
         raise InputError(f"--method {args.method} is not available in this installation")
 
     return run_train_command(body)

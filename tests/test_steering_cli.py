@@ -59,3 +59,19 @@ def test_bad_usage_exits_2(files: dict[str, Path], capsys: pytest.CaptureFixture
     assert "layer 7 does not exist" in capsys.readouterr().err
     assert main(["steer"]) == 2
     assert "search" in capsys.readouterr().err
+
+
+def test_train_recontrol(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    out = files["root"] / "rc"
+    argv = ["train", "steering", "--method", "recontrol", "--data", str(files["pairs"]), "--out", str(out), "--base",
+            str(files["model"]), "--judge", str(files["judge"]), "--samples-per-prompt", "1", "--max-new-tokens", "4",
+            "--width", "16", "--epochs", "2", "--steps", "3", "--quiet"]
+    assert main(argv) == 0
+    assert "RE-Control editor ->" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["method"] == "recontrol" and manifest["base_model"] == str(files["model"])
+    from steering import ValueGuidedEditor
+
+    assert ValueGuidedEditor.load(out).steps == 3
+    assert main(argv[:-1] + ["--layers", "1", "--quiet"]) == 2  # recontrol edits the head's input, not blocks
+    assert main([a for a in argv if a not in ("--judge", str(files["judge"]))]) == 2
