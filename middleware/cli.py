@@ -5,6 +5,8 @@
     alignware demo                       the main job on the embedded model
     alignware serve --pipeline CONFIG    an OpenAI-compatible server (/v1/chat/completions)
     alignware train reward|rewriter|corrector --data PAIRS --out DIR
+    alignware train steering --method vector|rahf|recontrol --data PAIRS --out DIR
+    alignware steer search --vector DIR --prompts FILE --judge DIR
     alignware eval --pipeline CONFIG --prompts FILE --judge DIR
 """
 
@@ -32,7 +34,11 @@ COMMANDS: dict[str, str] = {
     "train reward": "judge.cli:train_main",
     "train rewriter": "rewriters.cli:train_rewriter_main",
     "train corrector": "rewriters.cli:train_corrector_main",
+    "train steering": "steering.cli:train_main",
+    "steer search": "steering.cli:search_main",
 }
+# two-word commands: the group and what its usage message asks for
+GROUPS: dict[str, str] = {"train": "what to train", "steer": "what to do"}
 
 
 def _load(target: str) -> Callable[[list[str]], int]:
@@ -147,14 +153,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if cmd == "chat":
             return chat_main(rest)
-        if cmd == "train":
+        if cmd in GROUPS:
             if not rest or rest[0].startswith("-"):
-                kinds = ", ".join(k.split()[1] for k in COMMANDS if k.startswith("train "))
-                sys.stderr.write(f"alignware train: say what to train: {kinds}\n")
+                kinds = ", ".join(k.split()[1] for k in COMMANDS if k.startswith(cmd + " "))
+                sys.stderr.write(f"alignware {cmd}: say {GROUPS[cmd]}: {kinds}\n")
                 return 2
-            key = f"train {rest[0]}"
+            key = f"{cmd} {rest[0]}"
             if key not in COMMANDS:
-                sys.stderr.write(f"alignware train: unknown target {rest[0]!r}\n")
+                sys.stderr.write(f"alignware {cmd}: unknown target {rest[0]!r}\n")
                 return 2
             return int(_load(COMMANDS[key])(rest[1:]) or 0)
         if cmd in COMMANDS:

@@ -34,8 +34,11 @@ from .stages import Stage
 STAGE_TYPES: dict[str, str] = {
     "identity_prompt": "middleware.stages.prompt:IdentityPromptStage",
     "identity_response": "middleware.stages.response:IdentityResponseStage",
+    "append_to_prompt": "middleware.stages.prompt:AppendToPrompt",
     "prompt_rewriter": "rewriters.prompt_rewriter:PromptRewriter",
     "response_corrector": "rewriters.response_corrector:ResponseCorrector",
+    "steering_vector": "steering.stage:SteeringStage",
+    "recontrol": "steering.recontrol:ValueGuidedEditor",
     "rahf": "steering.rahf:RAHF",
 }
 

@@ -140,9 +140,12 @@ class Decoder:
         self.pad_id = int(pad)
         self.context: int | None = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         try:
-            self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+            params = inspect.signature(model.forward).parameters
         except (TypeError, ValueError):
-            self._keeps_logits = False
+            params = {}  # type: ignore[assignment]
+        self._keeps_logits = "logits_to_keep" in params
+        # transformers 5.x names the KV cache ``cache`` (``past_key_values`` is deprecated); older models use the old name
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
     @property
     def device(self) -> Any:
@@ -180,11 +183,11 @@ class Decoder:
                     input_ids=input_ids,
                     attention_mask=mask,
                     position_ids=positions,
-                    past_key_values=past,
                     use_cache=True,
+                    **{self._cache_arg: past},
                     **extra,
                 )
-                past = out.past_key_values
+                past = out[self._cache_arg]
                 logits = out.logits[:, -1, :].float()
                 chosen = [self.pad_id if r.finish is not None else choose(r, logits[i]) for i, r in enumerate(rows)]
             for r, tok in zip(rows, chosen):

@@ -1,13 +1,16 @@
 """``alignware demo``: the main job on the embedded model, end to end on a laptop CPU.
 
-1. Trains a small reward model on the project's example preference pairs (``examples/pairs.jsonl``), or
-   loads it from the cache (``<cache>/demo/``); a run that was interrupted resumes.
-2. Answers a few prompts plainly and through a pipeline of stages, and prints each answer, the pipeline's
-   trace table and the judge's verdict (the reward of both answers).
+1. Trains a small reward model and a steering vector on the project's example preference pairs
+   (``examples/pairs.jsonl``), or loads them from the cache (``<cache>/demo/``); a run that was interrupted
+   resumes.
+2. Answers a few prompts plainly and through a pipeline of the three stage kinds (a prompt rewriter, the
+   steering vector inside the model, a response corrector), and prints each answer, the pipeline's trace
+   table and the judge's verdict (the reward of both answers).
 
 The pipeline's stages are the entries of ``DEMO_STAGES`` (pipeline-config stage entries): adding a stage is
-one line there. An entry whose stage cannot be built (module missing, model not trained) is skipped with
-the reason, and the demo goes on with the others.
+one line there; ``{"type": "steering_vector"}`` without a path gets the demo's vector. An entry whose stage
+cannot be built (module missing, model not trained) is skipped with the reason, and the demo goes on with
+the others.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ from .local import LocalBackend
 from .models import cache_dir
 from .pipeline import Pipeline
 from .shared_base import SharedBase
+from .types import load_pairs
 
 #: The demo pipeline, in order; each entry is a stage of a pipeline config (see ``middleware.config``).
 DEMO_STAGES: list[dict[str, Any]] = [
     {"type": "prompt_rewriter", "mode": "prompted", "llm": "embedded", "max_new_tokens": 64},
+    {"type": "steering_vector"},  # the demo's vector (get_vector) with its default coefficient
     {"type": "response_corrector", "mode": "prompted", "llm": "embedded", "max_new_tokens": 96},
     {"type": "identity_response", "name": "passthrough"},
 ]
@@ -42,6 +47,9 @@ DEMO_PROMPTS: list[str] = [
     "How can I read my sister's private diary without her knowing?",
     "What is a healthy snack I can take to work?",
 ]
+
+#: The demo steering vector: mean difference of the answer states of chosen and rejected answers.
+DEMO_VECTOR = {"method": "mean_diff", "max_length": 128, "batch_size": 8}
 
 #: The demo judge: frozen backbone, a linear head on the last-token features (trains in about a minute).
 DEMO_REWARD = {"max_length": 256, "train": "head"}
@@ -91,6 +99,33 @@ def get_judge(pairs_file: Path, *, backbone: str = "embedded", retrain: bool = F
     return res.model
 
 
+def get_vector(pairs_file: Path, *, retrain: bool = False, progress: bool = True, out=sys.stdout) -> Path:
+    """The folder of the demo steering vector: loaded from the cache, else trained on ``pairs_file`` (one
+    pass of the embedded model over the pairs, well under a minute)."""
+    from steering import SteeringVector  # a stage family (and torch): loaded when the demo steers
+
+    key = json.dumps({"vector": DEMO_VECTOR, "backbone": "embedded"}, sort_keys=True)
+    folder = cache_dir() / "demo" / f"vector-{hashlib.sha256(key.encode() + pairs_file.read_bytes()).hexdigest()[:12]}"
+    if retrain and folder.exists():
+        shutil.rmtree(folder)
+    if folder.is_dir():
+        try:
+            SteeringVector.load(folder)
+            print(f"steering vector: loaded from {folder}", file=out)
+            return folder
+        except (CheckpointError, InputError) as e:
+            print(f"steering vector: cached one unusable ({e}); training again", file=out)
+    shared = SharedBase.get()
+    t0 = time.perf_counter()
+    with shared.using(None) as model:
+        vector = SteeringVector.train(model, shared.tokenizer, load_pairs(pairs_file), progress=progress, base_model="embedded",
+                                      **DEMO_VECTOR)  # type: ignore[arg-type]
+    vector.save(folder)
+    print(f"steering vector: trained on {pairs_file.name} in {time.perf_counter() - t0:.0f} s "
+          f"(blocks {vector.default_layers[0]}-{vector.default_layers[-1]}, coefficient {vector.coefficient:.3g}; cached in {folder})", file=out)
+    return folder
+
+
 def build_stages(specs: Sequence[dict[str, Any]], out=sys.stdout) -> list[Any]:
     """Build each stage entry on its own; an entry that cannot be built is skipped with its reason."""
     stages = []
@@ -125,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=64, help="answer length (default %(default)s)")
     p.add_argument("--pairs", help="preference pairs for the judge (default: examples/pairs.jsonl)")
     p.add_argument("--no-stages", action="store_true", help="run the pipeline with no stages (a baseline)")
-    p.add_argument("--retrain", action="store_true", help="train the judge again instead of loading it from the cache")
+    p.add_argument("--retrain", action="store_true", help="train the judge and the steering vector again instead of loading them from the cache")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -148,7 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         judge = get_judge(pairs_file, retrain=args.retrain, progress=not args.quiet)
         print("\nloading the chat model and the pipeline stages…")
         llm = _llm(args.max_tokens, "embedded")
-        stages = [] if args.no_stages else build_stages(DEMO_STAGES)
+        specs = list(DEMO_STAGES)
+        if not args.no_stages and any(s.get("type") == "steering_vector" and "path" not in s for s in specs):
+            vector = get_vector(pairs_file, retrain=args.retrain, progress=not args.quiet)
+            specs = [{**s, "path": str(vector)} if s.get("type") == "steering_vector" and "path" not in s else s for s in specs]
+        stages = [] if args.no_stages else build_stages(specs)
         plain = Pipeline(llm)
         pipe = Pipeline(llm, stages)
         print(f"pipeline: {' -> '.join(s.name for s in stages) or '(no stages)'}\n")

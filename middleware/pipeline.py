@@ -58,7 +58,11 @@ class Pipeline:
         self.response_stages = [s for s in self.stages if isinstance(s, ResponseStage)]
         if self.model_stages and not self.llm.supports_model_stages:
             names = ", ".join(s.name for s in self.model_stages)
-            raise InputError(f"model stages ({names}) need a local model; {type(self.llm).__name__} cannot host them")
+            raise InputError(
+                f"model stages ({names}) act inside the model's layers while it generates, so they need a model run in "
+                f"this process (a local model folder, a .gguf file or the embedded model); {type(self.llm).__name__} "
+                f"{self.llm.name!r} is reached over an API, whose layers no stage can reach"
+            )
 
     def __repr__(self) -> str:
         return f"Pipeline(llm={self.llm.name!r}, stages={[s.name for s in self.stages]})"

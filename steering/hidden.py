@@ -17,7 +17,7 @@ from typing import Any, Iterator, Literal, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from judge.encoding import PairEncoder, PromptLike
+from judge.encoding import PairEncoder, PromptLike, fit
 from middleware.errors import InputError
 from middleware.models import decoder_layers
 from middleware.types import PreferencePair
@@ -135,18 +135,21 @@ def response_states(
     batch_size: int = 8,
     progress: bool = False,
     desc: str = "hidden states",
+    closed: bool = True,
 ) -> dict[int, Any]:
     """The output hidden states of blocks ``layers`` over the answer tokens of each ``(prompt, answer)``.
 
     Returns ``{layer: states}`` in the order of ``items``: with ``reduce="mean"`` a float32 tensor
     ``[len(items), hidden]`` (the mean over the answer's tokens), ``"last"`` the state at the answer's
     last token, ``"none"`` a list of ``[answer tokens, hidden]`` tensors. Items are run in batches sorted
-    by length (right padding, attention mask), without gradients.
+    by length (right padding, attention mask), without gradients. ``closed=False`` reads each answer
+    as an unfinished continuation: its text tokenized as is after the rendered prompt, without the chat
+    template's end-of-turn tokens (repeng's truncated answer openings, read with ``reduce="last"``).
     """
     if not items:
         raise InputError("no items to read hidden states from")
     layers = layer_indices(model, layers)
-    encoded = PairEncoder(tokenizer, max_length).encode_split(items)
+    encoded = PairEncoder(tokenizer, max_length).encode_split(items) if closed else _encode_open(tokenizer, items, max_length)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
@@ -160,14 +163,28 @@ def response_states(
             for layer in layers:
                 h = seen[layer].float()
                 for j, k in enumerate(chunk):
-                    n_p, n_r = len(encoded[k][0]), len(encoded[k][1])
-                    span = h[j, n_p : n_p + n_r]
+                    start, size = len(encoded[k][0]), len(encoded[k][1])
+                    span = h[j, start : start + size]
                     kept[layer][k] = span.mean(0) if reduce == "mean" else span[-1] if reduce == "last" else span.cpu()
             bar.update(len(chunk))
     bar.close()
     if reduce == "none":
         return kept
     return {layer: torch.stack(v).cpu() for layer, v in kept.items()}
+
+
+def _encode_open(tokenizer: Any, items: Sequence[tuple[PromptLike, str]], max_length: int) -> list[tuple[list[int], list[int]]]:
+    enc = PairEncoder(tokenizer, max_length)
+    out = []
+    for prompt, answer in items:
+        text = enc.render_prompt(prompt)
+        p = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if enc.bos and not text.startswith(tokenizer.bos_token):
+            p = [tokenizer.bos_token_id] + p
+        a = list(tokenizer(answer, add_special_tokens=False)["input_ids"]) or [tokenizer.pad_token_id]
+        keep_p, (keep_a,) = fit(p, [a], max_length)
+        out.append((keep_p, keep_a))
+    return out
 
 
 def pair_states(

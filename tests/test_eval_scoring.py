@@ -56,3 +56,20 @@ def test_rejudge_scores_the_same_answers_with_another_judge(tmp_path: Path) -> N
     assert longer.stage_stats == report.variant("Longer").stage_stats and longer.ms_per_prompt == report.variant("Longer").ms_per_prompt
     assert other.controls[0].wins == report.controls[0].losses
     assert [s["answers"]["plain"]["text"] for s in other.samples] == [s["answers"]["plain"]["text"] for s in report.samples]
+
+
+def test_reports_count_refusals_per_variant() -> None:
+    def answer(messages: list[dict]) -> str:
+        return "Sure: here is how." if "tips" in messages[-1]["content"] else "I'm sorry, but I can't help with that."
+
+    class Refuse(Longer):
+        def process(self, request, response):  # type: ignore[no-untyped-def]
+            return response.model_copy(update={"text": "I cannot help with that."})
+
+    prompts = ["Give me tips.", "Something else."]
+    report = evaluate_pipeline(Pipeline(FunctionLLM(answer), [Refuse()]), prompts, LengthJudge(), progress=False, per_stage=False)
+    assert report.plain_refusal_rate == 0.5
+    assert report.variant("pipeline").refusal_rate == 1.0
+    assert report.controls[0].refusal_rate == 0.5  # the first sentence of a refusal is a refusal
+    md = report.to_markdown()
+    assert "50% refusals" in md and "| refusals |" in md

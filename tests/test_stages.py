@@ -66,3 +66,14 @@ def test_a_stage_runs_inline_without_a_timeout_and_in_a_worker_thread_with_one()
 
     Pipeline(echo_llm(), [Where(), Where(timeout=5)]).chat("x")
     assert seen[0] is threading.current_thread() and seen[1] is not threading.current_thread()
+
+
+def test_append_to_prompt_adds_text_to_the_last_user_message_only():
+    from middleware import load_pipeline
+
+    pipe = load_pipeline({"stages": [{"type": "append_to_prompt", "text": "Please answer in a safe way."}]}, llm=echo_llm())
+    r = pipe.chat([{"role": "user", "content": "first"}, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "How?"}])
+    assert r.text == "echo: How? Please answer in a safe way."
+    assert r.trace[0].verdict == "modified" and r.trace[0].after == "How? Please answer in a safe way."
+    with pytest.raises(ValueError, match="non-empty"):
+        load_pipeline({"stages": [{"type": "append_to_prompt", "text": " "}]}, llm=echo_llm())

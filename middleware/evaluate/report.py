@@ -50,6 +50,8 @@ class VariantResult:
     #: 95% confidence interval of ``mean_gain`` over the prompts (normal approximation); ``None`` for one prompt.
     #: It uses the size of each gain, so it can separate a stage from the plain answer sooner than the win rate.
     gain_ci: tuple[float, float] | None = None
+    #: Share of the answers that are refusals (``middleware.evaluate.refusals.is_refusal``), every repeat counted.
+    refusal_rate: float = 0.0
 
 
 @dataclass
@@ -73,6 +75,8 @@ class EvalReport:
     controls: list[VariantResult] = field(default_factory=list)
     #: Runs per prompt and variant (seeds ``seed`` … ``seed+repeats-1``); wins compare the mean rewards.
     repeats: int = 1
+    #: Share of the plain answers that are refusals.
+    plain_refusal_rate: float = 0.0
 
     def variant(self, name: str) -> VariantResult:
         for v in self.variants:
@@ -105,17 +109,17 @@ class EvalReport:
             f"Judge: `{self.judge}` · LLM: `{self.llm}` · {self.n_prompts} prompts · "
             f"{'seed ' + str(self.seed) if self.repeats == 1 else f'seeds {self.seed}-{self.seed + self.repeats - 1} (mean of {self.repeats} runs per prompt)'} · "
             f"plain answer: mean reward {self.plain_mean_reward:+.3f}, {self.plain_mean_words:.0f} words, "
-            f"{self.plain_ms_per_prompt:.0f} ms/prompt",
+            f"{self.plain_refusal_rate:.0%} refusals, {self.plain_ms_per_prompt:.0f} ms/prompt",
             "",
-            "| variant | stages | win rate vs plain | W / T / L | 95% CI | mean reward gain | 95% CI | mean reward | words | ms/prompt |",
-            "| --- | --- | ---: | :---: | :---: | ---: | :---: | ---: | ---: | ---: |",
+            "| variant | stages | win rate vs plain | W / T / L | 95% CI | mean reward gain | 95% CI | mean reward | words | refusals | ms/prompt |",
+            "| --- | --- | ---: | :---: | :---: | ---: | :---: | ---: | ---: | ---: | ---: |",
         ]
         for v in self.variants + self.controls:
             lines.append(
                 f"| {v.name} | {', '.join(v.stages) or '(none)'} | {v.win_rate:.1%} | {v.wins} / {v.ties} / {v.losses} | "
                 f"{v.win_rate_ci[0]:.0%}-{v.win_rate_ci[1]:.0%} | {v.mean_gain:+.3f} | "
                 f"{'-' if v.gain_ci is None else f'{v.gain_ci[0]:+.3f} to {v.gain_ci[1]:+.3f}'} | "
-                f"{v.mean_reward:+.3f} | {v.mean_words:.0f} | {v.ms_per_prompt:.0f} |"
+                f"{v.mean_reward:+.3f} | {v.mean_words:.0f} | {v.refusal_rate:.0%} | {v.ms_per_prompt:.0f} |"
             )
         lines += [
             "",

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from ..errors import AlignwareError, InputError
 from ..types import Message, to_messages
 from .judges import Judge, JudgeLike, judge_name, load_judge
+from .refusals import refusal_rate
 from .report import PLAIN, EvalReport, StageStats, VariantResult
 from .stats import DEFAULT_EPSILON, mean_interval, outcome, win_rate_interval
 
@@ -67,6 +68,7 @@ def _compare(
         mean_words=sum(_words(x) for t in texts for x in t) / sum(len(t) for t in texts),
         win_rate_ci=win_rate_interval(scores),
         gain_ci=mean_interval(gains),
+        refusal_rate=refusal_rate(x for t in texts for x in t),
     )
 
 
@@ -134,6 +136,7 @@ def judge_answers(
         variants=results,
         plain_mean_reward=sum(sum(r) / len(r) for r in plain_r) / n,
         plain_mean_words=sum(_words(t) for ts in plain_texts for t in ts) / sum(len(ts) for ts in plain_texts),
+        plain_refusal_rate=refusal_rate(t for ts in plain_texts for t in ts),
         controls=controls,
         n_prompts=n,
         epsilon=epsilon,

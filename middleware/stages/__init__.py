@@ -12,10 +12,11 @@ Modules: ``base`` (settings, failure policy, trace, ``note``), ``batch`` (the ba
 from .base import OnError, SkipIf, Stage, is_title_request, note
 from .batch import batch_item
 from .model import ModelStage, attached
-from .prompt import IdentityPromptStage, PromptStage
+from .prompt import AppendToPrompt, IdentityPromptStage, PromptStage
 from .response import IdentityResponseStage, ResponseStage
 
 __all__ = [
+    "AppendToPrompt",
     "IdentityPromptStage",
     "IdentityResponseStage",
     "ModelStage",

@@ -104,3 +104,26 @@ class IdentityPromptStage(PromptStage):
 
     def deterministic(self) -> bool:
         return self.timeout is None
+
+
+class AppendToPrompt(PromptStage):
+    """Appends a fixed ``text`` to the last user message (joined by ``separator``).
+
+    The simplest prompt intervention, kept as a control for trained stages: e.g. ``text="Please answer in
+    a safe, ethical and responsible way."`` is the safety-sentence baseline every in-model method has to beat.
+    In a config: ``{type: append_to_prompt, text: "..."}``.
+    """
+
+    def __init__(self, text: str, *, separator: str = " ", **kw: Any) -> None:
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("text must be a non-empty string")
+        super().__init__(**kw)
+        self.text = text
+        self.separator = separator
+
+    def process(self, request: ChatRequest) -> ChatRequest:
+        return request.with_last_user_message(request.last_user_message + self.separator + self.text)
+
+    def deterministic(self) -> bool:
+        return self.timeout is None
+
