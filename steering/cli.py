@@ -78,6 +78,16 @@ def train_parser() -> argparse.ArgumentParser:
     t.add_argument("--keep-checkpoints", type=int, default=None, help="checkpoints kept")
     t.add_argument("--fresh", dest="resume", action="store_false",
                    help="start over: remove the earlier run's checkpoints from --out first (default: resume from the newest good one)")
+    h = p.add_argument_group("RAHF (--method rahf)")
+    h.add_argument("--variant", default=None, choices=("scit", "dual"),
+                   help="one LoRA taught good and bad answers under two instructions (scit, default), or two LoRAs on chosen and rejected (dual)")
+    h.add_argument("--alpha", type=float, default=None, help="how far along the activation difference the targets lie (default 5)")
+    h.add_argument("--answers", default=None, choices=("both", "chosen"), help="answers the states are read on (default both)")
+    h.add_argument("--lora-r", type=int, default=None, help="LoRA rank of every LoRA (default 8)")
+    h.add_argument("--lora-alpha", type=int, default=None, help="LoRA alpha (default 16)")
+    h.add_argument("--sft-learning-rate", type=float, default=None, help="learning rate of the instruction-tuning LoRA(s) (default 2e-4)")
+    h.add_argument("--sft-epochs", type=float, default=None, help="epochs of the instruction-tuning LoRA(s) (default 1)")
+    h.add_argument("--sft-max-steps", type=int, default=None, help="a cap on the instruction-tuning steps")
     r = p.add_argument_group("RE-Control (--method recontrol; needs --judge)")
     r.add_argument("--samples-per-prompt", type=int, default=None, help="answers sampled per training prompt (default 4)")
     r.add_argument("--max-new-tokens", type=int, default=None, help="answer length when sampling (default 128)")
@@ -153,8 +163,9 @@ def _train_vector(args: argparse.Namespace, model: Any, tok: Any, train: list[Pr
 
 
 def _given(config_type: type, args: argparse.Namespace) -> dict[str, Any]:
-    """The flags named like ``config_type``'s fields that were given (``None`` means: the config's default)."""
-    return {k: v for k, v in flag_values(config_type, args).items() if v is not None}
+    """The flags named like ``config_type``'s fields that were given (``None`` means: the config's default);
+    ``--layers`` is parsed by each method."""
+    return {k: v for k, v in flag_values(config_type, args, skip=("layers",)).items() if v is not None}
 
 
 def _train_recontrol(args: argparse.Namespace, model: Any, tok: Any, pairs: list[PreferencePair]) -> int:
@@ -169,6 +180,19 @@ def _train_recontrol(args: argparse.Namespace, model: Any, tok: Any, pairs: list
     result = train_recontrol(pairs, args.out, config, judge=args.judge, model=model, tokenizer=tok, base=args.base,
                              resume=args.resume, progress=not args.quiet)
     print(f"RE-Control editor -> {result.out_dir} ({', '.join(f'{k} {v:.0f} s' for k, v in result.timings.items())})")
+    return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
+
+
+def _train_rahf(args: argparse.Namespace, pairs: list[PreferencePair]) -> int:
+    from .rahf import RAHFConfig
+    from .rahf_train import train_rahf
+
+    layers = _layers(args.layers)
+    config = RAHFConfig(**_given(RAHFConfig, args), layers=None if layers is None else tuple(layers))  # holds out eval_fraction itself
+    result = train_rahf(pairs, args.out, config, base=None if args.base == "embedded" else args.base, resume=args.resume,
+                        progress=not args.quiet)
+    print(f"RAHF: fit loss {result.fit_loss_untrained} -> {result.fit_loss_final} on blocks {result.layers}; "
+          f"adapter {result.adapter_dir}, merged model {result.merged_dir}")
     return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
 
 
@@ -193,10 +217,11 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         if len(pairs) < 2:
             raise InputError(f"{args.data}: a steering method needs at least 2 preference pairs, got {len(pairs)}")
         train, held = _split(pairs, args.eval_fraction, args.seed)
-        base = None if args.base == "embedded" else args.base
-        model, tok = load_causal_lm(base)
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "command.json").write_text(json.dumps({"argv": list(argv if argv is not None else sys.argv[1:])}, indent=2))
+        if args.method == "rahf":
+            return _train_rahf(args, pairs)  # loads its own models (one per LoRA step)
+        model, tok = load_causal_lm(None if args.base == "embedded" else args.base)
         if args.method == "vector":
             return _train_vector(args, model, tok, train, held)
         if args.method == "recontrol":

@@ -75,3 +75,18 @@ def test_train_recontrol(files: dict[str, Path], capsys: pytest.CaptureFixture[s
     assert ValueGuidedEditor.load(out).steps == 3
     assert main(argv[:-1] + ["--layers", "1", "--quiet"]) == 2  # recontrol edits the head's input, not blocks
     assert main([a for a in argv if a not in ("--judge", str(files["judge"]))]) == 2
+
+
+def test_train_rahf(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    out = files["root"] / "rahf"
+    argv = ["train", "steering", "--method", "rahf", "--data", str(files["pairs"]), "--out", str(out), "--base",
+            str(files["model"]), "--layers", "1", "--alpha", "2", "--max-length", "48", "--batch-size", "4",
+            "--sft-max-steps", "2", "--max-steps", "2", "--quiet"]
+    assert main(argv) == 0
+    assert "RAHF: fit loss" in capsys.readouterr().out
+    manifest = json.loads((out / "rahf.json").read_text())
+    assert manifest["variant"] == "scit" and manifest["layers"] == [1] and manifest["alpha"] == 2.0
+    assert (out / "merged" / "config.json").is_file() and (out / "adapter").is_dir()
+    with pytest.raises(SystemExit) as exit_info:  # argparse refuses the choice
+        main(argv[:-1] + ["--variant", "triple", "--quiet"])
+    assert exit_info.value.code == 2
