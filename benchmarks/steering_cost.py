@@ -61,7 +61,44 @@ def arms(folder: Path, names: list[str]) -> dict[str, Arm]:
         vector = SteeringVector({i: torch.randn(hidden, generator=gen) for i in layers}, layers=layers)
         stage = SteeringStage(vector, 0.01)
         out["vector"] = lambda r: plain.complete(r, model_stages=[stage])
+    if "rahf" in names:
+        out.update(rahf_arms(folder, model, tok, n))
+    if "recontrol" in names:
+        from steering import ValueGuidedEditor
+        from steering.value import ReControlConfig, ValueNet
+
+        cfg = ReControlConfig()
+        torch.manual_seed(0)
+        value = ValueNet(model.config.hidden_size, cfg.width, cfg.depth)  # untrained: the cost does not depend on V
+        editor = ValueGuidedEditor(value, steps=cfg.steps, step_size=cfg.step_size, max_edit_norm=cfg.max_edit_norm)
+        out["recontrol"] = lambda r: plain.complete(r, model_stages=[editor])
     return out
+
+
+def rahf_arms(folder: Path, model: Any, tok: Any, n: int) -> dict[str, Arm]:
+    """A random LoRA on the blocks RAHF adapts by default, saved as a RAHF adapter and merged into a copy."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from middleware.local import LocalBackend
+    from middleware.sft import save_adapter
+    from middleware.shared_base import SharedBase
+    from steering import RAHF
+    from steering.rahf import default_layers
+
+    layers = list(range(0, max(default_layers(n)) + 1))
+    torch.manual_seed(0)
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                                                                 layers_to_transform=layers, init_lora_weights=False))
+    save_adapter(peft_model, folder / "adapter", {"format": 1, "kind": "rahf", "base_model": "embedded"})
+    peft_model.merge_and_unload().save_pretrained(folder / "merged")
+    tok.save_pretrained(folder / "merged")
+    merged = LocalBackend(str(folder / "merged"))
+    chat = SharedBase.get(None).chat_backend()
+    stage = RAHF(folder / "adapter")
+    return {"rahf merged": lambda r: merged.complete(r), "rahf adapter": lambda r: chat.complete(r, model_stages=[stage])}
 
 
 def main(argv: list[str] | None = None) -> int:
