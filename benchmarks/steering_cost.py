@@ -93,7 +93,7 @@ def rahf_arms(folder: Path, model: Any, tok: Any, n: int) -> dict[str, Arm]:
     peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                                                                  layers_to_transform=layers, init_lora_weights=False))
     save_adapter(peft_model, folder / "adapter", {"format": 1, "kind": "rahf", "base_model": "embedded"})
-    peft_model.merge_and_unload().save_pretrained(folder / "merged")
+    peft_model.merge_and_unload().save_pretrained(folder / "merged")  # type: ignore[operator]
     tok.save_pretrained(folder / "merged")
     merged = LocalBackend(str(folder / "merged"))
     chat = SharedBase.get(None).chat_backend()

@@ -119,12 +119,18 @@ def make_llm(spec: "str | LLM | None" = None, **kwargs: Any) -> LLM:
     """Build a backend from a spec.
 
     ``None`` or ``"embedded"``: the embedded local model; a path to a folder or ``.gguf`` file: a local
-    model; ``"local:PATH"``: same; anything else: a litellm model string (``"openai/gpt-4o-mini"``).
+    model; ``"local:PATH"``: same; ``"shared:PATH"`` (or ``"shared:embedded"``): the chat backend of the
+    process-wide ``SharedBase`` of that model, whose weights the rewriter, the corrector and adapter stages
+    such as RAHF share; anything else: a litellm model string (``"openai/gpt-4o-mini"``).
     """
     from pathlib import Path
 
     if isinstance(spec, LLM):
         return spec
+    if spec is not None and spec.startswith("shared:"):
+        from .shared_base import SharedBase  # imports local (torch-free here, but a cycle with this module)
+
+        return SharedBase.get(spec.removeprefix("shared:") or None).chat_backend(**kwargs)
     if spec is None or spec in ("embedded", "local"):
         from .local import LocalBackend
 

@@ -182,3 +182,15 @@ def test_generator_between_chat_stream_chunks_sees_no_stream_stages(adapters: tu
     assert "".join(pieces) == steered  # the stream itself kept its stage for every token
     assert co.shared.active_adapter is None
     assert all(not lay._forward_hooks for lay in co.model.model.layers)
+
+
+def test_a_shared_llm_spec_chats_on_the_shared_base(tiny_model_dir: Path) -> None:
+    from middleware import load_pipeline
+    from middleware.llm import make_llm
+
+    llm = make_llm(f"shared:{tiny_model_dir}", max_tokens=3)
+    shared = SharedBase.get(tiny_model_dir)
+    assert llm.model.unwrap is shared.model and llm.max_tokens == 3  # type: ignore[attr-defined]
+    pipe = load_pipeline({"llm": f"shared:{tiny_model_dir}", "llm_options": {"max_tokens": 2}})
+    assert pipe.llm.model.unwrap is shared.model  # type: ignore[attr-defined]
+    assert pipe.chat("Hello!").usage.completion_tokens <= 2
