@@ -79,7 +79,8 @@ def _build_pipeline(args: argparse.Namespace) -> Pipeline:
     return pipe
 
 
-def _answer(pipe, messages: list[dict], args: argparse.Namespace, out=sys.stdout) -> str:
+def _answer(pipe, messages: list[dict], args: argparse.Namespace, out: Any = None) -> str:
+    out = out or sys.stdout  # looked up per call: a default bound at import would keep an old stdout
     params: dict[str, Any] = {}
     if args.max_tokens is not None:
         params["max_tokens"] = args.max_tokens

@@ -70,10 +70,11 @@ def _reward_dir(pairs_file: Path, backbone: str) -> Path:
     return cache_dir() / "demo" / f"reward-{h}"
 
 
-def get_judge(pairs_file: Path, *, backbone: str = "embedded", retrain: bool = False, progress: bool = True, out=sys.stdout) -> Any:
+def get_judge(pairs_file: Path, *, backbone: str = "embedded", retrain: bool = False, progress: bool = True, out: Any = None) -> Any:
     """The demo reward model: loaded from the cache, else trained (resuming an interrupted run)."""
     from judge import RewardConfig, RewardModel, TrainConfig, train_reward_model  # not core: loaded when the demo judges
 
+    out = out or sys.stdout  # looked up per call: a default bound at import would keep an old stdout
     folder = _reward_dir(pairs_file, backbone)
     if retrain and folder.exists():
         shutil.rmtree(folder)
@@ -99,11 +100,12 @@ def get_judge(pairs_file: Path, *, backbone: str = "embedded", retrain: bool = F
     return res.model
 
 
-def get_vector(pairs_file: Path, *, retrain: bool = False, progress: bool = True, out=sys.stdout) -> Path:
+def get_vector(pairs_file: Path, *, retrain: bool = False, progress: bool = True, out: Any = None) -> Path:
     """The folder of the demo steering vector: loaded from the cache, else trained on ``pairs_file`` (one
     pass of the embedded model over the pairs, well under a minute)."""
     from steering import SteeringVector  # a stage family (and torch): loaded when the demo steers
 
+    out = out or sys.stdout
     key = json.dumps({"vector": DEMO_VECTOR, "backbone": "embedded"}, sort_keys=True)
     folder = cache_dir() / "demo" / f"vector-{hashlib.sha256(key.encode() + pairs_file.read_bytes()).hexdigest()[:12]}"
     if retrain and folder.exists():
@@ -126,8 +128,9 @@ def get_vector(pairs_file: Path, *, retrain: bool = False, progress: bool = True
     return folder
 
 
-def build_stages(specs: Sequence[dict[str, Any]], out=sys.stdout) -> list[Any]:
+def build_stages(specs: Sequence[dict[str, Any]], out: Any = None) -> list[Any]:
     """Build each stage entry on its own; an entry that cannot be built is skipped with its reason."""
+    out = out or sys.stdout
     stages = []
     for spec in specs:
         label = spec.get("name") or spec.get("type", "?")
