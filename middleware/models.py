@@ -93,13 +93,31 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
         tok.save_pretrained(tmp)
         sizes = {f.name: f.stat().st_size for f in tmp.glob("*.safetensors")}
         (tmp / SOURCE_FILE).write_text(json.dumps({"source": _source_stamp(gguf), "sizes": sizes}, indent=2), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        _move_into_place(tmp, out, gguf)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _move_into_place(tmp: Path, out: Path, gguf: Path) -> None:
+    """Replace ``out`` by the finished conversion ``tmp``. Several processes may convert at once (two
+    commands started together, or virtual environments whose GGUF files differ): the old folder is first
+    renamed aside (only one process wins that rename), and when another process has put a good
+    conversion in place first, that one is kept."""
+    if out.exists():
+        aside = out.with_name(f"{out.name}.old-{os.getpid()}")
+        try:
+            os.replace(out, aside)
+        except OSError:
+            pass  # another process moved or replaced it first
+        shutil.rmtree(aside, ignore_errors=True)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if not _conversion_ok(out, gguf):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def embedded_model_dir() -> Path:

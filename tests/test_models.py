@@ -1,0 +1,51 @@
+"""``middleware.models``: putting a finished GGUF conversion in place when other processes convert too."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from middleware import models
+
+
+def _folder(path: Path, text: str) -> Path:
+    path.mkdir(parents=True)
+    (path / "weights").write_text(text)
+    return path
+
+
+def test_a_conversion_replaces_the_old_folder(tmp_path: Path) -> None:
+    out = _folder(tmp_path / "model", "old")
+    models._move_into_place(_folder(tmp_path / "tmp-1", "new"), out, tmp_path / "x.gguf")
+    assert (out / "weights").read_text() == "new" and not (tmp_path / "tmp-1").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # nothing left aside
+
+
+def _racing(out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make another process land its conversion at ``out`` just before this one moves its own there."""
+    real_replace = os.replace
+
+    def racing_replace(src: Path, dst: Path) -> None:
+        if Path(dst) == out and not out.exists():
+            _folder(out, "theirs")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(models.os, "replace", racing_replace)
+
+
+def test_a_conversion_finished_first_by_another_process_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "model"
+    _racing(out, monkeypatch)
+    monkeypatch.setattr(models, "_conversion_ok", lambda folder, gguf: (folder / "weights").read_text() == "theirs")
+    models._move_into_place(_folder(tmp_path / "tmp-1", "ours"), out, tmp_path / "x.gguf")
+    assert (out / "weights").read_text() == "theirs" and not (tmp_path / "tmp-1").exists()
+
+
+def test_a_broken_conversion_in_the_way_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "model"
+    _racing(out, monkeypatch)
+    monkeypatch.setattr(models, "_conversion_ok", lambda folder, gguf: False)
+    with pytest.raises(OSError):
+        models._move_into_place(_folder(tmp_path / "tmp-1", "ours"), out, tmp_path / "x.gguf")
