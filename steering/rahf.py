@@ -221,6 +221,9 @@ class RAHF(ModelStage):
         name = getattr(getattr(model, "config", None), "_name_or_path", None) or getattr(model, "name_or_path", "")
         return self.merged_dir is not None and bool(name) and Path(str(name)).expanduser().resolve() == self.merged_dir
 
+    def describe(self) -> str:
+        return f"RAHF adapter {self.adapter_name!r}" if self.adapter_dir is not None else "RAHF merged model"
+
     @contextlib.contextmanager
     def attach(self, model: Any) -> Iterator[None]:
         shared = SharedBase.owning(model)

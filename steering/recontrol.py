@@ -90,6 +90,9 @@ class ValueGuidedEditor(ModelStage):
     def deterministic(self) -> bool:
         return True
 
+    def describe(self) -> str:
+        return f"value-guided edits: {self.steps} steps of {self.step_size:g}, capped at {self.max_edit_norm}"
+
     def edit(self, h: torch.Tensor) -> torch.Tensor:
         """``h`` (``[batch, hidden]``) after the gradient steps on V, as a new float32 tensor."""
         net = self.value

@@ -113,6 +113,12 @@ class SteeringStage(ModelStage):
     def deterministic(self) -> bool:
         return True
 
+    def describe(self) -> str:
+        layers = sorted(self.directions)
+        span = f"{layers[0]}-{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) else ",".join(map(str, layers))
+        coefficients = ", ".join(f"{c:g}" for c in self.coefficients)
+        return f"steering blocks {span} (coefficient {coefficients}{', normalized' if self.normalize else ''})"
+
     def attach(self, model: Any) -> ContextManager[None]:
         for v in self.vectors:
             v.check_model(model)

@@ -248,3 +248,10 @@ def test_interrupted_collection_resumes_from_its_last_part(tiny_model_dir: Path,
     collect_rollouts(model, tok, prompts, tmp_path / "b", ReControlConfig(samples_per_prompt=1, max_new_tokens=4), base="tiny",
                      progress=False, prompts_per_part=1)
     assert calls == [0, 1, 2, 3]
+
+
+def test_the_editor_describes_its_edits_in_the_trace() -> None:
+    from steering.value import ValueNet
+
+    editor = ValueGuidedEditor(ValueNet(8, 4, 1), steps=3, step_size=0.5, max_edit_norm=2.0)
+    assert editor.describe() == "value-guided edits: 3 steps of 0.5, capped at 2.0"

@@ -87,3 +87,11 @@ def test_a_remote_llm_refuses_a_steering_stage_when_the_pipeline_is_built(model_
     model, _ = model_tok
     with pytest.raises(InputError, match="act inside the model's layers.*'openai/x' is reached over an API"):
         Pipeline(LiteLLMBackend("openai/x"), [SteeringStage(make(model, 1))])
+
+
+def test_the_trace_says_where_and_how_strongly_the_model_is_steered(model_tok: tuple[Any, Any]) -> None:
+    model, tok = model_tok
+    r = Pipeline(backend(model, tok, max_tokens=3), [SteeringStage(make(model, 1), 0.5)]).chat("Hi")
+    assert (r.trace[0].verdict, r.trace[0].reason) == ("modified", "steering blocks 1-2 (coefficient 0.5)")
+    st = SteeringStage([make(model, 1), make(model, 2)], [0.5, 2.0], layers=[0, 2], normalize=True)
+    assert st.describe() == "steering blocks 0,2 (coefficient 0.5, 2, normalized)"

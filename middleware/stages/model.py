@@ -20,6 +20,10 @@ class ModelStage(Stage):
     def attach(self, model: Any) -> ContextManager[Any]:
         raise NotImplementedError
 
+    def describe(self) -> str:
+        """What the stage does to the model, for the trace's detail column (default: ``"attached"``)."""
+        return "attached"
+
 
 @contextlib.contextmanager
 def attached(stages: Sequence[ModelStage], model: Any, request: ChatRequest, traces: list[StageTrace]) -> Iterator[None]:
@@ -40,5 +44,5 @@ def attached(stages: Sequence[ModelStage], model: Any, request: ChatRequest, tra
             except Exception as e:
                 traces.append(st._failed(e, t0, None))
                 continue
-            traces.append(st._trace("modified", time.perf_counter() - t0, reason="attached"))
+            traces.append(st._trace("modified", time.perf_counter() - t0, reason=st.describe()))
         yield
