@@ -36,7 +36,7 @@ from .types import load_pairs
 
 #: The demo pipeline, in order; each entry is a stage of a pipeline config (see ``middleware.config``).
 DEMO_STAGES: list[dict[str, Any]] = [
-    {"type": "prompt_rewriter", "mode": "prompted", "llm": "embedded", "max_new_tokens": 96},
+    {"type": "prompt_rewriter", "mode": "prompted", "llm": "embedded", "max_new_tokens": 64},
     {"type": "steering_vector"},  # the demo's vector (get_vector) with its default coefficient
     {"type": "response_corrector", "mode": "prompted", "llm": "embedded", "max_new_tokens": 96},
     {"type": "identity_response", "name": "passthrough"},
