@@ -102,6 +102,21 @@ class Checkpoint:
     state: dict[str, Any]
 
 
+def read_format_manifest(file: Path, fmt: str, what: str) -> dict[str, Any]:
+    """The JSON object in ``file`` whose ``format`` is ``fmt`` (the manifest of a saved ``what``, e.g. "steering
+    vector"). ``CheckpointError`` names the file when it is missing, not JSON, or another format."""
+    if not file.is_file():
+        raise CheckpointError(f"{file}: no such file: not a {what} folder")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file}: corrupt JSON ({e})") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        found = data.get("format") if isinstance(data, dict) else None
+        raise CheckpointError(f"{file}: not a {what} manifest (format {found!r})")
+    return data
+
+
 def verify_checkpoint(path: str | Path) -> dict[str, Any]:
     """Check a checkpoint folder is whole; return its ``state.json``. Raises ``CheckpointError``."""
     path = Path(path)

@@ -41,7 +41,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from middleware.adapters import base_label
-from middleware.checkpoints import sha256, write_json_atomic
+from middleware.checkpoints import read_format_manifest, sha256, write_json_atomic
 from middleware.errors import CheckpointError, InputError
 from middleware.evaluate.judges import JudgeLike
 from middleware.models import EMBEDDED_NAME, load_causal_lm
@@ -164,15 +164,7 @@ class ValueGuidedEditor(ModelStage):
         """A saved editor; ``steps``/``step_size``/``max_edit_norm`` override the manifest's defaults.
         ``CheckpointError`` for a missing, corrupt or foreign folder."""
         path = Path(path)
-        mf = path / MANIFEST
-        if not mf.is_file():
-            raise CheckpointError(f"{path}: no {MANIFEST}: not a RE-Control folder (train one with train_recontrol)")
-        try:
-            m = json.loads(mf.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{mf}: corrupt JSON ({e.msg} at line {e.lineno})") from None
-        if not isinstance(m, dict) or m.get("format") != FORMAT:
-            raise CheckpointError(f"{mf}: not a RE-Control manifest (format {m.get('format') if isinstance(m, dict) else None!r})")
+        m = read_format_manifest(path / MANIFEST, FORMAT, "RE-Control")
         w = path / WEIGHTS
         if not w.is_file():
             raise CheckpointError(f"{path}: {WEIGHTS} is missing")

@@ -38,7 +38,6 @@ Where this differs from repeng (``ControlVector.train``) and why:
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +47,7 @@ import torch
 
 from judge.encoding import PromptLike
 from middleware.adapters import base_label
-from middleware.checkpoints import sha256, write_json_atomic
+from middleware.checkpoints import read_format_manifest, sha256, write_json_atomic
 from middleware.errors import CheckpointError, InputError
 from middleware.models import decoder_layers
 from middleware.types import PreferencePair
@@ -303,15 +302,9 @@ class SteeringVector:
 
         folder = Path(path).expanduser()
         man, tens = folder / MANIFEST, folder / TENSORS
-        for f in (man, tens):
-            if not f.is_file():
-                raise CheckpointError(f"{f}: no such file (a steering vector folder holds {MANIFEST} and {TENSORS})")
-        try:
-            meta = json.loads(man.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{man}: corrupt JSON ({e})") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise CheckpointError(f"{man}: not a steering vector manifest (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+        if not tens.is_file():
+            raise CheckpointError(f"{tens}: no such file (a steering vector folder holds {MANIFEST} and {TENSORS})")
+        meta = read_format_manifest(man, FORMAT, "steering vector")
         if meta.get("sha256") and sha256(tens) != meta["sha256"]:
             raise CheckpointError(f"{tens}: checksum mismatch (the file changed or was cut short since it was saved)")
         try:
