@@ -24,30 +24,23 @@ from steering import ReControlConfig, ValueGuidedEditor, train_recontrol
 from steering import rollouts as rollouts_mod
 from steering.rollouts import collect_rollouts, output_head, sample_rollouts
 from steering.value import ValueNet
+from local_models import lively_backend
+from steering_models import one_thread
 from tiny import make_tiny_model_dir
 
 PROMPTS = ["Hi", "What is the capital of France? Please answer.", "The quick brown fox jumps over the lazy dog.", "Paris"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks run fastest on one thread
+_ = one_thread
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2", "gpt2"])
 def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> LocalBackend:
     """A tiny model with its weights redrawn at std 0.3, so greedy answers differ between prompts and edits."""
-    path = make_tiny_model_dir(tmp_path_factory.mktemp(f"rec-{request.param}"), arch=request.param)
-    model, tok = load_causal_lm(path, device="cpu")
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    return LocalBackend(model_obj=model, tokenizer=tok, max_tokens=10)
+    lively = lively_backend(make_tiny_model_dir(tmp_path_factory.mktemp(f"rec-{request.param}"), arch=request.param))
+    lively.max_tokens = 10
+    return lively
 
 
 def req(text: str, **kw: Any) -> ChatRequest:

@@ -12,15 +12,11 @@ import torch
 
 from middleware.errors import InputError
 from steering.value import ReControlConfig, Trajectories, ValueNet, ValueRun, td_loss
+from steering_models import one_thread
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    """Tiny networks train fastest on one thread (and do not fight the other tests for the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks run fastest on one thread
+_ = one_thread
 
 
 def linear_value(w: torch.Tensor) -> Any:
