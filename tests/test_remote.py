@@ -14,7 +14,6 @@ import asyncio
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -28,120 +27,23 @@ from middleware.remote import LiteLLMBackend, is_retryable
 from middleware.stages import PromptStage, ResponseStage
 from middleware.types import ChatRequest, ChatResponse, load_pairs
 
+from fake_upstream import FakeOpenAI, cleared, fail, ok, serve_fake
+
 MOCK_TEXT = "Paris is the capital of France."
 FAST = {"backoff_initial": 0.01, "backoff_max": 0.05}
 
 
-# -- a local OpenAI-compatible server -----------------------------------------------------------
-class FakeOpenAI:
-    """Scripted replies per model name; the last scripted reply repeats. Unscripted: echo the user."""
-
-    def __init__(self) -> None:
-        self.scripts: dict[str, list[dict[str, Any]]] = {}
-        self.requests: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        self.base = ""
-
-    def script(self, model: str, *replies: dict[str, Any]) -> None:
-        self.scripts[model] = list(replies)
-
-    def calls(self, model: str) -> int:
-        return sum(1 for r in self.requests if r["model"] == model)
-
-    def next_reply(self, body: dict[str, Any]) -> dict[str, Any]:
-        with self.lock:
-            self.requests.append(body)
-            queue = self.scripts.get(body["model"])
-            if not queue:
-                return {"status": 200, "text": "echo: " + body["messages"][-1]["content"]}
-            return queue.pop(0) if len(queue) > 1 else queue[0]
-
-
-def ok(text: str) -> dict[str, Any]:
-    return {"status": 200, "text": text}
-
-
-def fail(status: int, message: str, **headers: str) -> dict[str, Any]:
-    return {"status": status, "message": message, "headers": headers}
-
-
-def make_handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _json(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _event(self, payload: Any) -> None:
-            data = payload if isinstance(payload, str) else json.dumps(payload)
-            self.wfile.write(f"data: {data}\n\n".encode())
-            self.wfile.flush()
-
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            reply = fake.next_reply(body)
-            model = body["model"]
-            if reply["status"] != 200:
-                error = {"message": reply["message"], "type": "test_error", "code": reply["status"]}
-                self._json(reply["status"], {"error": error}, reply.get("headers"))
-                return
-            text = reply["text"]
-            usage = {"prompt_tokens": 5, "completion_tokens": len(text.split()), "total_tokens": 5 + len(text.split())}
-            if not body.get("stream"):
-                self._json(200, {
-                    "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": model,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                    "usage": usage,
-                })
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.end_headers()
-            base = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 0, "model": model}
-            self._event({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
-            for i in range(0, len(text), 4):
-                self._event({**base, "choices": [{"index": 0, "delta": {"content": text[i : i + 4]}, "finish_reason": None}]})
-            if reply.get("break_stream"):
-                self._event({"error": {"message": reply["break_stream"], "type": "server_error"}})
-                return
-            self._event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-            if (body.get("stream_options") or {}).get("include_usage"):
-                self._event({**base, "choices": [], "usage": usage})
-            self._event("[DONE]")
-
-    return Handler
-
-
+# -- a local OpenAI-compatible server (tests/fake_upstream.py) --------------------------------------
 @pytest.fixture(scope="module")
 def _server() -> Iterator[FakeOpenAI]:
-    fake = FakeOpenAI()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(fake))
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    fake.base = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    try:
+    with serve_fake() as fake:
         yield fake
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 @pytest.fixture
 def server(_server: FakeOpenAI) -> FakeOpenAI:
     """The module's server with no scripts and no recorded requests."""
-    with _server.lock:
-        _server.scripts.clear()
-        _server.requests.clear()
-    return _server
+    return cleared(_server)
 
 
 def remote(server: FakeOpenAI, model: str = "primary", **kw: Any) -> LiteLLMBackend:
