@@ -320,10 +320,9 @@ def build_served_pipeline(pipeline: "str | None", model: "str | None") -> Pipeli
     return Pipeline(make_llm(model))
 
 
-def serve_main(argv: Sequence[str]) -> int:
-    """``alignware serve``: run the OpenAI-compatible server."""
-    import uvicorn  # only the command needs the server itself
-
+def app_from_args(argv: Sequence[str]) -> tuple[Any, str, int]:
+    """The app ``alignware serve ARGV`` runs, and the host and port it binds: flags, environment
+    variables, the pipeline, and the start-up check of the upstream's credentials."""
     from .server_http import missing_upstream_credentials
 
     args = serve_parser().parse_args(list(argv))
@@ -336,5 +335,13 @@ def serve_main(argv: Sequence[str]) -> int:
         )
     origins = args.cors_origins if args.cors_origins is not None else _env_list("ALIGNWARE_CORS_ORIGINS")
     app = create_app(pipe, model_name=args.name, api_key=args.api_key, cors_origins=origins, trace=args.trace)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return app, args.host, args.port
+
+
+def serve_main(argv: Sequence[str]) -> int:
+    """``alignware serve``: run the OpenAI-compatible server."""
+    import uvicorn  # only the command needs the server itself
+
+    app, host, port = app_from_args(argv)
+    uvicorn.run(app, host=host, port=port, log_level="info")
     return 0
