@@ -128,11 +128,11 @@ async def events_without_trace(events: AsyncIterator[str]) -> AsyncIterator[str]
 # -- start-up check ------------------------------------------------------------------------
 def missing_upstream_credentials(llm: LLM) -> list[str]:
     """The environment variables a remote upstream needs and lacks (empty when it has them, is
-    given an ``api_key`` in ``llm_options``, or is not a litellm backend), by litellm's
-    ``validate_environment``."""
+    given an ``api_key`` or litellm's offline ``mock_response`` in ``llm_options``, or is not a litellm
+    backend), by litellm's ``validate_environment``."""
     kwargs = getattr(llm, "litellm_kwargs", None)
     model = getattr(llm, "model", None)
-    if not isinstance(kwargs, dict) or not isinstance(model, str) or kwargs.get("api_key"):
+    if not isinstance(kwargs, dict) or not isinstance(model, str) or kwargs.get("api_key") or "mock_response" in kwargs:
         return []
     import litellm  # heavy: only a remote upstream needs it, and it has already loaded it
 
