@@ -196,6 +196,12 @@ def test_serve_refuses_to_start_without_upstream_credentials(monkeypatch, capsys
 
     assert main(["serve", "--model", "openai/gpt-4o-mini"]) == 1
     assert "needs OPENAI_API_KEY" in capsys.readouterr().err
+    monkeypatch.setenv("ALIGNWARE_HOST", "0.0.0.0")
+    monkeypatch.setenv("ALIGNWARE_PORT", "9123")
+    _, host, port = app_from_args(["--model", "openai/gpt-4o-mini", "--no-credential-check"])
+    assert (host, port) == ("0.0.0.0", 9123)
+    _, host, port = app_from_args(["--model", "openai/gpt-4o-mini", "--api-key", "k", "--no-credential-check", "--host", "::1", "--port", "1"])
+    assert (host, port) == ("::1", 1)
 
 
 def test_readme_pipeline_streams_through_the_server(fake):
