@@ -24,7 +24,13 @@ class ResponseStage(Stage):
         return await asyncio.to_thread(self.process, request, response)
 
     def process_stream(self, request: ChatRequest, chunks: Iterator[str]) -> Iterator[str]:
-        """Streaming hook. Default (``buffer``): collect the whole answer, then yield the corrected one."""
+        """Streaming hook. Default (``buffer``): collect the whole answer, then yield the corrected one.
+
+        A stage that only implements ``process`` must see the whole answer before it can change it, so a
+        streamed reply through it reaches the client in one piece once the upstream has finished. To keep
+        streaming, override this (and ``aprocess_stream``) to yield pieces as they come: a stage that
+        only watches yields each chunk unchanged; one that edits locally may hold back what it still needs
+        (a sentence, a line)."""
         text = "".join(chunks)
         yield self.process(request, ChatResponse(text=text)).text
 
@@ -138,6 +144,14 @@ class IdentityResponseStage(ResponseStage):
 
     def process(self, request: ChatRequest, response: ChatResponse) -> ChatResponse:
         return response
+
+    def process_stream(self, request: ChatRequest, chunks: Iterator[str]) -> Iterator[str]:
+        """Each chunk as it arrives: a streamed reply stays streamed."""
+        yield from chunks
+
+    async def aprocess_stream(self, request: ChatRequest, chunks: AsyncIterator[str]) -> AsyncIterator[str]:
+        async for c in chunks:
+            yield c
 
     def deterministic(self) -> bool:
         return self.timeout is None
