@@ -11,9 +11,9 @@ sync or async::
 
 ``register`` adds the provider to ``litellm.custom_provider_map`` (once). Without code, pipelines can be
 named in the environment: ``ALIGNWARE_PIPELINES="support=pipelines/support.yaml;faq=faq.yaml"`` is read
-the first time a name is not registered (this is how the LiteLLM proxy uses the provider: its
-``config.yaml`` names ``custom_handler: middleware.litellm_provider.handler`` under
-``litellm_settings.custom_provider_map``).
+the first time a name is not registered (then ``middleware.litellm_provider.install()`` is the only
+call needed). To put a pipeline's stages around the models of a LiteLLM *proxy*, use the guardrail in
+``middleware.guardrail`` instead.
 
 The trace: non-streamed, ``response.alignware_trace`` (a list of ``StageTrace`` dicts, the same as
 ``alignware serve``'s ``alignware_trace`` field) and ``response._hidden_params["alignware_trace"]``;
@@ -200,8 +200,7 @@ class AlignwareLLM(CustomLLM):
 
 
 handler = AlignwareLLM()
-"""The provider instance; the LiteLLM proxy's ``custom_provider_map`` names it as
-``middleware.litellm_provider.handler``."""
+"""The provider instance that ``install`` adds to ``litellm.custom_provider_map``."""
 
 
 def install() -> AlignwareLLM:
