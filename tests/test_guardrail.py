@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import shutil
@@ -190,3 +191,82 @@ def test_proxy_keeps_the_conversation_around_the_rewritten_turn(proxy: Proxy, up
     assert [(m["role"], m["content"], m.get("name")) for m in sent] == [
         ("system", "You are terse.", None), ("user", "Hello.", "ann"), ("assistant", "Hi.", None), ("user", REWRITTEN, "ann"),
     ]
+
+
+# -- the hooks called directly, as the proxy calls them (no proxy process) ---------------------------
+from litellm.types.utils import Choices, Delta, Message, ModelResponse, ModelResponseStream, StreamingChoices, Usage  # noqa: E402
+
+from middleware import InputError  # noqa: E402
+from middleware.guardrail import ENV_PIPELINE, AlignwareGuardrail  # noqa: E402
+
+
+def _guardrail(tmp_path: Path, stages: str, **kw: Any) -> AlignwareGuardrail:
+    if str(EXAMPLE) not in sys.path:
+        sys.path.insert(0, str(EXAMPLE))  # the example's stages module, as the proxy finds it through PYTHONPATH
+    (tmp_path / "p.yaml").write_text(f"stages: {stages}\n")
+    return AlignwareGuardrail(pipeline=str(tmp_path / "p.yaml"), guardrail_name="alignware", event_hook=["pre_call", "post_call"], default_on=True, **kw)
+
+
+def _chunk(text: str | None = None, finish: str | None = None, usage: Usage | None = None) -> ModelResponseStream:
+    choices = [] if usage is not None else [StreamingChoices(index=0, delta=Delta(content=text), finish_reason=finish)]
+    chunk = ModelResponseStream(id="chatcmpl-up", created=1, model="up", choices=choices)
+    if usage is not None:
+        setattr(chunk, "usage", usage)
+    return chunk
+
+
+async def _stream(guard: AlignwareGuardrail, chunks: list[ModelResponseStream], data: dict[str, Any]) -> list[Any]:
+    async def upstream() -> Any:
+        for c in chunks:
+            yield c
+
+    return [c async for c in guard.async_post_call_streaming_iterator_hook(None, upstream(), data)]
+
+
+REPLACE = "[{type: 'stages:ReplaceWords', replace: {colour: color}}]"
+
+
+def test_streamed_closing_chunks_follow_the_corrected_text(tmp_path: Path) -> None:
+    guard = _guardrail(tmp_path, REPLACE, trace=True)
+    data = {"messages": QUESTION, "model": "chat"}
+    up = [_chunk(""), _chunk("My col"), _chunk("our is "), _chunk("blue colour", finish="stop"), _chunk(usage=Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3))]
+    out = asyncio.run(_stream(guard, up, data))
+    texts = [c.choices[0].delta.content for c in out if c.choices and c.choices[0].delta.content]
+    assert "".join(texts) == "My color is blue color"
+    assert out[0] is up[0], "the role chunk goes first"
+    assert [c.choices[0].finish_reason for c in out if c.choices and c.choices[0].finish_reason] == ["stop"]
+    assert out[-2].choices[0].finish_reason == "stop" and out[-1] is up[-1], "finish, then usage, after the text"
+    assert [t["stage"] for t in out[-2].alignware_trace] == ["ReplaceWords"]
+    assert all(c.id == "chatcmpl-up" for c in out)
+
+
+def test_a_failing_stage_passes_the_reply_through(tmp_path: Path) -> None:
+    guard = _guardrail(tmp_path, "[{type: 'core_stages:BoomResponse'}]", trace=True)
+    reply = ModelResponse(choices=[Choices(index=0, message=Message(content=ANSWER, role="assistant"), finish_reason="stop")])
+    out = asyncio.run(guard.async_post_call_success_hook({"messages": QUESTION}, None, reply))
+    assert out.choices[0].message.content == ANSWER
+    assert [(t["stage"], t["verdict"]) for t in out.alignware_trace] == [("BoomResponse", "failed")]
+    streamed = asyncio.run(_stream(guard, [_chunk("My colour"), _chunk(" is blue.", finish="stop")], {"messages": QUESTION}))
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == "My colour is blue."
+
+
+def test_no_trace_unless_asked_and_unreadable_requests_pass_untouched(tmp_path: Path) -> None:
+    guard = _guardrail(tmp_path, "[{type: append_to_prompt, text: Be brief.}]")
+    data: dict[str, Any] = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}
+    assert asyncio.run(guard.async_pre_call_hook(None, None, data, "acompletion"))["messages"][0]["content"][0]["type"] == "image_url"
+    data = {"messages": list(QUESTION)}
+    asyncio.run(guard.async_pre_call_hook(None, None, data, "acompletion"))
+    assert data["messages"][-1]["content"] == "Name a colour. Be brief."
+    reply = ModelResponse(choices=[Choices(index=0, message=Message(content=ANSWER, role="assistant"), finish_reason="stop")])
+    assert not hasattr(asyncio.run(guard.async_post_call_success_hook(data, None, reply)), "alignware_trace")
+
+
+def test_the_pipeline_file_is_required_and_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_PIPELINE, raising=False)
+    with pytest.raises(InputError, match="pipeline: path.yaml"):
+        AlignwareGuardrail(guardrail_name="alignware")
+    monkeypatch.setenv(ENV_PIPELINE, str(tmp_path / "missing.yaml"))
+    with pytest.raises(InputError, match="missing.yaml: no such pipeline config file"):
+        AlignwareGuardrail(guardrail_name="alignware")
+    with pytest.raises(InputError, match="stages.0"):
+        _guardrail(tmp_path, "[{type: no_such_stage}]")
