@@ -177,7 +177,8 @@ class AlignwareGuardrail(CustomGuardrail):
         Chunks without text (the role, tool calls) keep their place before the next text; the closing
         chunks (``finish_reason``, usage) follow the stages' last words and the first of them carries the trace.
         """
-        if not self.response_stages or not self.should_run_guardrail(data=request_data, event_type=GuardrailEventHooks.post_call):
+        wanted = self.response_stages or self.trace  # without either, the stream passes through as it came
+        if not wanted or not self.should_run_guardrail(data=request_data, event_type=GuardrailEventHooks.post_call):
             async for item in response:
                 yield item
             return

@@ -270,3 +270,12 @@ def test_the_pipeline_file_is_required_and_checked(tmp_path: Path, monkeypatch: 
         AlignwareGuardrail(guardrail_name="alignware")
     with pytest.raises(InputError, match="stages.0"):
         _guardrail(tmp_path, "[{type: no_such_stage}]")
+
+
+def test_prompt_stages_alone_still_trace_a_streamed_reply(tmp_path: Path) -> None:
+    guard = _guardrail(tmp_path, "[{type: append_to_prompt, text: Be brief.}]", trace=True)
+    data: dict[str, Any] = {"messages": list(QUESTION)}
+    asyncio.run(guard.async_pre_call_hook(None, None, data, "acompletion"))
+    out = asyncio.run(_stream(guard, [_chunk("Blue"), _chunk(".", finish="stop")], data))
+    assert "".join(c.choices[0].delta.content or "" for c in out if c.choices) == "Blue."
+    assert [t["after"] for t in out[-1].alignware_trace] == ["Name a colour. Be brief."]
