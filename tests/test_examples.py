@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -83,3 +84,16 @@ def test_yaml_chain_finds_the_stage_module_beside_it(tmp_path):
     chunks = list(pipe.stream("How do I reset my password?"))
     assert "".join(c.delta for c in chunks).endswith("\n-- the help desk")
     assert chunks[-1].trace[0].after == "How do I reset my password? Answer in one sentence."
+
+
+def test_train_rewriter_example_trains_an_adapter_and_serves_it(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rewriter"
+    proc = run_example("train_rewriter.py", "--base-model", str(tiny_model_dir), "--out", str(out), "--max-steps", "2", "--max-tokens", "8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "16 pairs: 16 kept" in proc.stdout
+    manifest = json.loads((out / "alignware.json").read_text())
+    assert manifest["kind"] == "rewriter" and manifest["template"] == "bpo"
+    assert (out / "adapter_model.safetensors").is_file()
+    # the trained rewriter ran in front of the model and left its trace
+    assert "(the model was asked: " in proc.stdout
+    assert "PromptRewriter  prompt" in proc.stdout
