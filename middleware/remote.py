@@ -20,7 +20,8 @@ import litellm
 import tenacity
 
 from .errors import BackendError
-from .llm import LLM, ModelStages
+from .llm import LLM, OPENAI_FIELDS, ModelStages
+from .openai_format import chunk_extras, choice_extras, wire_messages
 from .types import ChatChunk, ChatRequest, ChatResponse, Usage, new_reply_id
 
 litellm.suppress_debug_info = True  # errors are reported through BackendError, not litellm's banner
@@ -205,8 +206,9 @@ class _StreamState:
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
 
-    def take(self, chunk: Any) -> str:
-        """Record a raw litellm chunk's metadata; return its text delta."""
+    def take(self, chunk: Any) -> ChatChunk | None:
+        """Record a raw litellm chunk's metadata; return what it carries for the client (text, tool-call
+        deltas, logprobs) as a ``ChatChunk``, or ``None`` when it carries none of them."""
         if getattr(chunk, "model", None):
             self.model = chunk.model
         usage = getattr(chunk, "usage", None)
@@ -214,13 +216,16 @@ class _StreamState:
             self.usage = _usage(usage)
         choices = getattr(chunk, "choices", None)
         if not choices:
-            return ""
+            return None
         choice = choices[0]
         if choice.finish_reason:
             self.finish_reason = choice.finish_reason
         delta = getattr(choice, "delta", None)
         content = getattr(delta, "content", None) if delta is not None else None
-        return content or ""
+        tool_calls, logprobs = chunk_extras(choice, delta)
+        if tool_calls is None and logprobs is None:
+            return ChatChunk(delta=content, model=self.model) if content else None
+        return ChatChunk(delta=content or "", model=self.model, tool_calls=tool_calls, logprobs=logprobs)
 
     def closing(self) -> ChatChunk:
         return ChatChunk(finish_reason=self.finish_reason or "stop", usage=self.usage, model=self.model)
@@ -245,9 +250,20 @@ class LiteLLMBackend(LLM):
 
     Raises:
         BackendError: from every method, whatever went wrong.
+
+    OpenAI request fields (litellm maps them for each provider; ``drop_params=True`` in
+    ``litellm_kwargs`` lets it drop those a provider lacks instead of failing):
+
+    | field | here |
+    | --- | --- |
+    | ``temperature``, ``top_p``, ``max_tokens``, ``stop``, ``seed`` | forwarded |
+    | ``tools``, ``tool_choice``, ``parallel_tool_calls``, ``n``, ``response_format``, ``logprobs``, ``top_logprobs``, ``frequency_penalty``, ``presence_penalty``, ``logit_bias``, ``user`` | forwarded; the reply's ``tool_calls``, every choice and ``logprobs`` come back (streamed: tool-call deltas and logprobs per chunk) |
+    | ``developer`` and ``tool`` messages, an assistant's ``tool_calls`` (``content: null``), ``name`` | forwarded intact |
+    | non-text content parts (images, audio, files) | forwarded as sent (stages see the text parts) |
     """
 
     supports_model_stages = False
+    accepts = frozenset(OPENAI_FIELDS) | {"content_parts"}
 
     def __init__(
         self,
@@ -331,11 +347,13 @@ class LiteLLMBackend(LLM):
         if target.kwargs:
             kw.update(target.kwargs)
         kw["model"] = target.model
-        kw["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+        kw["messages"] = wire_messages(request.messages)
         for name in _REQUEST_FIELDS:
             value = getattr(request, name)
             if value is not None:
                 kw[name] = value
+        if request.openai_fields:
+            kw.update(request.openai_fields)
         kw.update(extra)
         return kw
 
@@ -343,22 +361,31 @@ class LiteLLMBackend(LLM):
         choices = getattr(raw, "choices", None)
         if not choices:
             raise BackendError(f"{target.model}: the provider returned no choices", retryable=False)
-        choice = choices[0]
-        message = getattr(choice, "message", None)
-        text = getattr(message, "content", None) if message is not None else None
         provider_id = getattr(raw, "id", None)
         created = getattr(raw, "created", None)
-        finish = getattr(choice, "finish_reason", None)
         model = getattr(raw, "model", None)
-        return ChatResponse.of(
-            # the provider's id, so a reply can be traced in its logs
-            id=provider_id if isinstance(provider_id, str) and provider_id else new_reply_id(),
-            created=created if isinstance(created, int) else int(time.time()),
-            text=text if isinstance(text, str) else "",
-            finish_reason=finish if isinstance(finish, str) and finish else "stop",
-            model=model if isinstance(model, str) and model else target.model,
-            usage=_usage(getattr(raw, "usage", None)) or Usage(),
-        )
+        usage = _usage(getattr(raw, "usage", None)) or Usage()
+        replies = []
+        for choice in choices:
+            message = getattr(choice, "message", None)
+            text = getattr(message, "content", None) if message is not None else None
+            finish = getattr(choice, "finish_reason", None)
+            reply = ChatResponse.of(
+                # the provider's id, so a reply can be traced in its logs
+                id=provider_id if isinstance(provider_id, str) and provider_id else new_reply_id(),
+                created=created if isinstance(created, int) else int(time.time()),
+                text=text if isinstance(text, str) else "",
+                finish_reason=finish if isinstance(finish, str) and finish else "stop",
+                model=model if isinstance(model, str) and model else target.model,
+                usage=usage,
+            )
+            tool_calls, logprobs = choice_extras(choice, message)
+            if tool_calls is not None or logprobs is not None:
+                reply = reply.model_copy(update={"tool_calls": tool_calls, "logprobs": logprobs})
+            replies.append(reply)
+        if len(replies) == 1:
+            return replies[0]
+        return replies[0].model_copy(update={"more_choices": replies[1:]})
 
     @staticmethod
     def _check_stages(model_stages: ModelStages) -> None:
@@ -459,15 +486,15 @@ class LiteLLMBackend(LLM):
         self._check_stages(model_stages)
         attempts_box: list[int] = []
 
-        def open_stream(target: _Target) -> tuple[Any, _StreamState, str | None]:
+        def open_stream(target: _Target) -> tuple[Any, _StreamState, ChatChunk | None]:
             attempts_box.append(1)
             raw = litellm.completion(**self._stream_kwargs(target, request))
             state = _StreamState(target.model)
             try:
                 for chunk in raw:
-                    text = state.take(chunk)
-                    if text:
-                        return raw, state, text
+                    piece = state.take(chunk)
+                    if piece is not None:
+                        return raw, state, piece
             except BaseException:
                 _close(raw)
                 raise
@@ -477,12 +504,12 @@ class LiteLLMBackend(LLM):
         attempts = len(attempts_box)
         try:
             if first is not None:
-                yield ChatChunk(delta=first, model=state.model)
+                yield first
                 try:
                     for chunk in it:
-                        text = state.take(chunk)
-                        if text:
-                            yield ChatChunk(delta=text, model=state.model)
+                        piece = state.take(chunk)
+                        if piece is not None:
+                            yield piece
                 except Exception as e:
                     raise self._midstream_error(target, e, attempts) from e
             yield state.closing()
@@ -494,15 +521,15 @@ class LiteLLMBackend(LLM):
         self._check_stages(model_stages)
         attempts_box: list[int] = []
 
-        async def open_stream(target: _Target) -> tuple[Any, _StreamState, str | None]:
+        async def open_stream(target: _Target) -> tuple[Any, _StreamState, ChatChunk | None]:
             attempts_box.append(1)
             raw = await litellm.acompletion(**self._stream_kwargs(target, request))
             state = _StreamState(target.model)
             try:
                 async for chunk in raw:
-                    text = state.take(chunk)
-                    if text:
-                        return raw, state, text
+                    piece = state.take(chunk)
+                    if piece is not None:
+                        return raw, state, piece
             except BaseException:
                 await _aclose(raw)
                 raise
@@ -512,12 +539,12 @@ class LiteLLMBackend(LLM):
         attempts = len(attempts_box)
         try:
             if first is not None:
-                yield ChatChunk(delta=first, model=state.model)
+                yield first
                 try:
                     async for chunk in raw:
-                        text = state.take(chunk)
-                        if text:
-                            yield ChatChunk(delta=text, model=state.model)
+                        piece = state.take(chunk)
+                        if piece is not None:
+                            yield piece
                 except Exception as e:
                     raise self._midstream_error(target, e, attempts) from e
             yield state.closing()

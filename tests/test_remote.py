@@ -384,10 +384,11 @@ def test_unknown_role_is_an_input_error() -> None:
         ChatRequest.build([{"role": "robot", "content": "beep"}])
 
 
-def test_image_content_is_an_input_error() -> None:
-    image = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/cat.png"}}]}
-    with pytest.raises(InputError, match="image_url.*only text"):
-        ChatRequest.build([image])
+def test_image_content_is_forwarded_upstream_as_sent(server: FakeOpenAI) -> None:
+    parts = [{"type": "text", "text": "What is"}, {"type": "image_url", "image_url": {"url": "http://x/cat.png"}}]
+    resp = remote(server).complete(ChatRequest.build([{"role": "user", "content": parts}]))
+    assert server.requests[-1]["messages"][0]["content"] == parts
+    assert resp.text == "echo: What is"
 
 
 def test_malformed_jsonl_names_file_line_and_field(tmp_path: Path) -> None:
