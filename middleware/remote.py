@@ -252,13 +252,15 @@ class LiteLLMBackend(LLM):
         BackendError: from every method, whatever went wrong.
 
     OpenAI request fields (litellm maps them for each provider; ``drop_params=True`` in
-    ``litellm_kwargs`` lets it drop those a provider lacks instead of failing):
+    ``litellm_kwargs`` lets it drop those a provider lacks instead of failing; it sends ``user`` only
+    to models of OpenAI's own catalogue, since other OpenAI-compatible servers may reject it):
 
     | field | here |
     | --- | --- |
     | ``temperature``, ``top_p``, ``max_tokens``, ``stop``, ``seed`` | forwarded |
     | ``tools``, ``tool_choice``, ``parallel_tool_calls``, ``n``, ``response_format``, ``logprobs``, ``top_logprobs``, ``frequency_penalty``, ``presence_penalty``, ``logit_bias``, ``user`` | forwarded; the reply's ``tool_calls``, every choice and ``logprobs`` come back (streamed: tool-call deltas and logprobs per chunk) |
-    | ``developer`` and ``tool`` messages, an assistant's ``tool_calls`` (``content: null``), ``name`` | forwarded intact |
+    | ``tool`` messages, an assistant's ``tool_calls`` (``content: null``), ``name`` | forwarded intact |
+    | ``developer`` messages | forwarded; litellm sends them as ``system`` messages |
     | non-text content parts (images, audio, files) | forwarded as sent (stages see the text parts) |
     """
 
