@@ -2,9 +2,8 @@
 
 Into the pipeline: ``request_from_openai`` maps a request body to a ``ChatRequest``. Out to a client:
 ``completion_body`` (a reply as a ``chat.completion``) and ``sse_events`` (a streamed reply as
-``chat.completion.chunk`` events). Out to litellm and back: ``wire_messages`` (messages as OpenAI dicts,
-tool fields and non-text parts intact) and ``choice_extras``/``chunk_extras`` (a reply's tool calls and
-logprobs in OpenAI's shape).
+``chat.completion.chunk`` events). Out to litellm: ``wire_messages`` (messages as OpenAI dicts, tool fields and
+non-text parts intact); litellm's replies are read back by ``middleware.remote_replies``.
 
 What happens to each field of a request (the backends' own tables say what they honour):
 
@@ -184,7 +183,7 @@ async def sse_events(
     yield "data: [DONE]\n\n"
 
 
-# -- requests to litellm and its replies ------------------------------------------------------
+# -- requests to litellm ----------------------------------------------------------------------
 def wire_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
     """Messages as OpenAI dicts for an upstream: text (or the content parts, when one is not text),
     ``name``, an assistant's ``tool_calls`` (with ``content: null`` when it has no text), a tool
@@ -205,46 +204,3 @@ def wire_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
             d["tool_call_id"] = m.tool_call_id
         out.append(d)
     return out
-
-
-def _plain(obj: Any) -> Any:
-    """A provider object (pydantic, dict) as plain JSON data, without ``None`` values."""
-    if obj is None:
-        return None
-    if hasattr(obj, "model_dump"):
-        obj = obj.model_dump(exclude_none=True)
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items() if v is not None}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
-_TOOL_CALL_KEYS = ("index", "id", "type", "function")
-
-
-def _tool_calls(raw: Any) -> list[dict[str, Any]] | None:
-    if not raw:
-        return None
-    calls = []
-    for call in raw:
-        plain = _plain(call)
-        if isinstance(plain, dict):
-            call_dict = {k: plain[k] for k in _TOOL_CALL_KEYS if k in plain}
-            function = call_dict.get("function")
-            if isinstance(function, dict):
-                call_dict["function"] = {k: function[k] for k in ("name", "arguments") if k in function}
-            calls.append(call_dict)
-    return calls or None
-
-
-def choice_extras(choice: Any, message: Any) -> tuple[list[dict[str, Any]] | None, dict[str, Any] | None]:
-    """A litellm reply choice's tool calls and logprobs in OpenAI's shape (``None`` where absent)."""
-    tool_calls = _tool_calls(getattr(message, "tool_calls", None)) if message is not None else None
-    logprobs = _plain(getattr(choice, "logprobs", None))
-    return tool_calls, logprobs if isinstance(logprobs, dict) and logprobs else None
-
-
-def chunk_extras(choice: Any, delta: Any) -> tuple[list[dict[str, Any]] | None, dict[str, Any] | None]:
-    """A litellm stream chunk's tool-call deltas and logprobs in OpenAI's shape (``None`` where absent)."""
-    return choice_extras(choice, delta)

@@ -12,7 +12,6 @@ import asyncio
 import concurrent.futures
 import random
 import re
-import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
@@ -21,8 +20,9 @@ import tenacity
 
 from .errors import BackendError
 from .llm import LLM, OPENAI_FIELDS, ModelStages
-from .openai_format import chunk_extras, choice_extras, wire_messages
-from .types import ChatChunk, ChatRequest, ChatResponse, Usage, new_reply_id
+from .openai_format import wire_messages
+from .remote_replies import StreamState, aclose_stream, close_stream, reply_from_litellm
+from .types import ChatChunk, ChatRequest, ChatResponse
 
 litellm.suppress_debug_info = True  # errors are reported through BackendError, not litellm's banner
 
@@ -162,75 +162,6 @@ def _backend_error(failures: list[_Failure]) -> BackendError:
     )
 
 
-def _usage(raw: Any) -> Usage | None:
-    if raw is None:
-        return None
-    get = raw.get if isinstance(raw, dict) else lambda k: getattr(raw, k, None)
-    prompt = get("prompt_tokens")
-    completion = get("completion_tokens")
-    prompt = prompt if isinstance(prompt, int) else 0
-    completion = completion if isinstance(completion, int) else 0
-    total = get("total_tokens")
-    total = total if isinstance(total, int) and total else prompt + completion
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total)
-
-
-def _close(stream: Any) -> None:
-    """Release a sync litellm stream's connection (best effort)."""
-    for obj in (stream, getattr(stream, "completion_stream", None)):
-        close = getattr(obj, "close", None)
-        if callable(close):
-            try:
-                close()
-            except Exception:
-                pass
-            return
-
-
-async def _aclose(stream: Any) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if callable(aclose):
-        try:
-            await aclose()
-        except Exception:
-            pass
-
-
-class _StreamState:
-    """What a stream has told us so far: model, finish reason, usage."""
-
-    __slots__ = ("model", "finish_reason", "usage")
-
-    def __init__(self, model: str) -> None:
-        self.model = model
-        self.finish_reason: str | None = None
-        self.usage: Usage | None = None
-
-    def take(self, chunk: Any) -> ChatChunk | None:
-        """Record a raw litellm chunk's metadata; return what it carries for the client (text, tool-call
-        deltas, logprobs) as a ``ChatChunk``, or ``None`` when it carries none of them."""
-        if getattr(chunk, "model", None):
-            self.model = chunk.model
-        usage = getattr(chunk, "usage", None)
-        if usage is not None:
-            self.usage = _usage(usage)
-        choices = getattr(chunk, "choices", None)
-        if not choices:
-            return None
-        choice = choices[0]
-        if choice.finish_reason:
-            self.finish_reason = choice.finish_reason
-        delta = getattr(choice, "delta", None)
-        content = getattr(delta, "content", None) if delta is not None else None
-        tool_calls, logprobs = chunk_extras(choice, delta)
-        if tool_calls is None and logprobs is None:
-            return ChatChunk(delta=content, model=self.model) if content else None
-        return ChatChunk(delta=content or "", model=self.model, tool_calls=tool_calls, logprobs=logprobs)
-
-    def closing(self) -> ChatChunk:
-        return ChatChunk(finish_reason=self.finish_reason or "stop", usage=self.usage, model=self.model)
-
-
 class LiteLLMBackend(LLM):
     """A hosted chat model reached through litellm (``"openai/gpt-4o-mini"``, ``"anthropic/..."``...).
 
@@ -360,34 +291,10 @@ class LiteLLMBackend(LLM):
         return kw
 
     def _response(self, raw: Any, target: _Target) -> ChatResponse:
-        choices = getattr(raw, "choices", None)
-        if not choices:
+        reply = reply_from_litellm(raw, target.model)
+        if reply is None:
             raise BackendError(f"{target.model}: the provider returned no choices", retryable=False)
-        provider_id = getattr(raw, "id", None)
-        created = getattr(raw, "created", None)
-        model = getattr(raw, "model", None)
-        usage = _usage(getattr(raw, "usage", None)) or Usage()
-        replies = []
-        for choice in choices:
-            message = getattr(choice, "message", None)
-            text = getattr(message, "content", None) if message is not None else None
-            finish = getattr(choice, "finish_reason", None)
-            reply = ChatResponse.of(
-                # the provider's id, so a reply can be traced in its logs
-                id=provider_id if isinstance(provider_id, str) and provider_id else new_reply_id(),
-                created=created if isinstance(created, int) else int(time.time()),
-                text=text if isinstance(text, str) else "",
-                finish_reason=finish if isinstance(finish, str) and finish else "stop",
-                model=model if isinstance(model, str) and model else target.model,
-                usage=usage,
-            )
-            tool_calls, logprobs = choice_extras(choice, message)
-            if tool_calls is not None or logprobs is not None:
-                reply = reply.model_copy(update={"tool_calls": tool_calls, "logprobs": logprobs})
-            replies.append(reply)
-        if len(replies) == 1:
-            return replies[0]
-        return replies[0].model_copy(update={"more_choices": replies[1:]})
+        return reply
 
     @staticmethod
     def _check_stages(model_stages: ModelStages) -> None:
@@ -488,17 +395,17 @@ class LiteLLMBackend(LLM):
         self._check_stages(model_stages)
         attempts_box: list[int] = []
 
-        def open_stream(target: _Target) -> tuple[Any, _StreamState, ChatChunk | None]:
+        def open_stream(target: _Target) -> tuple[Any, StreamState, ChatChunk | None]:
             attempts_box.append(1)
             raw = litellm.completion(**self._stream_kwargs(target, request))
-            state = _StreamState(target.model)
+            state = StreamState(target.model)
             try:
                 for chunk in raw:
                     piece = state.take(chunk)
                     if piece is not None:
                         return raw, state, piece
             except BaseException:
-                _close(raw)
+                close_stream(raw)
                 raise
             return raw, state, None
 
@@ -516,24 +423,24 @@ class LiteLLMBackend(LLM):
                     raise self._midstream_error(target, e, attempts) from e
             yield state.closing()
         finally:
-            _close(it)
+            close_stream(it)
 
     async def astream(self, request: ChatRequest, *, model_stages: ModelStages = ()) -> AsyncIterator[ChatChunk]:
         """Native async streaming through ``litellm.acompletion(stream=True)``; same policy as ``stream``."""
         self._check_stages(model_stages)
         attempts_box: list[int] = []
 
-        async def open_stream(target: _Target) -> tuple[Any, _StreamState, ChatChunk | None]:
+        async def open_stream(target: _Target) -> tuple[Any, StreamState, ChatChunk | None]:
             attempts_box.append(1)
             raw = await litellm.acompletion(**self._stream_kwargs(target, request))
-            state = _StreamState(target.model)
+            state = StreamState(target.model)
             try:
                 async for chunk in raw:
                     piece = state.take(chunk)
                     if piece is not None:
                         return raw, state, piece
             except BaseException:
-                await _aclose(raw)
+                await aclose_stream(raw)
                 raise
             return raw, state, None
 
@@ -551,7 +458,7 @@ class LiteLLMBackend(LLM):
                     raise self._midstream_error(target, e, attempts) from e
             yield state.closing()
         finally:
-            await _aclose(raw)
+            await aclose_stream(raw)
 
     @staticmethod
     def _midstream_error(target: _Target, exc: Exception, attempts: int) -> BackendError:
