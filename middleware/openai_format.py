@@ -5,16 +5,27 @@ Into the pipeline: ``request_from_openai`` maps a request body to a ``ChatReques
 ``chat.completion.chunk`` events). Out to litellm: ``wire_messages`` (messages as OpenAI dicts, tool fields and
 non-text parts intact); litellm's replies are read back by ``middleware.remote_replies``.
 
-What happens to each field of a request (the backends' own tables say what they honour):
+What becomes of each field of a request, per backend (*honoured*: the backend does it itself;
+*forwarded*: passed on to the provider through litellm; *refused*: a 400 in OpenAI's error shape whose
+``param`` names the field; a field at its neutral value, such as ``n: 1`` or ``logprobs: false``, is
+always accepted). Stages see and may rewrite only text: prompt stages the last user message's text,
+response stages the text of each choice; a choice with only tool calls passes them untouched.
 
-| field | what happens |
-| --- | --- |
-| ``messages`` | validated; text parts of a message are joined with a newline (``"Name a"`` + ``"colour."`` is ``"Name a\\ncolour."``): that text is what stages read and rewrite; roles ``system``, ``developer``, ``user``, ``assistant`` (``tool_calls`` and ``content: null`` kept), ``tool`` (``tool_call_id`` required) |
-| ``temperature``, ``top_p``, ``max_tokens`` (or ``max_completion_tokens``), ``stop``, ``seed`` | every backend |
-| ``tools``, ``tool_choice``, ``parallel_tool_calls``, ``n``, ``response_format``, ``logprobs``, ``top_logprobs``, ``frequency_penalty``, ``presence_penalty``, ``logit_bias``, ``user`` | ``ChatRequest.openai_fields``: forwarded by a backend that can, refused with a 400 naming the field by one that cannot (``user`` is also ``metadata["user"]``) |
-| ``n`` > 1 with ``stream: true`` | refused (400, ``n``): streamed replies carry one choice |
-| ``metadata`` | ``ChatRequest.metadata``, for stages |
-| ``stream``, ``stream_options.include_usage`` | honoured by the server |
+| field | ``LiteLLMBackend`` (remote) | ``LocalBackend`` (local model) | ``FunctionLLM`` |
+| --- | --- | --- | --- |
+| ``messages``: text, or text parts (joined with a newline, ``"Name a\ncolour."``) | forwarded | honoured | honoured |
+| ``developer`` messages | forwarded (litellm sends them as ``system``) | honoured as ``system`` | passed to the function |
+| ``tool`` messages, an assistant's ``tool_calls`` (``content: null``) | forwarded intact | refused (``messages[i].role`` / ``.tool_calls``) | passed when the function takes ``tools``, else refused |
+| non-text content parts (images, audio, files) | forwarded as sent | refused (``messages[i].content[j]``) | refused (``messages[i].content[j]``) |
+| ``temperature``, ``top_p``, ``max_tokens``/``max_completion_tokens``, ``stop``, ``seed`` | forwarded | honoured | passed when the function takes them, else ignored |
+| ``tools``, ``tool_choice``, ``parallel_tool_calls`` | forwarded; ``tool_calls`` come back (streamed as deltas) | refused (``parallel_tool_calls`` ignored) | passed when taken, else refused |
+| ``n`` | forwarded; every choice comes back, each through the response stages; refused with ``stream: true`` | refused | passed when taken, else refused |
+| ``response_format`` | forwarded (the SDK's ``.parse()`` works) | refused | passed when taken, else refused |
+| ``logprobs``, ``top_logprobs`` | forwarded; they come back (streamed per chunk; after the text when a response stage rewrote it) | refused | passed when taken, else refused |
+| ``frequency_penalty``, ``presence_penalty``, ``logit_bias`` | forwarded | refused | passed when taken, else refused |
+| ``user`` | forwarded (litellm sends it to models of OpenAI's catalogue only); ``metadata["user"]`` for stages | ``metadata["user"]`` | passed when taken; ``metadata["user"]`` |
+| ``metadata`` | ``ChatRequest.metadata``, for stages | same | same |
+| ``stream``, ``stream_options.include_usage`` | honoured by the server | same | same |
 """
 
 from __future__ import annotations
