@@ -101,9 +101,14 @@ class LLM(ABC):
         return await asyncio.to_thread(self.complete, request, model_stages=model_stages)
 
     def stream(self, request: ChatRequest, *, model_stages: ModelStages = ()) -> Iterator[ChatChunk]:
-        """Default: one chunk with the whole text, then the closing chunk."""
+        """Default: one chunk with the whole text (and the tool calls and logprobs, where the reply has
+        them), then the closing chunk."""
         resp = self.complete(request, model_stages=model_stages)
-        yield ChatChunk(delta=resp.text, model=resp.model)
+        if resp.tool_calls is None and resp.logprobs is None:
+            yield ChatChunk(delta=resp.text, model=resp.model)
+        else:
+            calls = None if resp.tool_calls is None else [{"index": i, **c} for i, c in enumerate(resp.tool_calls)]
+            yield ChatChunk(delta=resp.text, model=resp.model, tool_calls=calls, logprobs=resp.logprobs)
         yield ChatChunk(finish_reason=resp.finish_reason, model=resp.model, usage=resp.usage, trace=resp.trace)
 
     async def astream(self, request: ChatRequest, *, model_stages: ModelStages = ()) -> AsyncIterator[ChatChunk]:

@@ -64,3 +64,11 @@ def test_function_llm_passes_the_parameters_its_function_takes():
         plain.complete(ChatRequest.build("hi", openai_fields={"tools": tools}))
     assert e.value.field == "tools"
     assert plain.complete(ChatRequest.build("hi", openai_fields={"n": 1, "user": "u"})).text == "ok"  # neutral values
+
+
+def test_default_stream_carries_a_replys_tool_calls_as_deltas():
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    llm = FunctionLLM(lambda messages, tools=None: ChatResponse(text="", tool_calls=[call], finish_reason="tool_calls"))
+    chunks = list(llm.stream(ChatRequest.build("hi", openai_fields={"tools": [{"type": "function", "function": {"name": "f"}}]})))
+    assert chunks[0].tool_calls == [{"index": 0, **call}]
+    assert chunks[-1].finish_reason == "tool_calls"
