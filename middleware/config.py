@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .errors import InputError
 from .llm import LLM, make_llm
@@ -53,14 +54,38 @@ def register_stage(name: str) -> Callable[[type], type]:
     return deco
 
 
-def resolve_stage_type(name: str) -> type:
+def _import_stage_module(mod_name: str, base_dir: Path | None) -> Any:
+    """Import ``mod_name`` from the installed packages and ``sys.path``; failing that, from ``base_dir``
+    (the folder holding the config file), so a stage module can sit beside its config."""
+    try:
+        return importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        top = mod_name.partition(".")[0]
+        beside = base_dir is not None and ((base_dir / f"{top}.py").is_file() or (base_dir / top / "__init__.py").is_file())
+        if e.name != top or not beside:
+            raise
+    assert base_dir is not None
+    sys.path.insert(0, str(base_dir))
+    try:
+        return importlib.import_module(mod_name)
+    finally:
+        sys.path.remove(str(base_dir))
+
+
+def resolve_stage_type(name: str, base_dir: "str | Path | None" = None) -> type:
+    """The stage class a config's ``type`` names: a registered name, or ``"package.module:Class"``.
+
+    The module is imported as Python would (installed packages, ``PYTHONPATH``, the current folder when
+    running a script from it); a module that is not found there is looked for in ``base_dir``, the folder
+    of the config file, so ``type: my_stages:Shout`` finds ``my_stages.py`` beside ``pipeline.yaml``.
+    """
     target = STAGE_TYPES.get(name, name)
     if ":" not in target:
         known = ", ".join(sorted(STAGE_TYPES))
         raise InputError(f"unknown stage type {name!r}; known: {known} (or 'package.module:Class')")
     mod_name, _, attr = target.partition(":")
     try:
-        mod = importlib.import_module(mod_name)
+        mod = _import_stage_module(mod_name, Path(base_dir) if base_dir is not None else None)
         cls = getattr(mod, attr)
     except (ImportError, AttributeError) as e:
         raise InputError(f"stage type {name!r} ({target}) cannot be loaded: {e}") from None
@@ -89,6 +114,7 @@ class PipelineConfig(BaseModel):
     defaults: dict[str, Any] = Field(default_factory=dict)
     stages: list[StageSpec] = Field(default_factory=list)
     source: str | None = Field(default=None, exclude=True)
+    _base_dir: Path | None = PrivateAttr(default=None)  # the config file's folder: stage modules beside it
 
     @field_validator("defaults")
     @classmethod
@@ -132,11 +158,15 @@ class PipelineConfig(BaseModel):
             loc = ".".join(str(p) for p in err["loc"])
             raise InputError(f"{where}: {loc}: {err['msg'].removeprefix('Value error, ')}") from None
         cfg.source = where
+        if not isinstance(src, dict):
+            cfg._base_dir = Path(src).resolve().parent
         return cfg
 
-    def build_llm(self) -> LLM:
+    def build_llm(self, model: "str | None" = None) -> LLM:
+        """The config's LLM with its ``llm_options``; ``model`` replaces only the model name
+        (``alignware serve --pipeline P --model M`` keeps the file's api_base and api_key)."""
         try:
-            return make_llm(self.llm, **self.llm_options)
+            return make_llm(model or self.llm, **self.llm_options)
         except (TypeError, ValueError) as e:  # InputError is a ValueError
             where = "llm_options" if self.llm_options else "llm"
             raise InputError(f"{self.source or 'config'}: {where}: {e}") from None
@@ -145,7 +175,7 @@ class PipelineConfig(BaseModel):
         """Build stage ``i``; a bad type or option raises ``InputError`` naming the file and ``stages.i``."""
         spec = self.stages[i]
         try:
-            cls = resolve_stage_type(spec.type)
+            cls = resolve_stage_type(spec.type, self._base_dir)
             factory = getattr(cls, "from_config", None) or cls
             return factory(**spec.params)
         except (TypeError, ValueError) as e:  # InputError is a ValueError

@@ -26,7 +26,7 @@ from .types import ChatChunk, ChatRequest, ChatResponse
 
 litellm.suppress_debug_info = True  # errors are reported through BackendError, not litellm's banner
 
-__all__ = ["LiteLLMBackend", "is_retryable"]
+__all__ = ["LiteLLMBackend", "is_retryable", "missing_credentials"]
 
 _RETRYABLE_TYPES: tuple[type[BaseException], ...] = (
     litellm.RateLimitError,
@@ -56,14 +56,28 @@ def _no_retries() -> Any:
     return RetryPolicy(DefaultRetries=0)
 
 
+#: How the provider SDKs say that no API key was given (litellm reports it as an HTTP 500).
+_MISSING_CREDENTIALS = re.compile(r"missing credentials|api_key client option must be set|no api key|api key not (?:found|set)", re.I)
+
+
+def missing_credentials(exc: BaseException) -> bool:
+    """Whether ``exc`` says that the provider's API key was not given at all (a set-up error)."""
+    return bool(_MISSING_CREDENTIALS.search(str(exc)))
+
+
 def _status(exc: BaseException) -> int | None:
+    if missing_credentials(exc):
+        return None  # our set-up, not the provider's answer: a 502 to our client, not litellm's 500
     code = getattr(exc, "status_code", None)
     return code if isinstance(code, int) else None
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Whether calling again could fix ``exc``: rate limits, timeouts, connection errors and 5xx."""
-    if isinstance(exc, _FINAL_TYPES):
+    """Whether calling again could fix ``exc``: rate limits, timeouts, connection errors and 5xx.
+
+    Refused or missing credentials are final: an authentication error, and the "missing credentials"
+    error litellm reports as a 500 when no API key was given."""
+    if isinstance(exc, _FINAL_TYPES) or missing_credentials(exc):
         return False
     if isinstance(exc, _RETRYABLE_TYPES):
         return True

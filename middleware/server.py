@@ -6,8 +6,10 @@ Any chat app that takes a base URL can sit on top unchanged::
     # then: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="...")
 
 Endpoints: ``POST /v1/chat/completions`` (JSON, or server-sent events with ``"stream": true``),
-``GET /v1/models``, ``GET /health``. Each completion carries the per-stage trace in an extra
-``alignware_trace`` field (the last chunk of a stream carries it too).
+``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health``. The per-stage trace comes in an extra
+``alignware_trace`` field (in a stream, on the last chunk) when asked for: per server (``--trace``,
+``create_app(trace=True)``) or per request (header ``X-Alignware-Trace: 1``). Auth, CORS and the
+OpenAI-shaped answers to unknown routes are in ``server_http.py``.
 
 Errors use OpenAI's body, ``{"error": {"message", "type", "param", "code"}}``, with the status
 ``error_for`` maps: a stream that fails before its first chunk answers with that status; one that
@@ -78,19 +80,39 @@ def _completion(resp: ChatResponse, model: str) -> dict[str, Any]:
     return completion_body(resp, model)
 
 
-def create_app(pipeline: Pipeline, *, model_name: str = "alignware", api_key: "str | None" = None) -> Any:
-    """A FastAPI app serving ``pipeline``. With ``api_key``, requests need ``Authorization: Bearer KEY``."""
+def create_app(
+    pipeline: Pipeline,
+    *,
+    model_name: str = "alignware",
+    api_key: "str | None" = None,
+    cors_origins: "Sequence[str] | None" = None,
+    trace: bool = False,
+) -> Any:
+    """A FastAPI app serving ``pipeline`` under the model name ``model_name``.
+
+    ``api_key``: requests to ``/v1/...`` need ``Authorization: Bearer KEY`` (the scheme in any case);
+    a 401 carries ``WWW-Authenticate: Bearer``. ``cors_origins``: the browser origins allowed to call
+    the API (``["*"]``: any; default: none, no CORS headers). ``trace``: every reply carries the
+    per-stage ``alignware_trace`` (prompts and answers before and after each stage); without it only
+    requests with the header ``X-Alignware-Trace: 1`` get it (``0`` turns a server-wide trace off).
+    """
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, StreamingResponse
 
-    app = FastAPI(title="alignware", version="0.1.0")
-    started = int(time.time())
+    from . import server_http as http
 
-    def authorised(request: Request) -> bool:
+    app = FastAPI(title="alignware", version="0.1.0")
+    http.install_error_handlers(app)
+    http.add_cors(app, cors_origins or ())
+    started = int(time.time())
+    model_card = {"id": model_name, "object": "model", "created": started, "owned_by": "alignware"}
+
+    def refused(request: Request) -> Any:
+        """The 401 for a request without the key, else ``None``."""
         if not api_key:
-            return True
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        return secrets.compare_digest(given, api_key)
+            return None
+        problem = http.auth_problem(request.headers.get("authorization"), api_key)
+        return http.unauthorised(problem) if problem else None
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -98,14 +120,21 @@ def create_app(pipeline: Pipeline, *, model_name: str = "alignware", api_key: "s
 
     @app.get("/v1/models")
     async def models(request: Request) -> Any:
-        if not authorised(request):
-            return _error(401, "invalid API key", "authentication_error")
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": started, "owned_by": "alignware"}]}
+        return refused(request) or {"object": "list", "data": [model_card]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str, request: Request) -> Any:
+        if (denied := refused(request)) is not None:
+            return denied
+        if model_id != model_name:
+            return http.openai_error(404, f"The model '{model_id}' does not exist; this server serves '{model_name}'",
+                                     param="model", code="model_not_found")
+        return model_card
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        if not authorised(request):
-            return _error(401, "invalid API key", "authentication_error")
+        if (denied := refused(request)) is not None:
+            return denied
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -115,6 +144,7 @@ def create_app(pipeline: Pipeline, *, model_name: str = "alignware", api_key: "s
             include_usage = bool(_object_field(body, "stream_options").get("include_usage"))
         except (InputError, ValidationError) as e:
             return _error_response(e if isinstance(e, InputError) else InputError(str(e)))
+        tracing = http.wants_trace(request, trace)
         if body.get("stream"):
             # Start the pipeline before answering: a failure before the first chunk gets its own
             # HTTP status and JSON body, not a 200 with an error event.
@@ -127,12 +157,16 @@ def create_app(pipeline: Pipeline, *, model_name: str = "alignware", api_key: "s
                 await _aclose(chunks)
                 return _error_response(e)
             events = _sse(chunks, first, model_name, include_usage)
-            return EventStream(events, closing=(events, chunks))
+            if tracing:
+                return EventStream(events, closing=(events, chunks))
+            sent = http.events_without_trace(events)
+            return EventStream(sent, closing=(sent, events, chunks))
         try:
             resp = await pipeline.achat(req)
         except Exception as e:
             return _error_response(e)
-        return JSONResponse(_completion(resp, model_name))
+        completion = _completion(resp, model_name)
+        return JSONResponse(completion if tracing else http.without_trace(completion))
 
     class EventStream(StreamingResponse):
         """Server-sent events that close the event generator and the pipeline's stream however the
@@ -173,22 +207,69 @@ async def _sse(chunks: AsyncIterator[ChatChunk], first: ChatChunk | None, model:
         await _aclose(chunks)
 
 
+def _env_list(name: str) -> list[str]:
+    return [v.strip() for v in os.environ.get(name, "").split(",") if v.strip()]
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    """The flags of ``alignware serve``; each has an environment variable for its default."""
+    p = argparse.ArgumentParser(prog="alignware serve", description="Serve a pipeline over an OpenAI-compatible API.")
+    p.add_argument("--pipeline", help="pipeline YAML/JSON file (default: the bare --model)")
+    p.add_argument("--model", default=None,
+                   help="litellm model string or local model path (default: the pipeline's llm, else the embedded model); "
+                        "with --pipeline it replaces only the model name, the file's llm_options (api_base, api_key) stay")
+    p.add_argument("--name", default="alignware", help="the model name clients use and /v1/models lists")
+    p.add_argument("--host", default=os.environ.get("ALIGNWARE_HOST", "127.0.0.1"),
+                   help="address to bind (default: $ALIGNWARE_HOST or 127.0.0.1; 0.0.0.0 in a container)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("ALIGNWARE_PORT", "8000")), help="default: $ALIGNWARE_PORT or 8000")
+    p.add_argument("--api-key", default=os.environ.get("ALIGNWARE_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (default: $ALIGNWARE_API_KEY; none: open)")
+    p.add_argument("--cors-origin", action="append", dest="cors_origins", default=None, metavar="ORIGIN",
+                   help="a browser origin allowed to call the API, e.g. http://localhost:3000 (repeatable; '*': any; "
+                        "default: $ALIGNWARE_CORS_ORIGINS, comma-separated; none: no CORS)")
+    p.add_argument("--trace", action="store_true", default=_env_flag("ALIGNWARE_TRACE"),
+                   help="send the per-stage trace with every reply (default: $ALIGNWARE_TRACE; otherwise only to "
+                        "requests with the header X-Alignware-Trace: 1)")
+    p.add_argument("--no-credential-check", action="store_true",
+                   help="start even when litellm finds the upstream's API key variable unset")
+    return p
+
+
+def build_served_pipeline(pipeline: "str | None", model: "str | None") -> Pipeline:
+    """The pipeline ``alignware serve`` runs: the config file's (``model`` replacing only its model
+    name) or a bare ``model``."""
+    if pipeline:
+        cfg = PipelineConfig.load(pipeline)
+        return cfg.build(cfg.build_llm(model))
+    return Pipeline(make_llm(model))
+
+
+def app_from_args(argv: Sequence[str]) -> tuple[Any, str, int]:
+    """The app ``alignware serve ARGV`` runs, and the host and port it binds: flags, environment
+    variables, the pipeline, and the start-up check of the upstream's credentials."""
+    from .server_http import missing_upstream_credentials
+
+    args = serve_parser().parse_args(list(argv))
+    pipe = build_served_pipeline(args.pipeline, args.model)
+    missing = [] if args.no_credential_check else missing_upstream_credentials(pipe.llm)
+    if missing:
+        raise InputError(
+            f"the upstream model {pipe.llm.name} needs {' and '.join(missing)}: set it in the environment, or give "
+            "api_key in the pipeline's llm_options (--no-credential-check starts anyway)"
+        )
+    origins = args.cors_origins if args.cors_origins is not None else _env_list("ALIGNWARE_CORS_ORIGINS")
+    app = create_app(pipe, model_name=args.name, api_key=args.api_key, cors_origins=origins, trace=args.trace)
+    return app, args.host, args.port
+
+
 def serve_main(argv: Sequence[str]) -> int:
     """``alignware serve``: run the OpenAI-compatible server."""
     import uvicorn  # only the command needs the server itself
 
-    p = argparse.ArgumentParser(prog="alignware serve", description="Serve a pipeline over an OpenAI-compatible API.")
-    p.add_argument("--pipeline", help="pipeline YAML/JSON file (default: the bare --model)")
-    p.add_argument("--model", default=None, help="litellm model string or local model path (default: embedded model)")
-    p.add_argument("--name", default="alignware", help="the model name clients use and /v1/models lists")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=os.environ.get("ALIGNWARE_API_KEY"), help="require this bearer key (default: $ALIGNWARE_API_KEY; none: open)")
-    args = p.parse_args(list(argv))
-    if args.pipeline:
-        cfg = PipelineConfig.load(args.pipeline)
-        pipe = cfg.build(make_llm(args.model) if args.model else None)
-    else:
-        pipe = Pipeline(make_llm(args.model))
-    uvicorn.run(create_app(pipe, model_name=args.name, api_key=args.api_key), host=args.host, port=args.port, log_level="info")
+    app, host, port = app_from_args(argv)
+    uvicorn.run(app, host=host, port=port, log_level="info")
     return 0

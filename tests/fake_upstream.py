@@ -24,6 +24,7 @@ class FakeOpenAI:
     def __init__(self) -> None:
         self.scripts: dict[str, list[dict[str, Any]]] = {}
         self.requests: list[dict[str, Any]] = []
+        self.auth: list[str | None] = []  # each request's Authorization header
         self.lock = threading.Lock()
         self.base = ""
 
@@ -95,6 +96,7 @@ def make_handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            fake.auth.append(self.headers.get("Authorization"))
             reply = fake.next_reply(body)
             model = body["model"]
             if reply["status"] != 200:
@@ -169,4 +171,5 @@ def cleared(fake: FakeOpenAI) -> FakeOpenAI:
     with fake.lock:
         fake.scripts.clear()
         fake.requests.clear()
+        fake.auth.clear()
     return fake

@@ -69,7 +69,8 @@ def client(base_url: str, key: str = "sk-test-key") -> "openai.OpenAI":
 
 def test_completion_with_trace(base_url):
     resp = client(base_url).chat.completions.create(
-        model="aligned-echo", messages=[{"role": "user", "content": "hello"}], max_tokens=20
+        model="aligned-echo", messages=[{"role": "user", "content": "hello"}], max_tokens=20,
+        extra_headers={"X-Alignware-Trace": "1"},
     )
     assert resp.choices[0].message.content == "you said HELLO"
     assert resp.choices[0].finish_reason == "stop"

@@ -63,14 +63,14 @@ def _backend(fake: FakeOpenAI) -> LiteLLMBackend:
 @pytest.fixture(scope="module")
 def shouting(upstream: FakeOpenAI) -> Iterator[Any]:
     """A server whose pipeline has a response stage (``Shout``)."""
-    with _serve(create_app(Pipeline(_backend(upstream), [Noop(), Shout()]), model_name="m")) as url:
+    with _serve(create_app(Pipeline(_backend(upstream), [Noop(), Shout()]), model_name="m", trace=True)) as url:
         yield openai.OpenAI(base_url=url, api_key="none", max_retries=0)
 
 
 @pytest.fixture(scope="module")
 def plain(upstream: FakeOpenAI) -> Iterator[Any]:
     """A server whose pipeline has only a prompt stage: replies reach the client as the upstream sent them."""
-    with _serve(create_app(Pipeline(_backend(upstream), [Noop()]), model_name="m")) as url:
+    with _serve(create_app(Pipeline(_backend(upstream), [Noop()]), model_name="m", trace=True)) as url:
         yield openai.OpenAI(base_url=url, api_key="none", max_retries=0)
 
 

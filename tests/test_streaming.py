@@ -112,3 +112,63 @@ def test_stream_timeout_does_not_count_the_upstream_wait():
     chunks = list(pipe.stream("x"))
     assert "".join(c.delta for c in chunks) == "ONE TWO THREE"
     assert chunks[-1].trace[0].verdict == "modified"
+
+
+def _timed(chunks):
+    """(seconds since the start at which each non-empty piece arrived, the chunks)."""
+    t0, times, got = time.perf_counter(), [], []
+    for c in chunks:
+        got.append(c)
+        if c.delta:
+            times.append(time.perf_counter() - t0)
+    return times, got
+
+
+def test_identity_response_stage_streams_piece_by_piece():
+    """The README's example pipeline (identity prompt and response stages): the first piece arrives
+    with the upstream's first chunk, not after the whole answer."""
+    from middleware.stages import IdentityPromptStage
+
+    times, got = _timed(Pipeline(SlowStream(), [IdentityPromptStage(), IdentityResponseStage()]).stream("x"))
+    assert [c.delta for c in got if c.delta] == ["one ", "two ", "three"]
+    assert times[0] < 0.55 < times[-1]  # the first word after ~0.3 s, the last after ~0.9 s
+    assert got[-1].trace[1].verdict == "passed"
+
+    async def arun():
+        t0, first = time.perf_counter(), None
+        pieces = []
+        async for c in Pipeline(SlowStream(), [IdentityResponseStage()]).astream("x"):
+            if c.delta:
+                first = first if first is not None else time.perf_counter() - t0
+                pieces.append(c.delta)
+        return first, pieces
+
+    first, pieces = asyncio.run(arun())
+    assert pieces == ["one ", "two ", "three"] and first < 0.55
+
+
+def test_whole_answer_stage_buffers_when_streamed():
+    """A stage with only ``process`` sees the whole answer first: one piece, the corrected text."""
+    times, got = _timed(Pipeline(SlowStream(), [Exclaim()]).stream("x"))
+    assert [c.delta for c in got if c.delta] == ["one two three!"]
+    assert times[0] > 0.85
+
+
+def test_streamed_latency_counts_only_the_stage_own_time():
+    """0.9 s of upstream waits and 0.3 s of a slow consumer: the stage's latency_ms is its own time."""
+    for stage in (UpperStream(), UpperStream(timeout=5), IdentityResponseStage()):
+        chunks = []
+        for c in Pipeline(SlowStream(), [stage]).stream("x"):
+            chunks.append(c)
+            time.sleep(0.1)  # the consumer (a client on a slow link) holds each piece
+        trace = chunks[-1].trace[0]
+        assert trace.latency_ms < 150, (stage, trace.latency_ms)
+
+    async def arun():
+        chunks = []
+        async for c in Pipeline(SlowStream(), [UpperStream()]).astream("x"):
+            chunks.append(c)
+            await asyncio.sleep(0.1)
+        return chunks
+
+    assert asyncio.run(arun())[-1].trace[0].latency_ms < 150

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+from time import perf_counter
 from typing import Any, AsyncIterator, Iterator, Sequence
 
 from ..types import ChatRequest, ChatResponse, StageTrace
@@ -24,7 +24,13 @@ class ResponseStage(Stage):
         return await asyncio.to_thread(self.process, request, response)
 
     def process_stream(self, request: ChatRequest, chunks: Iterator[str]) -> Iterator[str]:
-        """Streaming hook. Default (``buffer``): collect the whole answer, then yield the corrected one."""
+        """Streaming hook. Default (``buffer``): collect the whole answer, then yield the corrected one.
+
+        A stage that only implements ``process`` must see the whole answer before it can change it, so a
+        streamed reply through it reaches the client in one piece once the upstream has finished. To keep
+        streaming, override this (and ``aprocess_stream``) to yield pieces as they come: a stage that
+        only watches yields each chunk unchanged; one that edits locally may hold back what it still needs
+        (a sentence, a line)."""
         text = "".join(chunks)
         yield self.process(request, ChatResponse(text=text)).text
 
@@ -40,16 +46,19 @@ class ResponseStage(Stage):
                 return response, skipped
         notes: list[str] = []
         token = current_notes.set(notes)
-        t0 = time.perf_counter()
+        t0 = perf_counter()
         try:  # inline without a timeout; a worker thread with one
-            out = self._check(
-                self.process(request, response) if self.timeout is None else self._call(self.process, request, response)
-            )
+            out = self.process(request, response) if self.timeout is None else self._call(self.process, request, response)
+            if type(out) is not ChatResponse:
+                out = self._check(out)
         except Exception as e:
             return response, self._failed(e, t0, response.text)
         finally:
             current_notes.reset(token)
-        return out, self._done(response, out, time.perf_counter() - t0, notes)
+        if out is response and not notes:  # the usual no-op: no comparison, no verdict to work out
+            text = response.text
+            return out, StageTrace.of(self.name, self.kind, "passed", (perf_counter() - t0) * 1000.0, text, text)
+        return out, self._done(response, out, perf_counter() - t0, notes)
 
     async def arun(self, request: ChatRequest, response: ChatResponse) -> tuple[ChatResponse, StageTrace]:
         skipped = self._skipped(request)
@@ -57,14 +66,14 @@ class ResponseStage(Stage):
             return response, skipped
         notes: list[str] = []
         token = current_notes.set(notes)
-        t0 = time.perf_counter()
+        t0 = perf_counter()
         try:
             out = self._check(await self._acall(self.aprocess(request, response)))
         except Exception as e:
             return response, self._failed(e, t0, response.text)
         finally:
             current_notes.reset(token)
-        return out, self._done(response, out, time.perf_counter() - t0, notes)
+        return out, self._done(response, out, perf_counter() - t0, notes)
 
     def _check(self, out: Any) -> ChatResponse:
         if type(out) is ChatResponse:  # the usual case, without pydantic's isinstance check
@@ -135,6 +144,14 @@ class IdentityResponseStage(ResponseStage):
 
     def process(self, request: ChatRequest, response: ChatResponse) -> ChatResponse:
         return response
+
+    def process_stream(self, request: ChatRequest, chunks: Iterator[str]) -> Iterator[str]:
+        """Each chunk as it arrives: a streamed reply stays streamed."""
+        yield from chunks
+
+    async def aprocess_stream(self, request: ChatRequest, chunks: AsyncIterator[str]) -> AsyncIterator[str]:
+        async for c in chunks:
+            yield c
 
     def deterministic(self) -> bool:
         return self.timeout is None

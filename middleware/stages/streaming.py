@@ -48,7 +48,9 @@ def run_stream(stage: "ResponseStage", request: ChatRequest, upstream: Iterator[
             if piece is _END:
                 break
             out.append(piece)
+            handed = time.perf_counter()
             yield piece
+            feed.outside += time.perf_counter() - handed  # the consumer's time, not the stage's
     except Exception as e:
         if feed.error is not None:
             raise feed.error from None
@@ -102,7 +104,9 @@ async def arun_stream(
             if piece is _END:
                 break
             out.append(piece)
+            handed = time.perf_counter()
             yield piece
+            feed.outside += time.perf_counter() - handed
     except Exception as e:
         if feed.error is not None:
             raise feed.error from None
@@ -133,14 +137,15 @@ def _stream_failed(
 ) -> str:
     """Record the failure (``StageError`` when ``on_error="raise"``) and return what follows the
     stage's output: the whole original answer if it sent nothing, else the part it had not read."""
-    traces.append(stage._failed(exc, t0, "".join(feed.seen + rest)))
+    own = feed.own_time(t0)  # before reading the rest: that wait is the upstream's
+    traces.append(stage._failed(exc, time.perf_counter() - own, "".join(feed.seen + rest)))
     return "".join(rest if out else feed.seen + rest)
 
 
 def _stream_done(stage: "ResponseStage", t0: float, feed: "_FeedState", out: list[str], notes: list[str]) -> StageTrace:
     before, after = "".join(feed.seen), "".join(out)
     verdict, reason = verdict_of(before != after, notes)
-    return stage._trace(verdict, time.perf_counter() - t0, before=before, after=after, reason=reason)
+    return stage._trace(verdict, feed.own_time(t0), before=before, after=after, reason=reason)
 
 
 class _StreamAbandoned(Exception):
@@ -148,12 +153,15 @@ class _StreamAbandoned(Exception):
 
 
 class _FeedState:
-    """What a streaming stage has read of its upstream, and the clock of its own time."""
+    """What a streaming stage has read of its upstream, and the clock of its own time: the trace's
+    ``latency_ms`` and the ``timeout`` count neither the waits for upstream chunks nor the time the
+    consumer holds a piece the stage handed on."""
 
     def __init__(self) -> None:
         self.seen: list[str] = []
         self.error: BaseException | None = None  # raised by the upstream itself
         self.waited = 0.0  # seconds spent waiting for upstream chunks
+        self.outside = 0.0  # seconds the consumer held a piece before asking for the next
         self.pull_started: float | None = None  # set while waiting for one
         self.closed = False
 
@@ -168,10 +176,10 @@ class _FeedState:
         self.pull_started = None
 
     def own_time(self, t0: float) -> float:
-        """Seconds since ``t0`` less those spent waiting for upstream chunks."""
+        """Seconds since ``t0`` less those spent waiting for upstream chunks or on the consumer."""
         now = time.perf_counter()
         pulling = self.pull_started
-        return now - t0 - self.waited - (now - pulling if pulling is not None else 0.0)
+        return now - t0 - self.waited - self.outside - (now - pulling if pulling is not None else 0.0)
 
 
 class _Feed(_FeedState):
