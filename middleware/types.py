@@ -346,7 +346,8 @@ class ChatResponse(BaseModel):
     """A reply, with the trace of every stage it went through.
 
     ``text`` is what response stages read and rewrite. ``tool_calls`` (OpenAI's shape) and ``logprobs``
-    (OpenAI's ``choices[i].logprobs``) come from a backend that returns them, as it returned them. For a
+    (OpenAI's ``choices[i].logprobs``) come from a backend that returns them, as it returned them: the
+    logprobs are those of the tokens the model generated, before any response stage rewrote the text. For a
     request with ``n > 1`` this reply is the first choice and ``more_choices`` holds the others, each a
     ``ChatResponse`` of its own (text, finish reason, tool calls, logprobs; usage counts the whole call).
     """
