@@ -63,6 +63,14 @@ def _load_stages(pipeline: "str | Path | None") -> list[Stage]:
     return stages
 
 
+def _message_text(message: dict[str, Any]) -> str | None:
+    """The text the stages saw of a message as sent (``None`` when it cannot be read)."""
+    try:
+        return Message.model_validate(message).content
+    except ValueError:
+        return None
+
+
 def _write_back(original: list[Any], rewritten: Sequence[Message]) -> list[Any]:
     """The request's messages with the stages' texts; each message keeps its other keys (``name``,
     ``tool_calls``...) where the stages left the roles in place."""
@@ -70,7 +78,10 @@ def _write_back(original: list[Any], rewritten: Sequence[Message]) -> list[Any]:
     for i, msg in enumerate(rewritten):
         old = original[i] if i < len(original) and isinstance(original[i], dict) else None
         if old is not None and old.get("role") == msg.role:
-            out.append(old if old.get("content") == msg.content else {**old, "content": msg.content})
+            if old.get("content") == msg.content or _message_text(old) == msg.content:  # unchanged: as sent
+                out.append(old)
+            else:  # content parts (images...) keep their place; the text parts become the stages' text
+                out.append({**old, "content": msg.parts if msg.parts is not None else msg.content})
         else:
             out.append({"role": msg.role, "content": msg.content})
     return out

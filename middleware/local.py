@@ -43,6 +43,17 @@ class LocalBackend(LLM):
     token at a time). A failure inside generation (a hook that raises, running out of memory) is
     raised as ``BackendError``; a request the backend cannot run (a bad temperature or seed, a
     conversation the chat template rejects) as ``InputError``.
+
+    OpenAI request fields (what the server answers; ``check_request`` does the refusing):
+
+    | field | here |
+    | --- | --- |
+    | ``temperature``, ``top_p``, ``max_tokens``, ``stop``, ``seed`` | honoured |
+    | ``developer`` messages | honoured: rendered as ``system`` messages by the chat template |
+    | ``user``, ``parallel_tool_calls`` | accepted, no effect (``user`` is in ``metadata`` for stages) |
+    | ``n`` > 1, ``logprobs``, ``top_logprobs`` > 0, ``response_format`` other than text, ``tools``, ``tool_choice`` other than ``none``/``auto``, ``frequency_penalty``/``presence_penalty`` ≠ 0, ``logit_bias`` | refused: 400 naming the field |
+    | tool messages, an assistant's ``tool_calls`` | refused: 400 naming ``messages[i].role`` / ``messages[i].tool_calls`` |
+    | non-text content parts (images, audio) | refused: 400 naming ``messages[i].content[j]`` |
     """
 
     supports_model_stages = True
@@ -184,7 +195,8 @@ class LocalBackend(LLM):
                 f"the tokenizer of {self.name} has no chat template, so chat messages cannot be turned into a "
                 "prompt: use a chat/instruct model or set tokenizer.chat_template"
             )
-        messages = [m.model_dump() for m in request.messages]
+        # ``developer`` is today's name for ``system``: chat templates know only the latter
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in request.messages]
         if self.system_prompt is not None and not any(m["role"] == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": self.system_prompt})
         from jinja2 import TemplateError
@@ -201,6 +213,7 @@ class LocalBackend(LLM):
         return ids
 
     def _row(self, request: ChatRequest, *, incremental: bool) -> Row:
+        self.check_request(request)
         temperature, top_p = request.temperature, request.top_p
         check_sampling(temperature, request.seed, top_p)
         stops = [s for s in (request.stop or []) if s]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any, AsyncIterator, Iterator, Sequence
 
+from .choices import after_text, apeek, arun_response_stages, needs_choices, passthrough, peek, run_response_stages, skipped
 from .errors import InputError
 from .llm import LLM, make_llm
 from .stages import ModelStage, PromptStage, ResponseStage, Stage
@@ -73,6 +75,14 @@ class Pipeline:
             unset = {k: v for k, v in self.defaults.items() if getattr(req, k, None) is None}
             if unset:
                 req = req.model_copy(update=unset)
+        self.llm.check_request(req)  # a field the backend cannot honour is refused before any stage runs
+        return req
+
+    def _stream_request(self, messages: "MessagesLike | ChatRequest", params: dict[str, Any]) -> ChatRequest:
+        req = self._request(messages, params)
+        n = req.field("n")
+        if n is not None and n != 1:
+            raise InputError("n: a streamed reply carries one choice; ask for n > 1 without streaming", field="n")
         return req
 
     def _kw(self) -> dict[str, Any]:
@@ -88,9 +98,7 @@ class Pipeline:
             traces.append(t)
         response = self.llm.complete(request, **self._kw())
         traces.extend(response.trace)
-        for rs in self.response_stages:
-            response, t = rs.run(request, response)
-            traces.append(t)
+        response = run_response_stages(self.response_stages, request, response, traces)
         return response.with_trace(traces)
 
     async def achat(self, messages: "MessagesLike | ChatRequest", **params: Any) -> ChatResponse:
@@ -101,61 +109,116 @@ class Pipeline:
             traces.append(t)
         response = await self.llm.acomplete(request, **self._kw())
         traces.extend(response.trace)
-        for rs in self.response_stages:
-            response, t = await rs.arun(request, response)
-            traces.append(t)
+        response = await arun_response_stages(self.response_stages, request, response, traces)
         return response.with_trace(traces)
 
     # -- streaming ----------------------------------------------------------------------
     def stream(self, messages: "MessagesLike | ChatRequest", **params: Any) -> Iterator[ChatChunk]:
-        """Yield ``ChatChunk``s; the last one carries ``finish_reason``, usage and the whole trace."""
-        request = self._request(messages, params)
+        """Yield ``ChatChunk``s; the last one carries ``finish_reason``, usage and the whole trace.
+
+        Response stages act on the text; a reply that starts with tool calls passes them untouched
+        (``choices``), and the tool-call deltas and logprobs of one with text follow its text."""
+        request = self._stream_request(messages, params)
         traces: list[StageTrace] = []
         for st in self.prompt_stages:
             request, t = st.run(request)
             traces.append(t)
         end: dict[str, Any] = {}
 
-        def text() -> Iterator[str]:
+        def source() -> Iterator[ChatChunk]:
             for ch in self.llm.stream(request, **self._kw()):
                 if ch.trace:
                     traces.extend(ch.trace)
                 if ch.finish_reason is not None:
                     end.update(finish_reason=ch.finish_reason, usage=ch.usage, model=ch.model)
-                if ch.delta:
-                    yield ch.delta
+                yield ch
 
-        pieces: Iterator[str] = text()
-        for rs in self.response_stages:
-            pieces = rs.run_stream(request, pieces, traces)
-        for piece in pieces:
-            if piece:
-                yield ChatChunk(delta=piece, model=end.get("model"))
+        chunks: Iterator[ChatChunk] = source()
+        stages = self.response_stages
+        if stages:
+            seen, tools_first = peek(chunks)
+            chunks = itertools.chain(seen, chunks)
+            if tools_first:
+                traces.extend(skipped(stages))
+                stages = []
+        if not stages:
+            for ch in chunks:
+                out = passthrough(ch)
+                if out is not None:
+                    yield out
+        else:
+            held: list[ChatChunk] = []
+
+            def text() -> Iterator[str]:
+                for ch in chunks:
+                    if ch.tool_calls is not None or ch.logprobs is not None:
+                        held.append(ch)
+                    if ch.delta:
+                        yield ch.delta
+
+            pieces: Iterator[str] = text()
+            for rs in stages:
+                pieces = rs.run_stream(request, pieces, traces)
+            for piece in pieces:
+                if piece:
+                    yield ChatChunk(delta=piece, model=end.get("model"))
+            yield from after_text(held, end.get("model"))
         yield ChatChunk(finish_reason=end.get("finish_reason", "stop"), usage=end.get("usage"), model=end.get("model"), trace=traces)
 
     async def astream(self, messages: "MessagesLike | ChatRequest", **params: Any) -> AsyncIterator[ChatChunk]:
-        request = self._request(messages, params)
+        request = self._stream_request(messages, params)
         traces: list[StageTrace] = []
         for st in self.prompt_stages:
             request, t = await st.arun(request)
             traces.append(t)
         end: dict[str, Any] = {}
 
-        async def text() -> AsyncIterator[str]:
+        async def source() -> AsyncIterator[ChatChunk]:
             async for ch in self.llm.astream(request, **self._kw()):
                 if ch.trace:
                     traces.extend(ch.trace)
                 if ch.finish_reason is not None:
                     end.update(finish_reason=ch.finish_reason, usage=ch.usage, model=ch.model)
-                if ch.delta:
-                    yield ch.delta
+                yield ch
 
-        pieces: AsyncIterator[str] = text()
-        for rs in self.response_stages:
-            pieces = rs.arun_stream(request, pieces, traces)
-        async for piece in pieces:
-            if piece:
-                yield ChatChunk(delta=piece, model=end.get("model"))
+        upstream = source()
+        seen: list[ChatChunk] = []
+        stages = self.response_stages
+        if stages:
+            seen, tools_first = await apeek(upstream)
+            if tools_first:
+                traces.extend(skipped(stages))
+                stages = []
+
+        async def chunks() -> AsyncIterator[ChatChunk]:
+            for ch in seen:
+                yield ch
+            async for ch in upstream:
+                yield ch
+
+        if not stages:
+            async for ch in chunks():
+                out = passthrough(ch)
+                if out is not None:
+                    yield out
+        else:
+            held: list[ChatChunk] = []
+
+            async def text() -> AsyncIterator[str]:
+                async for ch in chunks():
+                    if ch.tool_calls is not None or ch.logprobs is not None:
+                        held.append(ch)
+                    if ch.delta:
+                        yield ch.delta
+
+            pieces: AsyncIterator[str] = text()
+            for rs in stages:
+                pieces = rs.arun_stream(request, pieces, traces)
+            async for piece in pieces:
+                if piece:
+                    yield ChatChunk(delta=piece, model=end.get("model"))
+            for extra in after_text(held, end.get("model")):
+                yield extra
         yield ChatChunk(finish_reason=end.get("finish_reason", "stop"), usage=end.get("usage"), model=end.get("model"), trace=traces)
 
     # -- many requests ------------------------------------------------------------------
@@ -172,6 +235,9 @@ class Pipeline:
         responses = list(self.llm.batch(requests, **self._kw()))
         for tr, resp in zip(traces, responses):
             tr.extend(resp.trace)
+        if any(needs_choices(r) for r in responses):  # several choices or tool calls: one reply at a time
+            responses = [run_response_stages(self.response_stages, q, r, tr) for q, r, tr in zip(requests, responses, traces)]
+            return [resp.with_trace(tr) for resp, tr in zip(responses, traces)]
         for rs in self.response_stages:
             for i, (corrected, t) in enumerate(rs.run_batch(requests, responses)):
                 responses[i] = corrected

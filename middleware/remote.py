@@ -12,7 +12,6 @@ import asyncio
 import concurrent.futures
 import random
 import re
-import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
@@ -20,8 +19,10 @@ import litellm
 import tenacity
 
 from .errors import BackendError
-from .llm import LLM, ModelStages
-from .types import ChatChunk, ChatRequest, ChatResponse, Usage, new_reply_id
+from .llm import LLM, OPENAI_FIELDS, ModelStages
+from .openai_format import wire_messages
+from .remote_replies import StreamState, aclose_stream, close_stream, reply_from_litellm
+from .types import ChatChunk, ChatRequest, ChatResponse
 
 litellm.suppress_debug_info = True  # errors are reported through BackendError, not litellm's banner
 
@@ -175,71 +176,6 @@ def _backend_error(failures: list[_Failure]) -> BackendError:
     )
 
 
-def _usage(raw: Any) -> Usage | None:
-    if raw is None:
-        return None
-    get = raw.get if isinstance(raw, dict) else lambda k: getattr(raw, k, None)
-    prompt = get("prompt_tokens")
-    completion = get("completion_tokens")
-    prompt = prompt if isinstance(prompt, int) else 0
-    completion = completion if isinstance(completion, int) else 0
-    total = get("total_tokens")
-    total = total if isinstance(total, int) and total else prompt + completion
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total)
-
-
-def _close(stream: Any) -> None:
-    """Release a sync litellm stream's connection (best effort)."""
-    for obj in (stream, getattr(stream, "completion_stream", None)):
-        close = getattr(obj, "close", None)
-        if callable(close):
-            try:
-                close()
-            except Exception:
-                pass
-            return
-
-
-async def _aclose(stream: Any) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if callable(aclose):
-        try:
-            await aclose()
-        except Exception:
-            pass
-
-
-class _StreamState:
-    """What a stream has told us so far: model, finish reason, usage."""
-
-    __slots__ = ("model", "finish_reason", "usage")
-
-    def __init__(self, model: str) -> None:
-        self.model = model
-        self.finish_reason: str | None = None
-        self.usage: Usage | None = None
-
-    def take(self, chunk: Any) -> str:
-        """Record a raw litellm chunk's metadata; return its text delta."""
-        if getattr(chunk, "model", None):
-            self.model = chunk.model
-        usage = getattr(chunk, "usage", None)
-        if usage is not None:
-            self.usage = _usage(usage)
-        choices = getattr(chunk, "choices", None)
-        if not choices:
-            return ""
-        choice = choices[0]
-        if choice.finish_reason:
-            self.finish_reason = choice.finish_reason
-        delta = getattr(choice, "delta", None)
-        content = getattr(delta, "content", None) if delta is not None else None
-        return content or ""
-
-    def closing(self) -> ChatChunk:
-        return ChatChunk(finish_reason=self.finish_reason or "stop", usage=self.usage, model=self.model)
-
-
 class LiteLLMBackend(LLM):
     """A hosted chat model reached through litellm (``"openai/gpt-4o-mini"``, ``"anthropic/..."``...).
 
@@ -259,9 +195,22 @@ class LiteLLMBackend(LLM):
 
     Raises:
         BackendError: from every method, whatever went wrong.
+
+    OpenAI request fields (litellm maps them for each provider; ``drop_params=True`` in
+    ``litellm_kwargs`` lets it drop those a provider lacks instead of failing; it sends ``user`` only
+    to models of OpenAI's own catalogue, since other OpenAI-compatible servers may reject it):
+
+    | field | here |
+    | --- | --- |
+    | ``temperature``, ``top_p``, ``max_tokens``, ``stop``, ``seed`` | forwarded |
+    | ``tools``, ``tool_choice``, ``parallel_tool_calls``, ``n``, ``response_format``, ``logprobs``, ``top_logprobs``, ``frequency_penalty``, ``presence_penalty``, ``logit_bias``, ``user`` | forwarded; the reply's ``tool_calls``, every choice and ``logprobs`` come back (streamed: tool-call deltas and logprobs per chunk) |
+    | ``tool`` messages, an assistant's ``tool_calls`` (``content: null``), ``name`` | forwarded intact |
+    | ``developer`` messages | forwarded; litellm sends them as ``system`` messages |
+    | non-text content parts (images, audio, files) | forwarded as sent (stages see the text parts) |
     """
 
     supports_model_stages = False
+    accepts = frozenset(OPENAI_FIELDS) | {"content_parts"}
 
     def __init__(
         self,
@@ -345,34 +294,21 @@ class LiteLLMBackend(LLM):
         if target.kwargs:
             kw.update(target.kwargs)
         kw["model"] = target.model
-        kw["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+        kw["messages"] = wire_messages(request.messages)
         for name in _REQUEST_FIELDS:
             value = getattr(request, name)
             if value is not None:
                 kw[name] = value
+        if request.openai_fields:
+            kw.update(request.openai_fields)
         kw.update(extra)
         return kw
 
     def _response(self, raw: Any, target: _Target) -> ChatResponse:
-        choices = getattr(raw, "choices", None)
-        if not choices:
+        reply = reply_from_litellm(raw, target.model)
+        if reply is None:
             raise BackendError(f"{target.model}: the provider returned no choices", retryable=False)
-        choice = choices[0]
-        message = getattr(choice, "message", None)
-        text = getattr(message, "content", None) if message is not None else None
-        provider_id = getattr(raw, "id", None)
-        created = getattr(raw, "created", None)
-        finish = getattr(choice, "finish_reason", None)
-        model = getattr(raw, "model", None)
-        return ChatResponse.of(
-            # the provider's id, so a reply can be traced in its logs
-            id=provider_id if isinstance(provider_id, str) and provider_id else new_reply_id(),
-            created=created if isinstance(created, int) else int(time.time()),
-            text=text if isinstance(text, str) else "",
-            finish_reason=finish if isinstance(finish, str) and finish else "stop",
-            model=model if isinstance(model, str) and model else target.model,
-            usage=_usage(getattr(raw, "usage", None)) or Usage(),
-        )
+        return reply
 
     @staticmethod
     def _check_stages(model_stages: ModelStages) -> None:
@@ -473,17 +409,17 @@ class LiteLLMBackend(LLM):
         self._check_stages(model_stages)
         attempts_box: list[int] = []
 
-        def open_stream(target: _Target) -> tuple[Any, _StreamState, str | None]:
+        def open_stream(target: _Target) -> tuple[Any, StreamState, ChatChunk | None]:
             attempts_box.append(1)
             raw = litellm.completion(**self._stream_kwargs(target, request))
-            state = _StreamState(target.model)
+            state = StreamState(target.model)
             try:
                 for chunk in raw:
-                    text = state.take(chunk)
-                    if text:
-                        return raw, state, text
+                    piece = state.take(chunk)
+                    if piece is not None:
+                        return raw, state, piece
             except BaseException:
-                _close(raw)
+                close_stream(raw)
                 raise
             return raw, state, None
 
@@ -491,34 +427,34 @@ class LiteLLMBackend(LLM):
         attempts = len(attempts_box)
         try:
             if first is not None:
-                yield ChatChunk(delta=first, model=state.model)
+                yield first
                 try:
                     for chunk in it:
-                        text = state.take(chunk)
-                        if text:
-                            yield ChatChunk(delta=text, model=state.model)
+                        piece = state.take(chunk)
+                        if piece is not None:
+                            yield piece
                 except Exception as e:
                     raise self._midstream_error(target, e, attempts) from e
             yield state.closing()
         finally:
-            _close(it)
+            close_stream(it)
 
     async def astream(self, request: ChatRequest, *, model_stages: ModelStages = ()) -> AsyncIterator[ChatChunk]:
         """Native async streaming through ``litellm.acompletion(stream=True)``; same policy as ``stream``."""
         self._check_stages(model_stages)
         attempts_box: list[int] = []
 
-        async def open_stream(target: _Target) -> tuple[Any, _StreamState, str | None]:
+        async def open_stream(target: _Target) -> tuple[Any, StreamState, ChatChunk | None]:
             attempts_box.append(1)
             raw = await litellm.acompletion(**self._stream_kwargs(target, request))
-            state = _StreamState(target.model)
+            state = StreamState(target.model)
             try:
                 async for chunk in raw:
-                    text = state.take(chunk)
-                    if text:
-                        return raw, state, text
+                    piece = state.take(chunk)
+                    if piece is not None:
+                        return raw, state, piece
             except BaseException:
-                await _aclose(raw)
+                await aclose_stream(raw)
                 raise
             return raw, state, None
 
@@ -526,17 +462,17 @@ class LiteLLMBackend(LLM):
         attempts = len(attempts_box)
         try:
             if first is not None:
-                yield ChatChunk(delta=first, model=state.model)
+                yield first
                 try:
                     async for chunk in raw:
-                        text = state.take(chunk)
-                        if text:
-                            yield ChatChunk(delta=text, model=state.model)
+                        piece = state.take(chunk)
+                        if piece is not None:
+                            yield piece
                 except Exception as e:
                     raise self._midstream_error(target, e, attempts) from e
             yield state.closing()
         finally:
-            await _aclose(raw)
+            await aclose_stream(raw)
 
     @staticmethod
     def _midstream_error(target: _Target, exc: Exception, attempts: int) -> BackendError:

@@ -31,12 +31,12 @@ from pydantic import ValidationError
 from .config import PipelineConfig
 from .errors import AlignwareError, BackendError, InputError
 from .llm import make_llm
+from .openai_format import completion_body, object_field, request_from_openai, sse_events
 from .pipeline import Pipeline
 from .types import ChatChunk, ChatRequest, ChatResponse
 
 log = logging.getLogger("alignware")
 
-GEN_PARAMS = ("temperature", "top_p", "max_tokens", "stop", "seed")
 def _error_object(message: str, kind: str, param: str | None = None) -> dict[str, Any]:
     return {"message": message, "type": kind, "param": param, "code": None}
 
@@ -73,52 +73,11 @@ def _error_response(exc: BaseException) -> Any:
     return JSONResponse(status_code=status, content={"error": error})
 
 
-def _object_field(body: dict[str, Any], name: str) -> dict[str, Any]:
-    value = body.get(name)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise InputError(f"{name}: must be an object, got {type(value).__name__}", field=name)
-    return value
-
-
-def request_from_openai(body: dict[str, Any]) -> ChatRequest:
-    """Map an OpenAI chat-completions body to a ``ChatRequest``; ``InputError`` names the bad field
-    (in its message and its ``field``)."""
-    if not isinstance(body, dict):
-        raise InputError("the request body must be a JSON object")
-    if "messages" not in body:
-        raise InputError("messages: field required", field="messages")
-    if not isinstance(body["messages"], (str, list)):
-        raise InputError(f"messages: must be an array of messages, got {type(body['messages']).__name__}", field="messages")
-    _object_field(body, "stream_options")
-    params = {k: body[k] for k in GEN_PARAMS if body.get(k) is not None}
-    from_completion_tokens = body.get("max_completion_tokens") is not None and "max_tokens" not in params
-    if from_completion_tokens:
-        params["max_tokens"] = body["max_completion_tokens"]
-    metadata = dict(_object_field(body, "metadata"))
-    if body.get("user"):
-        metadata["user"] = body["user"]
-    try:
-        return ChatRequest.build(body["messages"], model=body.get("model"), metadata=metadata, **params)
-    except InputError as e:
-        if e.field == "max_tokens" and from_completion_tokens:
-            raise InputError(str(e), field="max_completion_tokens") from None
-        raise
+_object_field = object_field
 
 
 def _completion(resp: ChatResponse, model: str) -> dict[str, Any]:
-    return {
-        "id": resp.id,
-        "object": "chat.completion",
-        "created": resp.created,
-        "model": model,
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": resp.text}, "finish_reason": resp.finish_reason, "logprobs": None}
-        ],
-        "usage": resp.usage.model_dump(),
-        "alignware_trace": [t.model_dump() for t in resp.trace],
-    }
+    return completion_body(resp, model)
 
 
 def create_app(
@@ -240,43 +199,12 @@ async def _aclose(it: AsyncIterator[Any]) -> None:
 
 
 async def _sse(chunks: AsyncIterator[ChatChunk], first: ChatChunk | None, model: str, include_usage: bool) -> AsyncIterator[str]:
-    """The events of one streamed completion: ``first`` (already fetched) and the rest of ``chunks``.
-
-    An exception once streaming has begun becomes one ``data: {"error": ...}`` event (typed as
-    ``error_for`` maps it); ``data: [DONE]`` always ends the stream.
-    """
-    cid = "chatcmpl-" + secrets.token_hex(12)
-    created = int(time.time())
-
-    def data(obj: dict[str, Any]) -> str:
-        return f"data: {json.dumps(obj)}\n\n"
-
-    def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-        return data({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra})
-
+    """The events of one streamed completion (``openai_format.sse_events``); closes ``chunks`` however it ends."""
     try:
-        yield event({"role": "assistant", "content": ""})
-        chunk = first
-        while chunk is not None:
-            if chunk.delta:
-                yield event({"content": chunk.delta})
-            if chunk.finish_reason is not None:
-                trace = [t.model_dump() for t in chunk.trace or []]
-                yield event({}, chunk.finish_reason, alignware_trace=trace)
-                if include_usage and chunk.usage is not None:
-                    yield data({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                                "choices": [], "usage": chunk.usage.model_dump()})
-            try:
-                chunk = await chunks.__anext__()
-            except StopAsyncIteration:
-                chunk = None
-    except Exception as e:
-        _, error = error_for(e)
-        yield data({"error": error})
+        async for event in sse_events(chunks, first, model, include_usage, error_for):
+            yield event
     finally:
         await _aclose(chunks)
-    yield "data: [DONE]\n\n"
 
 
 def _env_list(name: str) -> list[str]:

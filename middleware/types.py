@@ -9,13 +9,13 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Sequence, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from .errors import InputError
 
 _M = TypeVar("_M", bound=BaseModel)
-Role = Literal["system", "user", "assistant"]
-ROLES: tuple[str, ...] = ("system", "user", "assistant")
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+ROLES: tuple[str, ...] = ("system", "developer", "user", "assistant", "tool")
 Verdict = Literal["passed", "modified", "skipped", "failed"]
 StageKind = Literal["prompt", "model", "response"]
 
@@ -27,30 +27,64 @@ def new_reply_id() -> str:
     return f"chatcmpl-{_ids.getrandbits(96):024x}"
 
 
-def _text_from_content(content: Any) -> str:
-    """Accept a string, or OpenAI content parts that are all text; reject anything else."""
+class _FieldError(ValueError):
+    """A bad value inside a message, with its path in the message (``content[1]``, ``tool_call_id``)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def _split_content(content: Any) -> tuple[str, list[dict[str, Any]] | None]:
+    """A message's ``content`` as (text, parts). A string is the text; a list of OpenAI content parts
+    gives the text of its text parts joined with a newline (``[{"type": "text", "text": "Name a"},
+    {"type": "text", "text": "colour."}]`` is ``"Name a\ncolour."``), and the parts themselves when one
+    is not text (an image, audio, a file): a backend that cannot take those refuses the request."""
     if isinstance(content, str):
-        return content
+        return content, None
     if isinstance(content, list):
         texts = []
+        other = False
         for i, part in enumerate(content):
-            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-            if kind != "text" or not isinstance(part.get("text"), str):
-                raise ValueError(
-                    f"content part {i} is of type {kind!r}: only text content is supported"
-                )
-            texts.append(part["text"])
-        return "".join(texts)
-    raise ValueError(f"content must be text, got {type(content).__name__}")
+            kind = part.get("type") if isinstance(part, dict) else None
+            if not isinstance(kind, str) or not kind:
+                raise _FieldError(f"content[{i}]", f"content part {i} must be an object with a 'type'")
+            if kind == "text":
+                if not isinstance(part.get("text"), str):
+                    raise _FieldError(f"content[{i}]", f"content part {i} is of type 'text' but its 'text' is not a string")
+                texts.append(part["text"])
+            else:
+                other = True
+        return "\n".join(texts), (list(content) if other else None)
+    raise ValueError(f"content must be a string or a list of content parts, got {type(content).__name__}")
 
 
 class Message(BaseModel):
-    """One chat message."""
+    """One chat message.
+
+    ``content`` is the message's text: what stages read and rewrite. The other fields carry the rest of
+    an OpenAI message so that it reaches a backend that can take it intact: ``name``, an assistant's
+    ``tool_calls`` (its ``content`` may then be ``null``, read as ``""``), a ``tool`` message's
+    ``tool_call_id``, and ``parts``, the content parts as sent when one of them is not text (images...).
+    ``model_dump()`` leaves out those that are unset, so a plain message dumps as ``{"role", "content"}``.
+    """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     role: Role
     content: str
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    parts: list[dict[str, Any]] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_parts(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("content"), list):
+            text, parts = _split_content(data["content"])
+            data = {**data, "content": text, "parts": parts}
+        return data
 
     @field_validator("role", mode="before")
     @classmethod
@@ -64,7 +98,49 @@ class Message(BaseModel):
     def _check_content(cls, v: Any) -> str:
         if v is None:
             return ""
-        return _text_from_content(v)
+        return _split_content(v)[0]
+
+    @model_validator(mode="after")
+    def _check_tool_fields(self) -> "Message":
+        if self.role == "tool" and not self.tool_call_id:
+            raise _FieldError("tool_call_id", "a tool message needs the tool_call_id of the call it answers")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise _FieldError("tool_calls", "only an assistant message can carry tool_calls")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        out = handler(self)
+        for k in _MESSAGE_OPTIONAL:
+            if out.get(k) is None:
+                out.pop(k, None)
+        return out
+
+    @property
+    def is_plain(self) -> bool:
+        """Whether the message is only a role and text (no name, tool fields or non-text parts)."""
+        return self.parts is None and self.tool_calls is None and self.tool_call_id is None and self.name is None
+
+    def with_text(self, text: str) -> "Message":
+        """A copy whose text is ``text``; other fields kept. With non-text ``parts``, the text parts
+        become one text part holding ``text``, where the first one was (first, if there was none)."""
+        if self.parts is None:
+            return self.model_copy(update={"content": text})
+        parts: list[dict[str, Any]] = []
+        placed = False
+        for p in self.parts:
+            if p.get("type") == "text":
+                if not placed:
+                    parts.append({"type": "text", "text": text})
+                    placed = True
+            else:
+                parts.append(p)
+        if not placed:
+            parts.insert(0, {"type": "text", "text": text})
+        return self.model_copy(update={"content": text, "parts": parts})
+
+
+_MESSAGE_OPTIONAL = ("name", "tool_calls", "tool_call_id", "parts")
 
 
 MessagesLike = Union[str, Sequence[Union[Message, dict]]]
@@ -89,8 +165,14 @@ def to_messages(messages: MessagesLike) -> list[Message]:
 
 def _error_field(e: ValidationError) -> str | None:
     """The location of the first error as a field path: ``messages[0].role``, ``temperature``."""
-    loc = e.errors()[0]["loc"]
+    err = e.errors()[0]
+    loc = [p for p in err["loc"] if p != "content"]
     path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    inner = (err.get("ctx") or {}).get("error")
+    if isinstance(inner, _FieldError):  # a value inside a message: name it (``messages[0].content[1]``)
+        path = f"{path}.{inner.path}" if path else inner.path
+    elif "content" in err["loc"]:
+        path = f"{path}.content" if path else "content"
     return path or None
 
 
@@ -113,7 +195,11 @@ class ChatRequest(BaseModel):
     max_tokens: int | None = None
     stop: list[str] | None = None
     seed: int | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    # OpenAI fields beyond text and sampling (tools, tool_choice, n, response_format, logprobs, penalties,
+    # logit_bias, user...), as the client sent them: forwarded to a backend that takes them, refused
+    # (``InputError`` naming the field) by one that cannot. ``None`` when there are none (the usual case).
+    openai_fields: dict[str, Any] | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)  # last: the fast build adds it after the defaults
 
     @field_validator("messages", mode="before")
     @classmethod
@@ -142,7 +228,7 @@ class ChatRequest(BaseModel):
         if isinstance(messages, ChatRequest):
             return messages.model_copy(update=params) if params else messages
         if type(messages) is str and not params:  # one user turn, nothing to check: the per-call hot path
-            message = _trusted(Message, {"role": "user", "content": messages}, _MESSAGE_FIELDS)
+            message = _trusted(Message, {"role": "user", "content": messages, **_MESSAGE_DEFAULTS}, _MESSAGE_FIELDS)
             values = {"messages": [message], **_REQUEST_DEFAULTS, **{n: make() for n, make in _REQUEST_FACTORIES.items()}}
             return _trusted(cls, values, _MESSAGES_FIELD)
         try:
@@ -168,8 +254,14 @@ class ChatRequest(BaseModel):
         """A copy whose last user message is ``content``; history kept."""
         i = self.last_user_index
         msgs = list(self.messages)
-        msgs[i] = Message(role="user", content=content)
+        old = msgs[i]
+        msgs[i] = Message(role="user", content=content) if old.is_plain else old.with_text(content)
         return self.model_copy(update={"messages": msgs})
+
+    def field(self, name: str, default: Any = None) -> Any:
+        """The OpenAI field ``name`` as the client sent it (``request.field("tools")``), else ``default``."""
+        fields = self.openai_fields
+        return default if fields is None else fields.get(name, default)
 
 
 class Usage(BaseModel):
@@ -181,6 +273,8 @@ class Usage(BaseModel):
 
 
 _MESSAGE_FIELDS = frozenset(("role", "content"))
+_MESSAGE_DEFAULTS: dict[str, Any] = {n: None for n in _MESSAGE_OPTIONAL}
+assert set(Message.model_fields) == _MESSAGE_FIELDS | _MESSAGE_DEFAULTS.keys()  # the fast build sets every field
 _MESSAGES_FIELD = frozenset(("messages",))
 # the defaults of every ChatRequest field but ``messages``, read off the model so the fast build cannot drift from it
 _REQUEST_DEFAULTS: dict[str, Any] = {
@@ -201,6 +295,7 @@ class StageTrace(BaseModel):
     before: str | None = None
     after: str | None = None
     reason: str | None = None
+    choice: int | None = None  # which choice of an n > 1 reply a response stage acted on
 
     @classmethod
     def of(
@@ -225,7 +320,7 @@ class StageTrace(BaseModel):
         ):
             values = {
                 "stage": stage, "kind": kind, "verdict": verdict, "latency_ms": latency_ms,
-                "before": before, "after": after, "reason": reason,
+                "before": before, "after": after, "reason": reason, "choice": None,
             }
             return _trusted(cls, values, _TRACE_FIELDS)
         return cls(stage=stage, kind=kind, verdict=verdict, latency_ms=latency_ms, before=before, after=after, reason=reason)
@@ -248,7 +343,14 @@ def _trusted(cls: type[_M], values: dict[str, Any], fields_set: frozenset[str]) 
 
 
 class ChatResponse(BaseModel):
-    """A reply, with the trace of every stage it went through."""
+    """A reply, with the trace of every stage it went through.
+
+    ``text`` is what response stages read and rewrite. ``tool_calls`` (OpenAI's shape) and ``logprobs``
+    (OpenAI's ``choices[i].logprobs``) come from a backend that returns them, as it returned them: the
+    logprobs are those of the tokens the model generated, before any response stage rewrote the text. For a
+    request with ``n > 1`` this reply is the first choice and ``more_choices`` holds the others, each a
+    ``ChatResponse`` of its own (text, finish reason, tool calls, logprobs; usage counts the whole call).
+    """
 
     id: str = Field(default_factory=new_reply_id)
     created: int = Field(default_factory=lambda: int(time.time()))
@@ -257,6 +359,9 @@ class ChatResponse(BaseModel):
     model: str | None = None
     usage: Usage = Field(default_factory=Usage)
     trace: list[StageTrace] = Field(default_factory=list)
+    tool_calls: list[dict[str, Any]] | None = None
+    logprobs: dict[str, Any] | None = None
+    more_choices: list["ChatResponse"] | None = None
 
     @classmethod
     def of(cls, *, id: str, created: int, text: str, finish_reason: str, model: str | None, usage: Usage) -> "ChatResponse":
@@ -270,7 +375,10 @@ class ChatResponse(BaseModel):
             and (model is None or type(model) is str)
             and type(usage) is Usage
         ):
-            values = {"id": id, "created": created, "text": text, "finish_reason": finish_reason, "model": model, "usage": usage, "trace": []}
+            values = {
+                "id": id, "created": created, "text": text, "finish_reason": finish_reason, "model": model, "usage": usage,
+                "trace": [], "tool_calls": None, "logprobs": None, "more_choices": None,
+            }
             return _trusted(cls, values, _REPLY_FIELDS)
         return cls(id=id, created=created, text=text, finish_reason=finish_reason, model=model, usage=usage)
 
@@ -282,6 +390,11 @@ class ChatResponse(BaseModel):
         _set(copy, "__pydantic_extra__", None if self.__pydantic_extra__ is None else dict(self.__pydantic_extra__))
         _set(copy, "__pydantic_private__", None if self.__pydantic_private__ is None else dict(self.__pydantic_private__))
         return copy
+
+    @property
+    def choices(self) -> list["ChatResponse"]:
+        """Every choice of the reply in order: this one, then ``more_choices``."""
+        return [self] if not self.more_choices else [self, *self.more_choices]
 
     def trace_table(self) -> str:
         """The trace as a fixed-width text table."""
@@ -299,6 +412,8 @@ class ChatChunk(BaseModel):
     model: str | None = None
     usage: Usage | None = None
     trace: list[StageTrace] | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # tool-call deltas in OpenAI's streamed shape (with ``index``)
+    logprobs: dict[str, Any] | None = None  # the logprobs of this piece, in OpenAI's shape
 
 
 def format_trace(trace: Iterable[StageTrace], width: int = 60) -> str:

@@ -1,7 +1,10 @@
 """A local OpenAI-compatible chat-completions server on 127.0.0.1, for tests that need a real upstream.
 
-``FakeOpenAI`` holds scripted replies per model name (statuses, headers, texts, broken streams) and records
-every request body; ``serve_fake()`` runs it on a free loopback port with the standard library's threaded
+``FakeOpenAI`` holds scripted replies per model name (statuses, headers, texts, broken streams, tool
+calls) and records every request body. It answers as the real API shapes its replies: ``n`` choices
+(choice ``i > 0`` says ``TEXT (i+1)`` unless ``texts`` is scripted), ``logprobs`` (one entry per piece of
+4 characters, ``top_logprobs`` alternatives each), tool calls (``content: null``; streamed as OpenAI
+does: the id and name first, then the arguments in pieces, ``finish_reason: "tool_calls"``); ``serve_fake()`` runs it on a free loopback port with the standard library's threaded
 HTTP server. Tests import the ``fake_upstream`` fixture from ``conftest.py`` (module-scoped server, cleared
 per test).
 """
@@ -36,12 +39,35 @@ class FakeOpenAI:
             self.requests.append(body)
             queue = self.scripts.get(body["model"])
             if not queue:
-                return {"status": 200, "text": "echo: " + body["messages"][-1]["content"]}
+                return {"status": 200, "text": "echo: " + _text(body["messages"][-1]["content"])}
             return queue.pop(0) if len(queue) > 1 else queue[0]
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):
+        return "\n".join(p["text"] for p in content if p.get("type") == "text")
+    return content or ""
 
 
 def ok(text: str) -> dict[str, Any]:
     return {"status": 200, "text": text}
+
+
+def tool_call(name: str, arguments: str, call_id: str = "call_1") -> dict[str, Any]:
+    """A scripted reply that calls tool ``name`` with ``arguments`` (a JSON string) and has no text."""
+    return {"status": 200, "text": "", "tool_calls": [{"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}]}
+
+
+def _pieces(text: str) -> list[str]:
+    return [text[i : i + 4] for i in range(0, len(text), 4)]
+
+
+def _logprobs(pieces: list[str], top: int) -> dict[str, Any]:
+    def entry(i: int, token: str) -> dict[str, Any]:
+        alts = [{"token": f"alt{k}", "logprob": -1.0 - k, "bytes": None} for k in range(top)]
+        return {"token": token, "logprob": -0.5 * i, "bytes": list(token.encode()), "top_logprobs": alts}
+
+    return {"content": [entry(i, p) for i, p in enumerate(pieces)], "refusal": None}
 
 
 def fail(status: int, message: str, **headers: str) -> dict[str, Any]:
@@ -78,12 +104,24 @@ def make_handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 self._json(reply["status"], {"error": error}, reply.get("headers"))
                 return
             text = reply["text"]
-            usage = {"prompt_tokens": 5, "completion_tokens": len(text.split()), "total_tokens": 5 + len(text.split())}
+            n = body.get("n") or 1
+            texts = reply.get("texts") or [text] + [f"{text} ({i + 1})" for i in range(1, n)]
+            calls = reply.get("tool_calls")
+            top = body.get("top_logprobs") or 0
+            words = sum(len(t.split()) for t in texts)
+            usage = {"prompt_tokens": 5, "completion_tokens": words, "total_tokens": 5 + words}
+            finish = "tool_calls" if calls else "stop"
             if not body.get("stream"):
+                choices = []
+                for i, t in enumerate(texts):
+                    message: dict[str, Any] = {"role": "assistant", "content": t or None}
+                    if calls:
+                        message["tool_calls"] = calls
+                    logprobs = _logprobs(_pieces(t), top) if body.get("logprobs") else None
+                    choices.append({"index": i, "message": message, "finish_reason": finish, "logprobs": logprobs})
                 self._json(200, {
                     "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": model,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                    "usage": usage,
+                    "choices": choices, "usage": usage,
                 })
                 return
             self.send_response(200)
@@ -91,12 +129,19 @@ def make_handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             base = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 0, "model": model}
             self._event({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
-            for i in range(0, len(text), 4):
-                self._event({**base, "choices": [{"index": 0, "delta": {"content": text[i : i + 4]}, "finish_reason": None}]})
+            for piece in _pieces(text):
+                logprobs = _logprobs([piece], top) if body.get("logprobs") else None
+                self._event({**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None, "logprobs": logprobs}]})
+            for k, call in enumerate(calls or ()):
+                head = {"index": k, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"], "arguments": ""}}
+                self._event({**base, "choices": [{"index": 0, "delta": {"tool_calls": [head]}, "finish_reason": None}]})
+                for piece in _pieces(call["function"]["arguments"]):
+                    more = {"index": k, "function": {"arguments": piece}}
+                    self._event({**base, "choices": [{"index": 0, "delta": {"tool_calls": [more]}, "finish_reason": None}]})
             if reply.get("break_stream"):
                 self._event({"error": {"message": reply["break_stream"], "type": "server_error"}})
                 return
-            self._event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            self._event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
             if (body.get("stream_options") or {}).get("include_usage"):
                 self._event({**base, "choices": [], "usage": usage})
             self._event("[DONE]")

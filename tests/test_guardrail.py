@@ -252,8 +252,12 @@ def test_a_failing_stage_passes_the_reply_through(tmp_path: Path) -> None:
 
 def test_no_trace_unless_asked_and_unreadable_requests_pass_untouched(tmp_path: Path) -> None:
     guard = _guardrail(tmp_path, "[{type: append_to_prompt, text: Be brief.}]")
-    data: dict[str, Any] = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}
-    assert asyncio.run(guard.async_pre_call_hook(None, None, data, "acompletion"))["messages"][0]["content"][0]["type"] == "image_url"
+    image = {"type": "image_url", "image_url": {"url": "x"}}
+    data: dict[str, Any] = {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is it?"}, image]}]}
+    sent = asyncio.run(guard.async_pre_call_hook(None, None, data, "acompletion"))["messages"][0]["content"]
+    assert sent == [{"type": "text", "text": "What is it? Be brief."}, image]  # the stages rewrite the text; the image stays
+    data = {"messages": [{"role": "user", "content": [{"image_url": {"url": "x"}}]}]}  # a part with no type: unreadable
+    assert asyncio.run(guard.async_pre_call_hook(None, None, data, "acompletion"))["messages"][0]["content"] == [{"image_url": {"url": "x"}}]
     data = {"messages": list(QUESTION)}
     asyncio.run(guard.async_pre_call_hook(None, None, data, "acompletion"))
     assert data["messages"][-1]["content"] == "Name a colour. Be brief."

@@ -384,10 +384,11 @@ def test_unknown_role_is_an_input_error() -> None:
         ChatRequest.build([{"role": "robot", "content": "beep"}])
 
 
-def test_image_content_is_an_input_error() -> None:
-    image = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/cat.png"}}]}
-    with pytest.raises(InputError, match="image_url.*only text"):
-        ChatRequest.build([image])
+def test_image_content_is_forwarded_upstream_as_sent(server: FakeOpenAI) -> None:
+    parts = [{"type": "text", "text": "What is"}, {"type": "image_url", "image_url": {"url": "http://x/cat.png"}}]
+    resp = remote(server).complete(ChatRequest.build([{"role": "user", "content": parts}]))
+    assert server.requests[-1]["messages"][0]["content"] == parts
+    assert resp.text == "echo: What is"
 
 
 def test_malformed_jsonl_names_file_line_and_field(tmp_path: Path) -> None:
@@ -399,3 +400,30 @@ def test_malformed_jsonl_names_file_line_and_field(tmp_path: Path) -> None:
     path.write_text(json.dumps(good) + "\n{not json\n")
     with pytest.raises(InputError, match=rf"{path}:2: invalid JSON"):
         load_pairs(path)
+
+
+def test_sync_pipeline_passes_tool_calls_and_every_choice(server: FakeOpenAI) -> None:
+    """The sync twins of what ``test_server_fields`` shows through the server: a tool-call reply skips the
+    response stages (streamed and not), and each of ``n`` choices goes through them."""
+    from fake_upstream import tool_call
+
+    class Shout(ResponseStage):
+        def process(self, request: ChatRequest, response: ChatResponse) -> ChatResponse:
+            return response.model_copy(update={"text": response.text.upper()})
+
+    pipe = Pipeline(remote(server), [Shout()])
+    server.script("primary", tool_call("weather", '{"city": "Oslo"}'))
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+    reply = pipe.chat("Weather?", openai_fields={"tools": tools})
+    assert reply.tool_calls and reply.tool_calls[0]["function"]["name"] == "weather" and reply.finish_reason == "tool_calls"
+    assert [(t.verdict, t.reason) for t in reply.trace] == [("skipped", "no text to act on: the reply is tool calls only")]
+    chunks = list(pipe.stream("Weather?", openai_fields={"tools": tools}))
+    args = "".join(tc["function"].get("arguments", "") for c in chunks for tc in (c.tool_calls or []))
+    assert json.loads(args) == {"city": "Oslo"} and chunks[-1].trace is not None and chunks[-1].trace[0].verdict == "skipped"
+    server.script("primary", ok("fine"))
+    reply = pipe.chat("hi", openai_fields={"n": 2})
+    assert [c.text for c in reply.choices] == ["FINE", "FINE (2)"]
+    assert [(t.choice, t.verdict) for t in reply.trace] == [(0, "modified"), (1, "modified")]
+    with pytest.raises(InputError, match="n > 1") as e:
+        list(pipe.stream("hi", openai_fields={"n": 2}))
+    assert e.value.field == "n"

@@ -14,12 +14,38 @@ def test_request_rejects_bad_input_with_named_problem():
         ChatRequest.build([])
     with pytest.raises(InputError, match=r"messages\[1\].*unknown role 'robot'"):
         ChatRequest.build([{"role": "user", "content": "hi"}, {"role": "robot", "content": "beep"}])
-    with pytest.raises(InputError, match="image_url.*only text content"):
-        ChatRequest.build([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}])
-    req = ChatRequest.build([{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}])
-    assert req.messages[0].content == "ab"
+    with pytest.raises(InputError, match="content part 1 is of type 'text' but its 'text' is not a string") as e:
+        ChatRequest.build([{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": 3}]}])
+    assert e.value.field == "messages[0].content[1]"
+    with pytest.raises(InputError, match="tool_call_id") as e:
+        ChatRequest.build([{"role": "user", "content": "hi"}, {"role": "tool", "content": "42"}])
+    assert e.value.field == "messages[1].tool_call_id"
+    req = ChatRequest.build([{"role": "user", "content": [{"type": "text", "text": "Name a"}, {"type": "text", "text": "colour."}]}])
+    assert req.messages[0].content == "Name a\ncolour." and req.messages[0].parts is None
+    assert req.messages[0].model_dump() == {"role": "user", "content": "Name a\ncolour."}  # plain messages dump as before
     with pytest.raises(InputError, match="max_tokens"):
         ChatRequest.build("hi", max_tokens=0)
+
+
+def test_messages_keep_tool_fields_and_non_text_parts():
+    """Tool turns and images are kept for a backend that takes them; stages see and rewrite the text."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    req = ChatRequest.build([
+        {"role": "developer", "content": "Be brief."},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        {"role": "user", "content": [{"type": "text", "text": "What is"}, image, {"type": "text", "text": "this?"}]},
+    ])
+    assert req.messages[1].tool_calls == [call] and req.messages[1].content == ""
+    assert req.messages[2].tool_call_id == "call_1"
+    assert req.last_user_message == "What is\nthis?" and req.messages[3].parts is not None
+    new = req.with_last_user_message("WHAT IS THIS?")
+    assert new.messages[3].parts == [{"type": "text", "text": "WHAT IS THIS?"}, image]
+    assert new.messages[3].content == "WHAT IS THIS?" and new.messages[:3] == req.messages[:3]
+    with pytest.raises(InputError) as e:
+        ChatRequest.build([{"role": "user", "content": "x", "tool_calls": [call]}])
+    assert e.value.field == "messages[0].tool_calls"
 
 
 def test_with_last_user_message_keeps_history():
@@ -85,7 +111,7 @@ def test_stage_trace_of_skips_validation_only_for_values_of_the_right_type():
     fast = StageTrace.of("s", "prompt", "modified", 1.5, "a", "b", "why")
     assert fast == StageTrace(stage="s", kind="prompt", verdict="modified", latency_ms=1.5, before="a", after="b", reason="why")
     assert fast.model_dump() == {"stage": "s", "kind": "prompt", "verdict": "modified", "latency_ms": 1.5,
-                                 "before": "a", "after": "b", "reason": "why"}
+                                 "before": "a", "after": "b", "reason": "why", "choice": None}
     assert StageTrace.of("s", "response", "passed", 0.0) == StageTrace(stage="s", kind="response", verdict="passed")
     with pytest.raises(ValidationError):  # a value of another type is validated as before
         StageTrace.of(["not", "a", "name"], "prompt", "passed", 0.0)
