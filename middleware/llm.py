@@ -57,6 +57,8 @@ def refuse_unsupported(request: ChatRequest, accepts: "frozenset[str]", who: str
         for name, value in fields.items():
             if name not in accepts and not is_neutral(name, value):
                 raise InputError(f"{name}: {who} cannot honour {name}={value!r}; only a remote model (litellm) can", field=name)
+    if "content_parts" in accepts and "tools" in accepts:  # nothing a message holds can be refused
+        return
     for i, m in enumerate(request.messages):
         if m.parts is None and m.tool_calls is None and m.tool_call_id is None:
             continue

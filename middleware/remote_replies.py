@@ -6,34 +6,54 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from pydantic import BaseModel
+
 from .types import ChatChunk, ChatResponse, Usage, new_reply_id
+
+
+_ABSENT = object()
+
+
+def field(obj: Any, name: str) -> Any:
+    """``obj.name`` for a provider object (pydantic model, dict or plain object), ``None`` when absent.
+
+    litellm's reply objects keep some fields in pydantic's extras and raise inside ``__getattr__`` for
+    absent ones; reading ``__dict__`` and the extras first costs a fraction of ``getattr(obj, name, None)``.
+    """
+    if isinstance(obj, dict):
+        return obj.get(name)
+    if isinstance(obj, BaseModel):  # its fields are in __dict__, the rest in the extras
+        value = obj.__dict__.get(name, _ABSENT)
+        if value is not _ABSENT:
+            return value
+        extra = obj.__pydantic_extra__
+        return extra.get(name) if extra else None
+    return getattr(obj, name, None)
 
 
 def reply_from_litellm(raw: Any, model_name: str) -> ChatResponse | None:
     """A litellm completion as a ``ChatResponse`` (the first choice; the others in ``more_choices``);
     ``None`` when it has no choices. ``model_name`` stands in for a model the reply does not name."""
-    choices = getattr(raw, "choices", None)
+    choices = field(raw, "choices")
     if not choices:
         return None
-    provider_id = getattr(raw, "id", None)
-    created = getattr(raw, "created", None)
-    model = getattr(raw, "model", None)
-    common: dict[str, Any] = dict(
-        # the provider's id, so a reply can be traced in its logs
-        id=provider_id if isinstance(provider_id, str) and provider_id else new_reply_id(),
-        created=created if isinstance(created, int) else int(time.time()),
-        model=model if isinstance(model, str) and model else model_name,
-        usage=_usage(getattr(raw, "usage", None)) or Usage(),
-    )
+    provider_id = field(raw, "id")
+    created = field(raw, "created")
+    model = field(raw, "model")
+    # the provider's id, so a reply can be traced in its logs
+    reply_id = provider_id if isinstance(provider_id, str) and provider_id else new_reply_id()
+    created = created if type(created) is int else int(time.time())
+    model = model if isinstance(model, str) and model else model_name
+    usage = _usage(field(raw, "usage")) or Usage.of(0, 0, 0)
     replies = []
     for choice in choices:
-        message = getattr(choice, "message", None)
-        text = getattr(message, "content", None) if message is not None else None
-        finish = getattr(choice, "finish_reason", None)
+        message = field(choice, "message")
+        text = field(message, "content") if message is not None else None
+        finish = field(choice, "finish_reason")
         reply = ChatResponse.of(
+            id=reply_id, created=created, model=model, usage=usage,
             text=text if isinstance(text, str) else "",
             finish_reason=finish if isinstance(finish, str) and finish else "stop",
-            **common,
         )
         tool_calls, logprobs = choice_extras(choice, message)
         if tool_calls is not None or logprobs is not None:
@@ -47,14 +67,13 @@ def reply_from_litellm(raw: Any, model_name: str) -> ChatResponse | None:
 def _usage(raw: Any) -> Usage | None:
     if raw is None:
         return None
-    get = raw.get if isinstance(raw, dict) else lambda k: getattr(raw, k, None)
-    prompt = get("prompt_tokens")
-    completion = get("completion_tokens")
-    prompt = prompt if isinstance(prompt, int) else 0
-    completion = completion if isinstance(completion, int) else 0
-    total = get("total_tokens")
-    total = total if isinstance(total, int) and total else prompt + completion
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total)
+    prompt = field(raw, "prompt_tokens")
+    completion = field(raw, "completion_tokens")
+    total = field(raw, "total_tokens")
+    prompt = prompt if type(prompt) is int else 0
+    completion = completion if type(completion) is int else 0
+    total = total if type(total) is int and total else prompt + completion
+    return Usage.of(prompt, completion, total)
 
 
 def close_stream(stream: Any) -> None:
@@ -147,8 +166,8 @@ def _tool_calls(raw: Any) -> list[dict[str, Any]] | None:
 
 def choice_extras(choice: Any, message: Any) -> tuple[list[dict[str, Any]] | None, dict[str, Any] | None]:
     """A litellm reply choice's tool calls and logprobs in OpenAI's shape (``None`` where absent)."""
-    tool_calls = _tool_calls(getattr(message, "tool_calls", None)) if message is not None else None
-    logprobs = _plain(getattr(choice, "logprobs", None))
+    tool_calls = _tool_calls(field(message, "tool_calls")) if message is not None else None
+    logprobs = _plain(field(choice, "logprobs"))
     return tool_calls, logprobs if isinstance(logprobs, dict) and logprobs else None
 
 

@@ -271,6 +271,18 @@ class Usage(BaseModel):
     completion_tokens: int = 0
     total_tokens: int = 0
 
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int, total_tokens: int) -> "Usage":
+        """Counts a backend has checked: validation is skipped when all three are ints (the per-call
+        hot path), done otherwise."""
+        if type(prompt_tokens) is int and type(completion_tokens) is int and type(total_tokens) is int:
+            values = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": total_tokens}
+            return _trusted(cls, values, _USAGE_FIELDS)
+        return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=total_tokens)
+
+
+_USAGE_FIELDS = frozenset(("prompt_tokens", "completion_tokens", "total_tokens"))
+
 
 _MESSAGE_FIELDS = frozenset(("role", "content"))
 _MESSAGE_DEFAULTS: dict[str, Any] = {n: None for n in _MESSAGE_OPTIONAL}
