@@ -219,3 +219,34 @@ def test_served_streamed_and_not_and_errors_through_the_openai_client(server: Fa
         with pytest.raises(openai.APIStatusError) as info:
             client.chat.completions.create(model="alignware", messages=messages)
         assert info.value.status_code == 401 and server.calls("primary") == 3  # 2 answers, then 1 call: no retry
+
+
+async def test_streams_give_their_connection_back_to_the_pool() -> None:
+    """A stream read to ``[DONE]`` is read to the end of its body, so the next request reuses the connection
+    (against a keep-alive upstream: the benchmarks' fast one, counting the connections it accepts)."""
+    import asyncio
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import fast_upstream
+
+    accepted = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        await fast_upstream._handle(reader, writer)
+
+    upstream = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = upstream.sockets[0].getsockname()[1]
+    try:
+        llm = OpenAIBackend("openai_compatible/m", api_base=f"http://127.0.0.1:{port}/v1", api_key="sk-test")
+        for _ in range(5):
+            chunks = [c async for c in llm.astream(req())]
+            assert "".join(c.delta for c in chunks).startswith("Paris is the capital")
+        assert (await llm.acomplete(req())).text.startswith("Paris")
+        assert accepted == 1
+    finally:
+        upstream.close()
+        await upstream.wait_closed()
