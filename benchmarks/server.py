@@ -81,7 +81,8 @@ class NoopStreamResponse(ResponseStage):
 # -- processes ------------------------------------------------------------------------------------
 def _start(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
+                                 **(env or {})})
 
 
 def start_upstream() -> tuple[subprocess.Popen[str], str]:
