@@ -79,10 +79,12 @@ class NoopStreamResponse(ResponseStage):
 
 
 # -- processes ------------------------------------------------------------------------------------
-def _start(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+def _start(cmd: list[str], log: Path | None = None) -> subprocess.Popen[str]:
+    """Start ``cmd`` in the repository root; its stderr (uvicorn's log) goes to ``log`` (else nowhere)."""
+    stderr = log.open("w") if log else subprocess.DEVNULL
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
-                                 **(env or {})})
+                                 })
 
 
 def start_upstream() -> tuple[subprocess.Popen[str], str]:
@@ -110,7 +112,8 @@ def start_server(backend: str, upstream: str, workdir: Path, profile: Path | Non
     }))
     port = _free_port()
     prof = ["-m", "cProfile", "-o", str(profile / f"server-{backend}.prof")] if profile else []
-    proc = _start([sys.executable, *prof, str(Path(__file__).resolve()), "--serve", str(config), str(port)])
+    log = Path(tempfile.gettempdir()) / f"alignware-bench-server-{backend}.log"
+    proc = _start([sys.executable, *prof, str(Path(__file__).resolve()), "--serve", str(config), str(port)], log)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -328,7 +331,7 @@ def report(times: dict[str, dict[str, list[float]]], loaded: dict[str, dict[str,
         added = "" if name == "direct" else ms(statistics.median(lat) - statistics.median(loaded["direct"]["lat"]))
         cpu = "" if name == "direct" else f"  {ms(o['cpu'] / o['done'])}"
         print(f"{name:8s} {o['done']:9d} {errs:7d} {o['done'] / o['elapsed']:8.1f} {ms(statistics.median(lat))} {ms(p99(lat))} | {added:>9s}{cpu}"
-              + (f"  errors: {o['errors']}" if errs else ""))
+              + (f"  errors: {o['errors']} (server log: {tempfile.gettempdir()}/alignware-bench-server-{name}.log)" if errs else ""))
         if name != "direct" and errs:
             verdicts[name] = False
     for name, ok in verdicts.items():
