@@ -83,8 +83,7 @@ def _start(cmd: list[str], log: Path | None = None) -> subprocess.Popen[str]:
     """Start ``cmd`` in the repository root; its stderr (uvicorn's log) goes to ``log`` (else nowhere)."""
     stderr = log.open("w") if log else subprocess.DEVNULL
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
-                                 })
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))})
 
 
 def start_upstream() -> tuple[subprocess.Popen[str], str]:
