@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .evaluate import EvalReport, evaluate_pipeline
     from .local import LocalBackend
     from .remote import LiteLLMBackend
+    from .openai_backend import OpenAIBackend
     from .shared_base import SharedBase
 
 __version__ = "0.1.0"
@@ -49,6 +50,7 @@ __getattr__, __dir__ = lazy_exports(
     globals(),
     {
         "LiteLLMBackend": ".remote",
+        "OpenAIBackend": ".openai_backend",
         "PipelineConfig": ".config",
         "load_pipeline": ".config",
         "register_stage": ".config",
@@ -68,4 +70,5 @@ __all__ = [
     "ChatChunk", "ChatRequest", "ChatResponse", "Message", "PreferencePair", "PromptRecord", "StageTrace",
     "Usage", "load_pairs", "load_prompts", "save_pairs",
     "evaluate_pipeline", "EvalReport",
+    "OpenAIBackend",
 ]

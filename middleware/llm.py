@@ -256,7 +256,9 @@ def make_llm(spec: "str | LLM | None" = None, **kwargs: Any) -> LLM:
     ``None`` or ``"embedded"``: the embedded local model; a path to a folder or ``.gguf`` file: a local
     model; ``"local:PATH"``: same; ``"shared:PATH"`` (or ``"shared:embedded"``): the chat backend of the
     process-wide ``SharedBase`` of that model, whose weights the rewriter, the corrector and adapter stages
-    such as RAHF share; anything else: a litellm model string (``"openai/gpt-4o-mini"``).
+    such as RAHF share; ``"openai_compatible/NAME"``, or any model with ``client="openai"``: an
+    OpenAI-compatible upstream through the ``openai`` client (``OpenAIBackend``, the lighter path);
+    anything else: a litellm model string (``"openai/gpt-4o-mini"``). ``client="litellm"`` forces litellm.
     """
     from pathlib import Path
 
@@ -278,6 +280,15 @@ def make_llm(spec: "str | LLM | None" = None, **kwargs: Any) -> LLM:
         from .errors import InputError
 
         raise InputError(f"{spec}: no such local model folder or .gguf file")
+    client = kwargs.pop("client", None) if isinstance(kwargs.get("client"), str) else None
+    if client not in (None, "litellm", "openai"):
+        from .errors import InputError
+
+        raise InputError(f"client: {client!r} is not a backend client; use 'litellm' (the default) or 'openai'")
+    if client == "openai" or (client is None and spec.startswith("openai_compatible/")):
+        from .openai_backend import OpenAIBackend
+
+        return OpenAIBackend(model=spec, **kwargs)
     from .remote import LiteLLMBackend
 
     return LiteLLMBackend(model=spec, **kwargs)

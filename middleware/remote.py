@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
 import litellm
+import openai
 import tenacity
 
 from .errors import BackendError
@@ -35,6 +36,7 @@ _RETRYABLE_TYPES: tuple[type[BaseException], ...] = (
     litellm.InternalServerError,
     litellm.ServiceUnavailableError,
     litellm.BadGatewayError,
+    openai.APIConnectionError,  # also APITimeoutError: the openai client's own (OpenAIBackend), which litellm's subclass
 )
 _FINAL_TYPES: tuple[type[BaseException], ...] = (
     litellm.BadRequestError,  # also ContextWindowExceededError, ContentPolicyViolationError, UnsupportedParamsError
@@ -310,6 +312,15 @@ class LiteLLMBackend(LLM):
             raise BackendError(f"{target.model}: the provider returned no choices", retryable=False)
         return reply
 
+    def _call(self, kwargs: dict[str, Any]) -> Any:
+        """Send one request (``kwargs`` from ``_kwargs``): a completion, or with ``stream=True`` an iterable
+        of chunks with ``close()``. Another transport (``OpenAIBackend``) overrides this and ``_acall``."""
+        return litellm.completion(**kwargs)
+
+    async def _acall(self, kwargs: dict[str, Any]) -> Any:
+        """Async ``_call``: a completion, or an async iterable of chunks with ``aclose()``."""
+        return await litellm.acompletion(**kwargs)
+
     @staticmethod
     def _check_stages(model_stages: ModelStages) -> None:
         if model_stages:
@@ -386,13 +397,13 @@ class LiteLLMBackend(LLM):
     def complete(self, request: ChatRequest, *, model_stages: ModelStages = ()) -> ChatResponse:
         """One completion, retried and falling back as configured."""
         self._check_stages(model_stages)
-        raw, target = self._run(lambda t: litellm.completion(**self._kwargs(t, request)))
+        raw, target = self._run(lambda t: self._call(self._kwargs(t, request)))
         return self._response(raw, target)
 
     async def acomplete(self, request: ChatRequest, *, model_stages: ModelStages = ()) -> ChatResponse:
         """Native async completion through ``litellm.acompletion``."""
         self._check_stages(model_stages)
-        raw, target = await self._arun(lambda t: litellm.acompletion(**self._kwargs(t, request)))
+        raw, target = await self._arun(lambda t: self._acall(self._kwargs(t, request)))
         return self._response(raw, target)
 
     def _stream_kwargs(self, target: _Target, request: ChatRequest) -> dict[str, Any]:
@@ -411,7 +422,7 @@ class LiteLLMBackend(LLM):
 
         def open_stream(target: _Target) -> tuple[Any, StreamState, ChatChunk | None]:
             attempts_box.append(1)
-            raw = litellm.completion(**self._stream_kwargs(target, request))
+            raw = self._call(self._stream_kwargs(target, request))
             state = StreamState(target.model)
             try:
                 for chunk in raw:
@@ -446,7 +457,7 @@ class LiteLLMBackend(LLM):
 
         async def open_stream(target: _Target) -> tuple[Any, StreamState, ChatChunk | None]:
             attempts_box.append(1)
-            raw = await litellm.acompletion(**self._stream_kwargs(target, request))
+            raw = await self._acall(self._stream_kwargs(target, request))
             state = StreamState(target.model)
             try:
                 async for chunk in raw:

@@ -1,0 +1,243 @@
+"""``OpenAIBackend``: an OpenAI-compatible upstream reached through one shared ``openai`` client.
+
+The same LLM protocol, retry and fallback policy, error mapping and request mapping as ``LiteLLMBackend``
+(it is one, with another transport): only sending a request differs. litellm's own path costs several
+milliseconds per request (its logging, cost tracking and per-chunk object building: ``benchmarks/server.py``
+measures it); this one sends with the ``openai`` client (connection pooling, its own retries off, its errors) and reads the
+reply's JSON and server-sent events itself into light objects, with no per-chunk model building.
+
+Choose it with a model string ``"openai_compatible/NAME"`` or ``client: openai`` in ``llm_options``
+(``make_llm``); ``api_base``/``base_url``, ``api_key``, ``organization``, ``project`` and
+``default_headers`` configure the client, any other option is a chat-completions argument sent with
+every request (``extra_headers``, ``extra_body``, ``user``...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import threading
+import weakref
+from typing import Any, AsyncIterator, Iterator, Sequence
+
+import openai
+import openai._base_client as _openai_base
+from openai.resources.chat.completions import Completions
+
+from .remote import LiteLLMBackend
+
+__all__ = ["OpenAIBackend", "PREFIX"]
+
+PREFIX = "openai_compatible/"
+_MODEL_PREFIXES = (PREFIX, "openai/")
+_CLIENT_OPTIONS = {"api_base": "base_url", "base_url": "base_url", "api_key": "api_key",
+                   "organization": "organization", "project": "project", "default_headers": "default_headers"}
+_REQUEST_OPTIONS = frozenset(inspect.signature(Completions.create).parameters) - {"self"}
+_SENT_BY_BACKEND = frozenset({"max_retries", "retry_policy"})  # litellm's; the client never retries itself
+_REQUEST_ONLY = {"timeout": "timeout", "extra_headers": "headers", "extra_query": "params"}  # not body fields
+_NO_KEY = "sk-no-key"  # for upstreams that need none; the openai client insists on some key
+_PATH = "/chat/completions"
+# The client's HTTP library's Response (httpx, or httpx2 from openai 3 on): as ``cast_to``, the client hands
+# back the raw response. ``client.post`` is the client's documented way to send a request as is: ``create``
+# would first walk the arguments through its type annotations (about 1-2 ms of CPU a request).
+_Response: Any = (getattr(_openai_base, "httpx2", None) or getattr(_openai_base, "httpx")).Response
+
+
+class _Fields(dict):  # type: ignore[type-arg]
+    """A JSON object whose keys also read as attributes (``None`` when absent), the way the backend's
+    mapping code reads the SDK's objects, without building a pydantic model per chunk."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self.get(name)
+
+    def model_dump(self, **_: Any) -> dict[str, Any]:
+        return json.loads(json.dumps(self))  # type: ignore[no-any-return]
+
+
+_DONE = object()
+
+
+def _event(line: str, request: Any) -> Any:
+    """One server-sent-event line: a chunk, ``_DONE``, or ``None`` (not a data line). An ``error``
+    event raises ``openai.APIError`` with the upstream's error object."""
+    if not line.startswith("data:"):
+        return None
+    data = line[5:].strip()
+    if data == "[DONE]":
+        return _DONE
+    chunk = json.loads(data, object_hook=_Fields)
+    if isinstance(chunk, dict) and "error" in chunk and not chunk.get("choices"):
+        error = chunk["error"]
+        message = error.get("message") if isinstance(error, dict) else None
+        raise openai.APIError(str(message or error), request, body=error)
+    return chunk
+
+
+class _Stream:
+    """The chunks of one streamed reply, read from the raw HTTP response; ``close()`` releases it."""
+
+    def __init__(self, response: Any) -> None:
+        self._response = response
+        self._lines: Iterator[str] = response.iter_lines()
+        self._done = False
+
+    def __iter__(self) -> "_Stream":
+        return self
+
+    def __next__(self) -> Any:
+        for line in self._lines:
+            if self._done:
+                continue  # read to the end: a connection whose body was read whole goes back to the pool
+            chunk = _event(line, self._response.request)
+            if chunk is _DONE:
+                self._done = True
+            elif chunk is not None:
+                return chunk
+        raise StopIteration
+
+    def close(self) -> None:
+        self._response.close()
+
+
+class _AsyncStream:
+    """Async ``_Stream``; ``aclose()`` releases the connection."""
+
+    def __init__(self, response: Any) -> None:
+        self._response = response
+        self._lines: AsyncIterator[str] = response.aiter_lines()
+        self._done = False
+
+    def __aiter__(self) -> "_AsyncStream":
+        return self
+
+    async def __anext__(self) -> Any:
+        async for line in self._lines:
+            if self._done:
+                continue  # read to the end: a connection whose body was read whole goes back to the pool
+            chunk = _event(line, self._response.request)
+            if chunk is _DONE:
+                self._done = True
+            elif chunk is not None:
+                return chunk
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+def _model_name(model: str) -> str:
+    for prefix in _MODEL_PREFIXES:
+        if model.startswith(prefix):
+            return model[len(prefix):]
+    return model
+
+
+def _check_options(options: dict[str, Any], where: str) -> None:
+    unknown = sorted(set(options) - _CLIENT_OPTIONS.keys() - _REQUEST_OPTIONS)
+    if unknown:
+        raise TypeError(
+            f"{where}: unknown option(s) {', '.join(unknown)} for the openai client; known: client options "
+            f"{', '.join(sorted(_CLIENT_OPTIONS))} and chat-completions arguments (extra_body for others)"
+        )
+
+
+class OpenAIBackend(LiteLLMBackend):
+    """An OpenAI-compatible chat model (OpenAI, vLLM, llama.cpp's server, Ollama, a gateway...) reached
+    through the ``openai`` client: the arguments, retries, fallbacks and errors of ``LiteLLMBackend``.
+
+    Args:
+        model: ``"openai_compatible/NAME"`` or ``"openai/NAME"`` (the prefix is dropped) or ``NAME``.
+        **options: ``api_base`` (or ``base_url``), ``api_key`` (default ``$OPENAI_API_KEY``, else a
+            placeholder for upstreams that need none), ``organization``, ``project``,
+            ``default_headers``; anything else is a chat-completions argument sent with every request.
+        The other arguments are ``LiteLLMBackend``'s; a fallback dict may set its own client options.
+
+    Raises:
+        BackendError: from every method, whatever went wrong.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        max_retries: int = 3,
+        timeout: float = 60.0,
+        fallbacks: Sequence[str | dict[str, Any]] | None = None,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 8.0,
+        max_concurrency: int = 8,
+        **options: Any,
+    ) -> None:
+        _check_options(options, "OpenAIBackend")
+        super().__init__(model, max_retries=max_retries, timeout=timeout, fallbacks=fallbacks,
+                         backoff_initial=backoff_initial, backoff_max=backoff_max,
+                         max_concurrency=max_concurrency, **options)
+        for i, target in enumerate(self._targets[1:]):
+            _check_options(target.kwargs, f"fallbacks[{i}]")
+        self._lock = threading.Lock()
+        self._clients: dict[str, openai.OpenAI] = {}
+        self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, openai.AsyncOpenAI]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __repr__(self) -> str:
+        fb = f", fallbacks={self.fallbacks}" if self.fallbacks else ""
+        return f"OpenAIBackend(model={self.model!r}{fb})"
+
+    # -- the transport ------------------------------------------------------------------
+    def _split(self, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any], Any]:
+        """``_kwargs``'s litellm-style arguments → (client key, client options, JSON body, request options)."""
+        client: dict[str, Any] = {}
+        body: dict[str, Any] = {}
+        options: dict[str, Any] = {}
+        for name, value in kwargs.items():
+            if name in _CLIENT_OPTIONS:
+                client[_CLIENT_OPTIONS[name]] = value
+            elif name in _REQUEST_ONLY:
+                options[_REQUEST_ONLY[name]] = value
+            elif name == "extra_body":
+                body.update(value or {})
+            elif name not in _SENT_BY_BACKEND:
+                body[name] = value  # every other argument is a field of the request body, as ``create`` sends it
+        body["model"] = _model_name(body["model"])
+        client.setdefault("api_key", os.environ.get("OPENAI_API_KEY") or _NO_KEY)
+        return json.dumps(client, sort_keys=True, default=str), client, body, options
+
+    def _client(self, key: str, options: dict[str, Any]) -> openai.OpenAI:
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                client = self._clients[key] = openai.OpenAI(max_retries=0, timeout=self.timeout, **options)
+            return client
+
+    def _aclient(self, key: str, options: dict[str, Any]) -> openai.AsyncOpenAI:
+        """The async client of this event loop (an async client's connections belong to one loop)."""
+        clients = self._aclients.setdefault(asyncio.get_running_loop(), {})
+        client = clients.get(key)
+        if client is None:
+            client = clients[key] = openai.AsyncOpenAI(max_retries=0, timeout=self.timeout, **options)
+        return client
+
+    def _call(self, kwargs: dict[str, Any]) -> Any:
+        key, options, body, request_options = self._split(kwargs)
+        client = self._client(key, options)
+        if body.get("stream"):
+            return _Stream(client.post(_PATH, body=body, options=request_options, cast_to=_Response,
+                                       stream=True, stream_cls=openai.Stream))
+        return json.loads(client.post(_PATH, body=body, options=request_options, cast_to=_Response).content,
+                          object_hook=_Fields)
+
+    async def _acall(self, kwargs: dict[str, Any]) -> Any:
+        key, options, body, request_options = self._split(kwargs)
+        client = self._aclient(key, options)
+        if body.get("stream"):
+            return _AsyncStream(await client.post(_PATH, body=body, options=request_options, cast_to=_Response,
+                                                  stream=True, stream_cls=openai.AsyncStream))
+        response = await client.post(_PATH, body=body, options=request_options, cast_to=_Response)
+        return json.loads(response.content, object_hook=_Fields)

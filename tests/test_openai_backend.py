@@ -1,0 +1,252 @@
+"""``OpenAIBackend`` (the ``openai`` client's transport) against the loopback fake upstream, alone and
+behind the real server with the real ``openai`` client: the same answers, retries, fallbacks and errors
+as ``LiteLLMBackend``."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from typing import Any, Iterator
+
+import pytest
+
+from middleware.errors import BackendError, InputError
+from middleware.llm import make_llm
+from middleware.openai_backend import OpenAIBackend
+from middleware.pipeline import Pipeline
+from middleware.remote import LiteLLMBackend
+from middleware.types import ChatRequest
+
+from fake_upstream import FakeOpenAI, cleared, fail, ok, serve_fake
+
+openai = pytest.importorskip("openai")
+uvicorn = pytest.importorskip("uvicorn")
+
+TEXT = "Paris is the capital of France."
+FAST = {"backoff_initial": 0.01, "backoff_max": 0.05}
+DEAD = "http://127.0.0.1:9/v1"  # nothing listens on the discard port: connection refused
+
+
+@pytest.fixture(scope="module")
+def _server() -> Iterator[FakeOpenAI]:
+    with serve_fake() as fake:
+        yield fake
+
+
+@pytest.fixture
+def server(_server: FakeOpenAI) -> FakeOpenAI:
+    return cleared(_server)
+
+
+def backend(server: FakeOpenAI, model: str = "primary", **kw: Any) -> OpenAIBackend:
+    return OpenAIBackend(f"openai_compatible/{model}", api_base=server.base, api_key="sk-test", timeout=10.0, **{**FAST, **kw})
+
+
+def req(text: str = "What is the capital of France?", **params: Any) -> ChatRequest:
+    return ChatRequest.build(text, **params)
+
+
+def test_text_usage_and_parameters_reach_the_upstream(server: FakeOpenAI) -> None:
+    resp = backend(server).complete(req("hello", temperature=0.3, max_tokens=20, stop="END", seed=7))
+    assert resp.text == "echo: hello" and resp.finish_reason == "stop" and resp.model == "primary"
+    assert (resp.usage.prompt_tokens, resp.usage.completion_tokens, resp.usage.total_tokens) == (5, 2, 7)
+    assert resp.id == "chatcmpl-test"
+    sent = server.requests[-1]
+    assert sent["model"] == "primary"  # the prefix is ours, not the upstream's
+    assert sent["messages"] == [{"role": "user", "content": "hello"}]
+    assert (sent["temperature"], sent["max_tokens"], sent["stop"], sent["seed"]) == (0.3, 20, ["END"], 7)
+    assert "top_p" not in sent and "max_retries" not in sent and "timeout" not in sent
+
+
+def test_options_are_sent_with_every_request(server: FakeOpenAI) -> None:
+    llm = backend(server, user="app-1", extra_body={"top_k": 4})
+    llm.complete(req())
+    assert server.requests[-1]["user"] == "app-1" and server.requests[-1]["top_k"] == 4
+
+
+def test_stream_gives_the_text_then_finish_and_usage(server: FakeOpenAI) -> None:
+    chunks = list(backend(server).stream(req("stream me")))
+    assert len(chunks) > 2 and "".join(c.delta for c in chunks) == "echo: stream me"
+    last = chunks[-1]
+    assert last.finish_reason == "stop" and last.usage is not None and last.usage.total_tokens == 8
+    assert server.requests[-1]["stream"] is True and server.requests[-1]["stream_options"] == {"include_usage": True}
+
+
+async def test_async_complete_and_stream(server: FakeOpenAI) -> None:
+    llm = backend(server)
+    assert (await llm.acomplete(req("hi"))).text == "echo: hi"
+    chunks = [c async for c in llm.astream(req("stream me"))]
+    assert "".join(c.delta for c in chunks) == "echo: stream me" and chunks[-1].usage is not None
+
+
+def test_rate_limit_with_retry_after_is_retried(server: FakeOpenAI) -> None:
+    server.script("primary", fail(429, "slow down", **{"Retry-After": "0.2"}), ok(TEXT))
+    t0 = time.perf_counter()
+    assert backend(server, backoff_max=1.0).complete(req()).text == TEXT
+    assert time.perf_counter() - t0 >= 0.2 and server.calls("primary") == 2
+
+
+def test_server_errors_are_retried_then_give_up(server: FakeOpenAI) -> None:
+    server.script("primary", fail(503, "The server is overloaded"))
+    with pytest.raises(BackendError) as info:
+        backend(server, max_retries=2).complete(req())
+    err = info.value
+    assert (err.status_code, err.retryable, err.attempts) == (503, True, 3)
+    assert err.provider_message == "The server is overloaded" and "openai_compatible/primary" in str(err)
+    assert server.calls("primary") == 3
+
+
+@pytest.mark.parametrize("status", [400, 401])
+def test_client_errors_are_not_retried_nor_fall_back(server: FakeOpenAI, status: int) -> None:
+    server.script("primary", fail(status, f"client error {status}"))
+    with pytest.raises(BackendError) as info:
+        backend(server, fallbacks=["openai_compatible/backup"]).complete(req())
+    assert (info.value.status_code, info.value.attempts, info.value.retryable) == (status, 1, False)
+    assert info.value.provider_message == f"client error {status}"
+    assert server.calls("primary") == 1 and server.calls("backup") == 0
+
+
+def test_fallback_after_primary_keeps_failing(server: FakeOpenAI) -> None:
+    server.script("primary", fail(500, "overloaded"))
+    server.script("backup", ok("from the backup"))
+    resp = backend(server, max_retries=1, fallbacks=["openai_compatible/backup"]).complete(req())
+    assert resp.text == "from the backup" and resp.model == "backup"
+    assert server.calls("primary") == 2 and server.calls("backup") == 1
+
+
+def test_refused_connection_is_retried_then_falls_back_to_its_own_upstream(server: FakeOpenAI) -> None:
+    llm = OpenAIBackend("openai_compatible/primary", api_base=DEAD, api_key="sk-test", max_retries=1,
+                        fallbacks=[{"model": "openai_compatible/backup", "api_base": server.base}], **FAST)
+    assert llm.complete(req("hi")).text == "echo: hi"
+    assert [r["model"] for r in server.requests] == ["backup"]
+
+
+def test_every_model_failing_names_them_all(server: FakeOpenAI) -> None:
+    server.script("primary", fail(429, "primary is rate limited"))
+    server.script("backup", fail(500, "backup crashed"))
+    with pytest.raises(BackendError) as info:
+        backend(server, max_retries=1, fallbacks=["openai_compatible/backup"]).complete(req())
+    err = info.value
+    assert err.attempts == 4 and err.status_code == 500 and err.provider_message == "backup crashed"
+
+
+def test_stream_retried_before_the_first_chunk_not_after(server: FakeOpenAI) -> None:
+    server.script("primary", fail(429, "slow down"), ok(TEXT))
+    assert "".join(c.delta for c in backend(server).stream(req())) == TEXT and server.calls("primary") == 2
+    server.script("primary", {"status": 200, "text": TEXT, "break_stream": "connection lost upstream"}, ok("x"))
+    got: list[str] = []
+    with pytest.raises(BackendError) as info:
+        for chunk in backend(server).stream(req()):
+            got.append(chunk.delta)
+    assert got and TEXT.startswith("".join(got)) and "connection lost upstream" in str(info.value)
+    assert info.value.attempts == 1 and server.calls("primary") == 3
+
+
+async def test_astream_retried_then_streams_and_async_401_is_final(server: FakeOpenAI) -> None:
+    server.script("primary", fail(502, "bad gateway"), ok(TEXT))
+    chunks = [c async for c in backend(server).astream(req())]
+    assert "".join(c.delta for c in chunks) == TEXT and server.calls("primary") == 2
+    server.script("primary", fail(401, "bad key"))
+    with pytest.raises(BackendError) as info:
+        [c async for c in backend(server).astream(req())]
+    assert info.value.attempts == 1 and info.value.status_code == 401
+
+
+async def test_batch_and_abatch_keep_order(server: FakeOpenAI) -> None:
+    llm = backend(server)
+    requests = [req(f"question {i}") for i in range(5)]
+    assert [r.text for r in llm.batch(requests)] == [f"echo: question {i}" for i in range(5)]
+    assert [r.text for r in await llm.abatch(requests)] == [f"echo: question {i}" for i in range(5)]
+
+
+def test_make_llm_chooses_the_client(server: FakeOpenAI) -> None:
+    assert type(make_llm("openai_compatible/m", api_base=server.base)) is OpenAIBackend
+    assert type(make_llm("openai/m", client="openai", api_base=server.base)) is OpenAIBackend
+    assert type(make_llm("openai/m", client="litellm", api_base=server.base)) is LiteLLMBackend
+    assert type(make_llm("openai/m", api_base=server.base)) is LiteLLMBackend
+    with pytest.raises(InputError, match="client"):
+        make_llm("openai/m", client="curl")
+    with pytest.raises(TypeError, match="mock_response"):
+        make_llm("openai/m", client="openai", mock_response="hi")
+    with pytest.raises(TypeError, match=r"fallbacks\[0\]"):
+        OpenAIBackend("openai_compatible/m", fallbacks=[{"model": "x", "drop_params": True}])
+
+
+# -- behind the real server, with the real openai client ------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _serve(app: Any) -> Iterator[str]:
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_served_streamed_and_not_and_errors_through_the_openai_client(server: FakeOpenAI) -> None:
+    from middleware.config import load_pipeline
+    from middleware.server import create_app
+
+    pipe = load_pipeline({"llm": "openai/primary", "llm_options": {"client": "openai", "api_base": server.base,
+                                                                   "api_key": "sk-test", **FAST}})
+    assert isinstance(pipe, Pipeline) and type(pipe.llm) is OpenAIBackend
+    with _serve(create_app(pipe)) as url:
+        client = openai.OpenAI(base_url=url, api_key="sk-any", max_retries=0)
+        messages = [{"role": "user", "content": "hello"}]
+        whole = client.chat.completions.create(model="alignware", messages=messages)
+        assert whole.choices[0].message.content == "echo: hello" and whole.usage.total_tokens == 7
+        stream = client.chat.completions.create(model="alignware", messages=messages, stream=True,
+                                                stream_options={"include_usage": True})
+        chunks = list(stream)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: hello"
+        assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 7
+        server.script("primary", fail(401, "upstream key refused"))
+        with pytest.raises(openai.APIStatusError) as info:
+            client.chat.completions.create(model="alignware", messages=messages)
+        assert info.value.status_code == 401 and server.calls("primary") == 3  # 2 answers, then 1 call: no retry
+
+
+async def test_streams_give_their_connection_back_to_the_pool() -> None:
+    """A stream read to ``[DONE]`` is read to the end of its body, so the next request reuses the connection
+    (against a keep-alive upstream: the benchmarks' fast one, counting the connections it accepts)."""
+    import asyncio
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import fast_upstream
+
+    accepted = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        await fast_upstream._handle(reader, writer)
+
+    upstream = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = upstream.sockets[0].getsockname()[1]
+    try:
+        llm = OpenAIBackend("openai_compatible/m", api_base=f"http://127.0.0.1:{port}/v1", api_key="sk-test")
+        for _ in range(5):
+            chunks = [c async for c in llm.astream(req())]
+            assert "".join(c.delta for c in chunks).startswith("Paris is the capital")
+        assert (await llm.acomplete(req())).text.startswith("Paris")
+        assert accepted == 1
+    finally:
+        upstream.close()
+        await upstream.wait_closed()
