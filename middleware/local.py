@@ -143,14 +143,14 @@ class LocalBackend(LLM):
                     break
                 safe = row.stream_safe_text()
                 if len(safe) > len(sent) and safe.startswith(sent):
-                    yield ChatChunk(delta=safe[len(sent) :], model=self.name)
+                    yield ChatChunk.piece(safe[len(sent) :], self.name)
                     sent = safe
         finally:
             steps.close()
             with self._lock:
                 stages.close()
         if len(row.text) > len(sent):
-            yield ChatChunk(delta=row.text[len(sent) :], model=self.name)
+            yield ChatChunk.piece(row.text[len(sent) :], self.name)
         yield ChatChunk(finish_reason=row.finish, model=self.name, usage=self._usage(row), trace=traces)
 
     def batch(self, requests: Sequence[ChatRequest], *, model_stages: ModelStages = ()) -> list[ChatResponse]:

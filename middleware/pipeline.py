@@ -161,7 +161,7 @@ class Pipeline:
                 pieces = rs.run_stream(request, pieces, traces)
             for piece in pieces:
                 if piece:
-                    yield ChatChunk(delta=piece, model=end.get("model"))
+                    yield ChatChunk.piece(piece, end.get("model"))
             yield from after_text(held, end.get("model"))
         yield ChatChunk(finish_reason=end.get("finish_reason", "stop"), usage=end.get("usage"), model=end.get("model"), trace=traces)
 
@@ -216,7 +216,7 @@ class Pipeline:
                 pieces = rs.arun_stream(request, pieces, traces)
             async for piece in pieces:
                 if piece:
-                    yield ChatChunk(delta=piece, model=end.get("model"))
+                    yield ChatChunk.piece(piece, end.get("model"))
             for extra in after_text(held, end.get("model")):
                 yield extra
         yield ChatChunk(finish_reason=end.get("finish_reason", "stop"), usage=end.get("usage"), model=end.get("model"), trace=traces)

@@ -126,7 +126,7 @@ class StreamState:
         content = getattr(delta, "content", None) if delta is not None else None
         tool_calls, logprobs = chunk_extras(choice, delta)
         if tool_calls is None and logprobs is None:
-            return ChatChunk(delta=content, model=self.model) if content else None
+            return ChatChunk.piece(content, self.model) if content else None
         return ChatChunk(delta=content or "", model=self.model, tool_calls=tool_calls, logprobs=logprobs)
 
     def closing(self) -> ChatChunk:

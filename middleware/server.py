@@ -236,6 +236,8 @@ def serve_parser() -> argparse.ArgumentParser:
                         "requests with the header X-Alignware-Trace: 1)")
     p.add_argument("--no-credential-check", action="store_true",
                    help="start even when litellm finds the upstream's API key variable unset")
+    p.add_argument("--access-log", action="store_true", default=_env_flag("ALIGNWARE_ACCESS_LOG"),
+                   help="log one line per HTTP request (default: off, or $ALIGNWARE_ACCESS_LOG=1; errors are logged either way)")
     return p
 
 
@@ -270,6 +272,7 @@ def serve_main(argv: Sequence[str]) -> int:
     """``alignware serve``: run the OpenAI-compatible server."""
     import uvicorn  # only the command needs the server itself
 
+    access_log = serve_parser().parse_args(argv).access_log
     app, host, port = app_from_args(argv)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log)
     return 0

@@ -427,6 +427,19 @@ class ChatChunk(BaseModel):
     tool_calls: list[dict[str, Any]] | None = None  # tool-call deltas in OpenAI's streamed shape (with ``index``)
     logprobs: dict[str, Any] | None = None  # the logprobs of this piece, in OpenAI's shape
 
+    @classmethod
+    def piece(cls, delta: str, model: str | None) -> "ChatChunk":
+        """A chunk of text only (the per-chunk hot path of a stream): validation is skipped when ``delta``
+        is a str and ``model`` a str or ``None``, done otherwise."""
+        if type(delta) is str and (model is None or type(model) is str):
+            values = {"delta": delta, "finish_reason": None, "model": model, "usage": None, "trace": None,
+                      "tool_calls": None, "logprobs": None}
+            return _trusted(cls, values, _PIECE_FIELDS)
+        return cls(delta=delta, model=model)
+
+
+_PIECE_FIELDS = frozenset(("delta", "model"))
+
 
 def format_trace(trace: Iterable[StageTrace], width: int = 60) -> str:
     rows = [("stage", "kind", "verdict", "ms", "detail")]

@@ -237,3 +237,11 @@ def test_serve_with_pipeline_and_model_keeps_llm_options(fake, tmp_path, monkeyp
         assert _preflight(url, "http://other.example").headers["access-control-allow-origin"] == "http://other.example"
     assert [r["model"] for r in fake.requests] == ["from-flag"]
     assert fake.auth == ["Bearer sk-from-file"]
+
+
+def test_access_log_is_off_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ALIGNWARE_ACCESS_LOG", raising=False)
+    assert serve_parser().parse_args([]).access_log is False
+    assert serve_parser().parse_args(["--access-log"]).access_log is True
+    monkeypatch.setenv("ALIGNWARE_ACCESS_LOG", "1")
+    assert serve_parser().parse_args([]).access_log is True

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from middleware import ChatRequest, InputError, Message, load_pairs, load_prompts
+from middleware import ChatChunk, ChatRequest, InputError, Message, load_pairs, load_prompts
 
 
 def test_request_rejects_bad_input_with_named_problem():
@@ -150,3 +150,11 @@ def test_a_one_string_request_is_what_validation_would_build() -> None:
     other = ChatRequest.build("hi")
     other.metadata["task"] = "title"  # each request has its own metadata
     assert fast.metadata == {} and ChatRequest.build("") == ChatRequest(messages=[{"role": "user", "content": ""}])
+
+
+def test_a_text_piece_built_on_the_fast_path_equals_a_validated_chunk() -> None:
+    fast, checked = ChatChunk.piece("Par", "m"), ChatChunk(delta="Par", model="m")
+    assert fast == checked and fast.model_dump() == checked.model_dump()
+    assert fast.model_fields_set == checked.model_fields_set
+    with pytest.raises(Exception):  # a value of the wrong type still goes through validation
+        ChatChunk.piece(3, "m")  # type: ignore[arg-type]
