@@ -39,7 +39,7 @@ from litellm.llms.custom_llm import CustomLLMError
 from litellm.types.utils import GenericStreamingChunk, ModelResponse
 
 from .config import PipelineConfig
-from .errors import InputError
+from .errors import BackendError, InputError
 from .pipeline import Pipeline
 from .server import error_for
 from .types import ChatChunk, ChatRequest, ChatResponse, StageTrace, Usage
@@ -130,9 +130,11 @@ def _request(messages: list[Any], optional_params: dict[str, Any]) -> ChatReques
 
 def _error(exc: Exception) -> CustomLLMError:
     """The status and message ``alignware serve`` would answer (``error_for``): ``InputError`` → 400,
-    ``BackendError`` → the upstream's error status (else 502), anything else → 500."""
+    ``BackendError`` → 429, 504 or 502 (the upstream's own status for a 4xx about the request), anything
+    else → 500. In-process the caller is the operator, so an upstream error keeps its whole message (the
+    server leaves out what the upstream said about its own key or model)."""
     status, error = error_for(exc)
-    return CustomLLMError(status, error["message"])
+    return CustomLLMError(status, str(exc) if isinstance(exc, BackendError) else error["message"])
 
 
 def trace_dicts(trace: "list[StageTrace] | None") -> list[dict[str, Any]]:

@@ -43,6 +43,29 @@ GEN_PARAMS = ("temperature", "top_p", "max_tokens", "stop", "seed")
 ErrorFor = Callable[[BaseException], "tuple[int, dict[str, Any]]"]
 
 
+def unpaired_surrogate(value: Any, path: str = "") -> str | None:
+    """The path (``messages[0].content``, ``stop[1]``) of the first string in ``value`` that holds an
+    unpaired UTF-16 surrogate (JSON lets a client send ``"\\ud800"``; no provider can take it), or ``None``."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "body"
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            where = f"{path}.{k}" if path else str(k)
+            found = unpaired_surrogate(k, where) or unpaired_surrogate(v, where)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = unpaired_surrogate(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
 def object_field(body: dict[str, Any], name: str) -> dict[str, Any]:
     """``body[name]`` when it is an object, ``{}`` when absent; ``InputError`` otherwise."""
     value = body.get(name)

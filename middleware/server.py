@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from .config import PipelineConfig
 from .errors import AlignwareError, BackendError, InputError
 from .llm import make_llm
-from .openai_format import completion_body, object_field, request_from_openai, sse_events
+from .openai_format import completion_body, object_field, request_from_openai, sse_events, unpaired_surrogate
 from .pipeline import Pipeline
 from .types import ChatChunk, ChatRequest, ChatResponse
 
@@ -47,20 +47,39 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", param
     return JSONResponse(status_code=status, content={"error": _error_object(message, kind, param)})
 
 
+#: Upstream statuses about the server's own set-up (its provider key, its model name), not the client's request.
+_UPSTREAM_CONFIG_ERRORS = {401: "authentication failed", 403: "permission denied", 404: "model or route not found"}
+
+
 def error_for(exc: BaseException) -> tuple[int, dict[str, Any]]:
     """The HTTP status and the OpenAI ``error`` object for an exception; both paths (JSON and stream) use it.
 
     ``InputError`` → 400 ``invalid_request_error`` (``param``: its ``field``);
-    ``BackendError`` → the provider's status when it is an error status, else 502, ``upstream_error``;
-    anything else (``StageError``, other ``AlignwareError``s, any exception) → 500 ``server_error``,
-    with the traceback logged on the ``alignware`` logger.
+    ``BackendError`` → ``upstream_error`` with a status that tells the client whose problem it is: 429 for
+    the upstream's rate limit, 504 for its timeouts, 502 for its 5xx and for everything it said about our
+    own credentials or model name (401, 403, 404: the client's request was fine, and the message names
+    neither the provider's key nor the upstream model), the upstream's own status for its other 4xx (a
+    context too long, say: the client's request); anything else (``StageError``, other
+    ``AlignwareError``s, any exception) → 500 ``server_error``, with the traceback logged on the
+    ``alignware`` logger.
     """
     if isinstance(exc, InputError):
         return 400, _error_object(str(exc), "invalid_request_error", exc.field)
     if isinstance(exc, BackendError):
-        status = exc.status_code if exc.status_code is not None and 400 <= exc.status_code <= 599 else 502
+        code = exc.status_code
+        message = str(exc)
+        if code in _UPSTREAM_CONFIG_ERRORS:
+            status = 502
+            message = (f"the upstream model refused the server's request ({_UPSTREAM_CONFIG_ERRORS[code]}); "
+                       "the server's operator can find the details in its log")
+        elif code == 408:
+            status = 504
+        elif code == 429 or (code is not None and 400 <= code < 500):
+            status = code
+        else:
+            status = 502
         log.warning("upstream error (answered %d): %s", status, exc)
-        return status, _error_object(str(exc), "upstream_error")
+        return status, _error_object(message, "upstream_error")
     log.error("chat completion failed", exc_info=exc)
     message = str(exc) if isinstance(exc, AlignwareError) else f"internal error: {type(exc).__name__}: {exc}"
     return 500, _error_object(message, "server_error")
@@ -135,10 +154,17 @@ def create_app(
     async def chat_completions(request: Request) -> Any:
         if (denied := refused(request)) is not None:
             return denied
+        raw = await request.body()
         try:
-            body = await request.json()
+            body = json.loads(raw)
+            # a \uD800-\uDFFF escape: look for an unpaired surrogate
+            where = unpaired_surrogate(body) if b"\\ud" in raw or b"\\uD" in raw else None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             return _error(400, f"the request body is not valid JSON: {e}")
+        except RecursionError:
+            return _error(400, "the request body is nested too deeply")
+        if where is not None:
+            return _error(400, f"{where}: holds an unpaired UTF-16 surrogate, which is not text", param=where)
         try:
             req = request_from_openai(body)
             include_usage = bool(_object_field(body, "stream_options").get("include_usage"))

@@ -190,8 +190,10 @@ class ChatRequest(BaseModel):
 
     messages: list[Message]
     model: str | None = None
-    temperature: float | None = None  # None: the backend's default (greedy for local models)
-    top_p: float | None = None
+    # None: the backend's default (greedy for local models); NaN and infinities (which JSON parsers accept
+    # as NaN, Infinity or 1e400) are refused
+    temperature: float | None = Field(default=None, allow_inf_nan=False)
+    top_p: float | None = Field(default=None, allow_inf_nan=False)
     max_tokens: int | None = None
     stop: list[str] | None = None
     seed: int | None = None

@@ -1,0 +1,87 @@
+"""What ``alignware serve`` answers to hostile request bodies and to upstream failures: a client error is a
+400 naming the field with nothing sent upstream; an upstream failure gets a status that says whose problem
+it is and never the provider's message about the server's own key. Real uvicorn on loopback, raw httpx,
+the loopback fake upstream behind ``LiteLLMBackend``."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import pytest
+
+from middleware import Pipeline, load_pipeline
+
+httpx = pytest.importorskip("httpx")
+
+from fake_upstream import FakeOpenAI, cleared, fail, serve_fake  # noqa: E402
+from middleware.server import create_app  # noqa: E402
+from test_server import _serve  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeOpenAI]:
+    with serve_fake() as f:
+        yield f
+
+
+@pytest.fixture(scope="module")
+def url(fake: FakeOpenAI) -> Iterator[str]:
+    options = {"api_base": fake.base, "api_key": "sk-provider-secret-9876", "max_retries": 0, "timeout": 10}
+    pipe = load_pipeline({"llm": "openai/upstream-model", "llm_options": options})
+    assert isinstance(pipe, Pipeline)
+    with _serve(create_app(pipe)) as base:
+        yield base
+
+
+def _post(url: str, raw: str) -> Any:
+    return httpx.post(f"{url}/chat/completions", content=raw.encode(), headers={"Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e400"])
+@pytest.mark.parametrize("name", ["temperature", "top_p"])
+def test_non_finite_sampling_numbers_are_400s_naming_the_field(url: str, fake: FakeOpenAI, name: str, value: str) -> None:
+    cleared(fake)
+    r = _post(url, '{"model": "m", "messages": [{"role": "user", "content": "hi"}], "%s": %s}' % (name, value))
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == name and r.json()["error"]["type"] == "invalid_request_error"
+    assert fake.requests == []  # nothing went upstream
+
+
+@pytest.mark.parametrize(
+    "raw, where",
+    [
+        ('{"model": "m", "messages": [{"role": "user", "content": "bad \\ud800 text"}]}', "messages[0].content"),
+        ('{"model": "m", "messages": [{"role": "user", "content": "hi"}], "stop": ["ok", "\\udfff"]}', "stop[1]"),
+    ],
+)
+def test_an_unpaired_surrogate_is_a_400_naming_where_it_is(url: str, fake: FakeOpenAI, raw: str, where: str) -> None:
+    cleared(fake)
+    r = _post(url, raw)
+    assert r.status_code == 400 and r.json()["error"]["param"] == where, r.text
+    assert fake.requests == []
+    # a surrogate pair (an emoji written as two escapes) is text and goes through
+    ok = _post(url, '{"model": "m", "messages": [{"role": "user", "content": "smile \\ud83d\\ude00"}]}')
+    assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == "echo: smile \U0001f600"
+
+
+def test_a_body_nested_too_deeply_is_a_400_and_the_connection_stays_usable(url: str) -> None:
+    deep = '{"model": "m", "messages": [{"role": "user", "content": "hi"}], "metadata": ' + '[' * 100_000 + ']' * 100_000 + '}'
+    with httpx.Client() as client:
+        r = client.post(f"{url}/chat/completions", content=deep.encode(), headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and "nested too deeply" in r.json()["error"]["message"]
+        again = client.post(f"{url}/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        assert again.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "upstream, status",
+    [(401, 502), (403, 502), (404, 502), (408, 504), (500, 502), (503, 502), (429, 429), (400, 400)],
+)
+def test_upstream_failures_get_a_status_that_says_whose_problem_it_is(url: str, fake: FakeOpenAI, upstream: int, status: int) -> None:
+    cleared(fake).script("upstream-model", fail(upstream, f"provider says no to key sk-...9876 (status {upstream})"))
+    r = httpx.post(f"{url}/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["type"] == "upstream_error"
+    if upstream in (401, 403, 404):  # about the server's own key or model: no provider detail
+        assert "9876" not in error["message"] and "upstream-model" not in error["message"]
