@@ -429,6 +429,7 @@ class LiteLLMBackend(LLM):
                     piece = state.take(chunk)
                     if piece is not None:
                         return raw, state, piece
+                state.check_started()  # an empty stream is a failed attempt, not an empty answer
             except BaseException:
                 close_stream(raw)
                 raise
@@ -464,6 +465,7 @@ class LiteLLMBackend(LLM):
                     piece = state.take(chunk)
                     if piece is not None:
                         return raw, state, piece
+                state.check_started()  # an empty stream is a failed attempt, not an empty answer
             except BaseException:
                 await aclose_stream(raw)
                 raise

@@ -98,6 +98,11 @@ async def aclose_stream(stream: Any) -> None:
             pass
 
 
+class EmptyStreamError(ConnectionError):
+    """A streamed reply that ended before any event that counts (text, a tool call, a finish reason): an
+    empty body, only ``[DONE]``, or a body that is not server-sent events. Retried like a dropped connection."""
+
+
 class StreamState:
     """What a stream has told us so far: model, finish reason, usage."""
 
@@ -128,6 +133,14 @@ class StreamState:
         if tool_calls is None and logprobs is None:
             return ChatChunk.piece(content, self.model) if content else None
         return ChatChunk(delta=content or "", model=self.model, tool_calls=tool_calls, logprobs=logprobs)
+
+    def check_started(self) -> None:
+        """Called when a stream ended before its first piece (text, tool call, logprobs): raise
+        ``EmptyStreamError`` unless the upstream gave a finish reason that explains an empty answer
+        (``length``, ``content_filter``...). A bare ``stop`` does not: litellm makes one up for a stream
+        that carried no event at all."""
+        if self.finish_reason in (None, "stop"):
+            raise EmptyStreamError("the stream ended without a single event (an empty body, only [DONE], or not server-sent events)")
 
     def closing(self) -> ChatChunk:
         return ChatChunk(finish_reason=self.finish_reason or "stop", usage=self.usage, model=self.model)

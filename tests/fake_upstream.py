@@ -70,6 +70,11 @@ def _logprobs(pieces: list[str], top: int) -> dict[str, Any]:
     return {"content": [entry(i, p) for i, p in enumerate(pieces)], "refusal": None}
 
 
+def raw_stream(body: str) -> dict[str, Any]:
+    """A streamed 200 whose body is ``body`` as it is (an empty stream, a body that is not SSE)."""
+    return {"status": 200, "raw_stream": body}
+
+
 def fail(status: int, message: str, **headers: str) -> dict[str, Any]:
     return {"status": status, "message": message, "headers": headers}
 
@@ -102,6 +107,12 @@ def make_handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             if reply["status"] != 200:
                 error = {"message": reply["message"], "type": "test_error", "code": reply["status"]}
                 self._json(reply["status"], {"error": error}, reply.get("headers"))
+                return
+            if "raw_stream" in reply:  # a 200 event stream with exactly this body (``"data: [DONE]\n\n"``, junk)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                self.wfile.write(reply["raw_stream"].encode())
                 return
             text = reply["text"]
             n = body.get("n") or 1

@@ -27,7 +27,7 @@ from middleware.remote import LiteLLMBackend, is_retryable
 from middleware.stages import PromptStage, ResponseStage
 from middleware.types import ChatRequest, ChatResponse, load_pairs
 
-from fake_upstream import FakeOpenAI, cleared, fail, ok, serve_fake
+from fake_upstream import FakeOpenAI, cleared, fail, ok, raw_stream, serve_fake
 
 MOCK_TEXT = "Paris is the capital of France."
 FAST = {"backoff_initial": 0.01, "backoff_max": 0.05}
@@ -288,6 +288,26 @@ def test_stream_not_retried_after_the_first_chunk(server: FakeOpenAI) -> None:
     assert got and MOCK_TEXT.startswith("".join(got))
     assert info.value.attempts == 1 and server.calls("primary") == 1
     assert "openai/primary" in str(info.value)
+
+
+@pytest.mark.parametrize("body", ["data: [DONE]\n\n", "", "this is not server-sent events\n"])
+def test_an_empty_stream_is_a_failed_attempt_not_an_empty_answer(server: FakeOpenAI, body: str) -> None:
+    server.script("primary", raw_stream(body), ok(MOCK_TEXT))
+    chunks = list(remote(server).stream(req()))
+    assert "".join(c.delta for c in chunks) == MOCK_TEXT and server.calls("primary") == 2  # retried
+    server.script("primary", raw_stream(body))
+    with pytest.raises(BackendError) as info:
+        list(remote(server, max_retries=1).stream(req()))
+    assert "without a single event" in str(info.value) and info.value.attempts == 2
+
+
+async def test_an_empty_async_stream_is_retried_then_reported(server: FakeOpenAI) -> None:
+    server.script("primary", raw_stream("data: [DONE]\n\n"), ok(MOCK_TEXT))
+    chunks = [c async for c in remote(server).astream(req())]
+    assert "".join(c.delta for c in chunks) == MOCK_TEXT and server.calls("primary") == 2
+    server.script("primary", raw_stream("data: [DONE]\n\n"))
+    with pytest.raises(BackendError):
+        [c async for c in remote(server, max_retries=1).astream(req())]
 
 
 async def test_astream_retried_then_streams(server: FakeOpenAI) -> None:

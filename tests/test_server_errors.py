@@ -13,7 +13,7 @@ from middleware import Pipeline, load_pipeline
 
 httpx = pytest.importorskip("httpx")
 
-from fake_upstream import FakeOpenAI, cleared, fail, serve_fake  # noqa: E402
+from fake_upstream import FakeOpenAI, cleared, fail, raw_stream, serve_fake  # noqa: E402
 from middleware.server import create_app  # noqa: E402
 from test_server import _serve  # noqa: E402
 
@@ -85,3 +85,11 @@ def test_upstream_failures_get_a_status_that_says_whose_problem_it_is(url: str, 
     assert error["type"] == "upstream_error"
     if upstream in (401, 403, 404):  # about the server's own key or model: no provider detail
         assert "9876" not in error["message"] and "upstream-model" not in error["message"]
+
+
+@pytest.mark.parametrize("body", ["data: [DONE]\n\n", "<html>not events</html>\n"])
+def test_an_empty_upstream_stream_is_an_error_not_an_empty_answer(url: str, fake: FakeOpenAI, body: str) -> None:
+    cleared(fake).script("upstream-model", raw_stream(body))
+    r = httpx.post(f"{url}/chat/completions", json={"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 502 and r.json()["error"]["type"] == "upstream_error", r.text
+    assert "without a single event" in r.json()["error"]["message"]
