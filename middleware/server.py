@@ -37,6 +37,10 @@ from .types import ChatChunk, ChatRequest, ChatResponse
 
 log = logging.getLogger("alignware")
 
+#: Default limits of a chat request: the body's size, and how many messages it holds.
+MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_MESSAGES = 2048
+
 def _error_object(message: str, kind: str, param: str | None = None) -> dict[str, Any]:
     return {"message": message, "type": kind, "param": param, "code": None}
 
@@ -106,6 +110,9 @@ def create_app(
     api_key: "str | None" = None,
     cors_origins: "Sequence[str] | None" = None,
     trace: bool = False,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    max_messages: int = MAX_MESSAGES,
+    allowed_hosts: "Sequence[str] | None" = None,
 ) -> Any:
     """A FastAPI app serving ``pipeline`` under the model name ``model_name``.
 
@@ -114,24 +121,39 @@ def create_app(
     the API (``["*"]``: any; default: none, no CORS headers). ``trace``: every reply carries the
     per-stage ``alignware_trace`` (prompts and answers before and after each stage); without it only
     requests with the header ``X-Alignware-Trace: 1`` get it (``0`` turns a server-wide trace off).
+    ``max_body_bytes``/``max_messages``: larger requests get 413 / 400 before anything is sent upstream.
+    Without an ``api_key`` the server is open to anyone who reaches it, so it answers only requests whose
+    ``Host`` is in ``allowed_hosts`` (default: the loopback names; ``["*"]``: any) and chat requests sent as
+    ``application/json`` (a web page on another site can send ``text/plain`` without asking): together they
+    keep web pages from spending the upstream's credit. ``/docs`` and ``/openapi.json`` need the key when
+    one is set (``/docs`` is then off: it cannot send one).
     """
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, StreamingResponse
 
     from . import server_http as http
 
-    app = FastAPI(title="alignware", version="0.1.0")
+    keyed = bool(api_key)
+    app = FastAPI(title="alignware", version="0.1.0", docs_url=None if keyed else "/docs", redoc_url=None,
+                  openapi_url=None if keyed else "/openapi.json")
     http.install_error_handlers(app)
     http.add_cors(app, cors_origins or ())
     started = int(time.time())
     model_card = {"id": model_name, "object": "model", "created": started, "owned_by": "alignware"}
+    hosts = None if keyed or (allowed_hosts is not None and "*" in allowed_hosts) else frozenset(
+        h.strip().lower() for h in (allowed_hosts if allowed_hosts is not None else http.LOOPBACK_HOSTS))
 
     def refused(request: Request) -> Any:
-        """The 401 for a request without the key, else ``None``."""
+        """The 401 for a request without the key; without a key, the refusals of an open server; else ``None``."""
         if not api_key:
-            return None
+            return http.open_server_problem(request, hosts)
         problem = http.auth_problem(request.headers.get("authorization"), api_key)
         return http.unauthorised(problem) if problem else None
+
+    if keyed:
+        @app.get("/openapi.json", include_in_schema=False)
+        async def openapi(request: Request) -> Any:
+            return refused(request) or JSONResponse(app.openapi())
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -154,7 +176,9 @@ def create_app(
     async def chat_completions(request: Request) -> Any:
         if (denied := refused(request)) is not None:
             return denied
-        raw = await request.body()
+        raw = await http.read_body(request, max_body_bytes)
+        if not isinstance(raw, bytes):
+            return raw
         try:
             body = json.loads(raw)
             # a \uD800-\uDFFF escape: look for an unpaired surrogate
@@ -165,6 +189,9 @@ def create_app(
             return _error(400, "the request body is nested too deeply")
         if where is not None:
             return _error(400, f"{where}: holds an unpaired UTF-16 surrogate, which is not text", param=where)
+        if isinstance(body, dict) and isinstance(body.get("messages"), list) and len(body["messages"]) > max_messages:
+            return _error(400, f"messages: {len(body['messages'])} messages; this server takes at most {max_messages}",
+                          param="messages")
         try:
             req = request_from_openai(body)
             include_usage = bool(_object_field(body, "stream_options").get("include_usage"))
@@ -262,6 +289,11 @@ def serve_parser() -> argparse.ArgumentParser:
                         "requests with the header X-Alignware-Trace: 1)")
     p.add_argument("--no-credential-check", action="store_true",
                    help="start even when litellm finds the upstream's API key variable unset")
+    p.add_argument("--max-body-mb", type=float, default=float(os.environ.get("ALIGNWARE_MAX_BODY_MB", MAX_BODY_BYTES / 2**20)),
+                   help="largest request body taken, in MiB (default: $ALIGNWARE_MAX_BODY_MB or 16); larger ones get 413")
+    p.add_argument("--allowed-host", action="append", dest="allowed_hosts", default=None, metavar="NAME",
+                   help="without --api-key: a Host name the server answers besides the loopback names (repeatable; "
+                        "'*' for any; $ALIGNWARE_ALLOWED_HOSTS, comma-separated)")
     p.add_argument("--access-log", action="store_true", default=_env_flag("ALIGNWARE_ACCESS_LOG"),
                    help="log one line per HTTP request (default: off, or $ALIGNWARE_ACCESS_LOG=1; errors are logged either way)")
     return p
@@ -279,7 +311,7 @@ def build_served_pipeline(pipeline: "str | None", model: "str | None") -> Pipeli
 def app_from_args(argv: Sequence[str]) -> tuple[Any, str, int]:
     """The app ``alignware serve ARGV`` runs, and the host and port it binds: flags, environment
     variables, the pipeline, and the start-up check of the upstream's credentials."""
-    from .server_http import missing_upstream_credentials
+    from .server_http import LOOPBACK_HOSTS, missing_upstream_credentials
 
     args = serve_parser().parse_args(list(argv))
     pipe = build_served_pipeline(args.pipeline, args.model)
@@ -290,7 +322,10 @@ def app_from_args(argv: Sequence[str]) -> tuple[Any, str, int]:
             "api_key in the pipeline's llm_options (--no-credential-check starts anyway)"
         )
     origins = args.cors_origins if args.cors_origins is not None else _env_list("ALIGNWARE_CORS_ORIGINS")
-    app = create_app(pipe, model_name=args.name, api_key=args.api_key, cors_origins=origins, trace=args.trace)
+    extra_hosts = args.allowed_hosts if args.allowed_hosts is not None else _env_list("ALIGNWARE_ALLOWED_HOSTS")
+    hosts = [*LOOPBACK_HOSTS, *extra_hosts] if extra_hosts else None
+    app = create_app(pipe, model_name=args.name, api_key=args.api_key, cors_origins=origins, trace=args.trace,
+                     max_body_bytes=int(args.max_body_mb * 2**20), allowed_hosts=hosts)
     return app, args.host, args.port
 
 

@@ -58,6 +58,54 @@ def unauthorised(problem: str) -> JSONResponse:
     return openai_error(401, problem, "authentication_error", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
 
+# -- limits and the open server --------------------------------------------------------------
+#: Host names a server without a key answers to by default: loopback only, so a web page cannot reach it
+#: through a DNS name of its own (DNS rebinding).
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
+async def read_body(request: Request, limit: int) -> "bytes | JSONResponse":
+    """The request's body, or a 413 once it is known to exceed ``limit`` bytes (by ``Content-Length``
+    before reading anything, else while reading, which stops there)."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        return too_large(limit)
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            return too_large(limit)
+    return bytes(body)
+
+
+def too_large(limit: int) -> JSONResponse:
+    return openai_error(413, f"the request body is larger than this server takes ({limit // 1024} KiB)",
+                        code="request_too_large")
+
+
+def host_name(host_header: str) -> str:
+    """The name part of a ``Host`` header (``[::1]:8000`` → ``[::1]``, ``localhost:80`` → ``localhost``)."""
+    if host_header.startswith("["):
+        return host_header[: host_header.find("]") + 1] if "]" in host_header else host_header
+    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+
+
+def open_server_problem(request: Request, allowed_hosts: "frozenset[str] | None") -> "JSONResponse | None":
+    """For a server without a key: refuse what a web page on another site could send it. A ``Host`` not in
+    ``allowed_hosts`` (``None``: any) is 403; a POST that is not ``application/json`` (what a page can send
+    without a CORS preflight: ``text/plain``, forms) is 415."""
+    if allowed_hosts is not None and host_name(request.headers.get("host", "").strip().lower()) not in allowed_hosts:
+        return openai_error(403, "this server answers only requests addressed to " + ", ".join(sorted(allowed_hosts))
+                            + " (a server without an API key; set --api-key to serve other host names)",
+                            "permission_error", code="host_not_allowed")
+    if request.method == "POST":
+        kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if kind != "application/json":
+            return openai_error(415, f"send the body as JSON with 'Content-Type: application/json' (got {kind or 'none'!r})",
+                                code="unsupported_media_type")
+    return None
+
+
 # -- CORS and errors -----------------------------------------------------------------------
 def add_cors(app: FastAPI, origins: Iterable[str]) -> None:
     """Let browser pages from ``origins`` (``"*"``: any) call the API; none given: no CORS headers, so

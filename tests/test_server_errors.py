@@ -14,7 +14,7 @@ from middleware import Pipeline, load_pipeline
 httpx = pytest.importorskip("httpx")
 
 from fake_upstream import FakeOpenAI, cleared, fail, raw_stream, serve_fake  # noqa: E402
-from middleware.server import create_app  # noqa: E402
+from middleware.server import app_from_args, create_app  # noqa: E402
 from test_server import _serve  # noqa: E402
 
 
@@ -93,3 +93,79 @@ def test_an_empty_upstream_stream_is_an_error_not_an_empty_answer(url: str, fake
     r = httpx.post(f"{url}/chat/completions", json={"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 502 and r.json()["error"]["type"] == "upstream_error", r.text
     assert "without a single event" in r.json()["error"]["message"]
+
+
+# -- limits and the open server ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small(fake: FakeOpenAI) -> Iterator[str]:
+    """A server without a key whose limits are small enough to reach in a test."""
+    options = {"api_base": fake.base, "api_key": "sk-provider", "max_retries": 0}
+    pipe = load_pipeline({"llm": "openai/upstream-model", "llm_options": options})
+    assert isinstance(pipe, Pipeline)
+    with _serve(create_app(pipe, max_body_bytes=4096, max_messages=8)) as base:
+        yield base
+
+
+def test_a_body_over_the_limit_is_413_whether_its_length_is_announced_or_not(small: str, fake: FakeOpenAI) -> None:
+    cleared(fake)
+    big = '{"model": "m", "messages": [{"role": "user", "content": "%s"}]}' % ("x" * 5000)
+    r = _post(small, big)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+    def chunks() -> Iterator[bytes]:  # sent chunked: no Content-Length to go by
+        yield big.encode()
+
+    r = httpx.post(f"{small}/chat/completions", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert fake.requests == []
+
+
+def test_too_many_messages_is_a_400_naming_messages(small: str, fake: FakeOpenAI) -> None:
+    cleared(fake)
+    r = httpx.post(f"{small}/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "a"}] * 9})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    ok = httpx.post(f"{small}/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "a"}] * 8})
+    assert ok.status_code == 200 and len(fake.requests) == 1
+
+
+def test_an_open_server_refuses_what_a_web_page_elsewhere_could_send(small: str, fake: FakeOpenAI) -> None:
+    cleared(fake)
+    body = '{"model": "m", "messages": [{"role": "user", "content": "spend my credit"}]}'
+    # a "simple" cross-site POST: text/plain needs no CORS preflight
+    simple = httpx.post(f"{small}/chat/completions", content=body.encode(), headers={"Content-Type": "text/plain"})
+    assert simple.status_code == 415
+    # DNS rebinding: the page's own host name pointed at 127.0.0.1
+    rebound = httpx.post(f"{small}/chat/completions", content=body.encode(),
+                         headers={"Content-Type": "application/json", "Host": "attacker.example"})
+    assert rebound.status_code == 403 and rebound.json()["error"]["code"] == "host_not_allowed"
+    assert httpx.get(f"{small}/models", headers={"Host": "attacker.example:8000"}).status_code == 403
+    assert fake.requests == []
+    for host in ("127.0.0.1", "localhost:1234", "[::1]:8000"):
+        r = httpx.post(f"{small}/chat/completions", content=body.encode(), headers={"Content-Type": "application/json", "Host": host})
+        assert r.status_code == 200, (host, r.text)
+
+
+def test_docs_and_schema_need_the_key_when_one_is_set(fake: FakeOpenAI) -> None:
+    pipe = load_pipeline({"llm": "openai/upstream-model", "llm_options": {"api_base": fake.base, "api_key": "sk-p"}})
+    assert isinstance(pipe, Pipeline)
+    with _serve(create_app(pipe, api_key="sk-ours")) as base:
+        root = base.removesuffix("/v1")
+        assert httpx.get(f"{root}/openapi.json").status_code == 401
+        schema = httpx.get(f"{root}/openapi.json", headers={"Authorization": "Bearer sk-ours"})
+        assert schema.status_code == 200 and "/v1/chat/completions" in schema.json()["paths"]
+        assert httpx.get(f"{root}/docs").status_code == 404
+        # with a key, any Host and content type may reach the key check (it is the protection)
+        r = httpx.post(f"{base}/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                       headers={"Authorization": "Bearer sk-ours", "Host": "alignware.internal"})
+        assert r.status_code == 200
+
+
+def test_serve_flags_set_the_allowed_hosts_and_the_body_limit() -> None:
+    app, _, _ = app_from_args(["--model", "openai/upstream-model", "--no-credential-check",
+                               "--allowed-host", "box.lan", "--max-body-mb", "0.001"])
+    with _serve(app) as base:
+        assert httpx.get(f"{base}/models", headers={"Host": "box.lan:8000"}).status_code == 200
+        assert httpx.get(f"{base}/models", headers={"Host": "127.0.0.1"}).status_code == 200
+        assert httpx.get(f"{base}/models", headers={"Host": "other.lan"}).status_code == 403
+        big = {"model": "m", "messages": [{"role": "user", "content": "x" * 2000}]}
+        assert httpx.post(f"{base}/chat/completions", json=big).status_code == 413
