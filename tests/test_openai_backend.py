@@ -4,9 +4,6 @@ as ``LiteLLMBackend``."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 import time
 from typing import Any, Iterator
 
@@ -20,6 +17,7 @@ from middleware.remote import LiteLLMBackend
 from middleware.types import ChatRequest
 
 from fake_upstream import FakeOpenAI, cleared, fail, ok, serve_fake
+from test_server import _serve  # noqa: E402
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
@@ -175,27 +173,6 @@ def test_make_llm_chooses_the_client(server: FakeOpenAI) -> None:
 
 
 # -- behind the real server, with the real openai client ------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _serve(app: Any) -> Iterator[str]:
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "server did not start"
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
 
 
 def test_served_streamed_and_not_and_errors_through_the_openai_client(server: FakeOpenAI) -> None:
