@@ -67,6 +67,22 @@ def missing_credentials(exc: BaseException) -> bool:
     return bool(_MISSING_CREDENTIALS.search(str(exc)))
 
 
+class AttemptTimeout(TimeoutError):
+    """An async attempt that had no answer (or, streamed, no next chunk) within the backend's ``timeout``:
+    the bound is on the whole wait, so an upstream that drips a byte or an SSE comment at a time cannot
+    hold a request open. Retryable; answered 504 by the server (``status_code`` 408, as litellm's timeouts)."""
+
+    status_code = 408
+
+
+async def within(awaitable: Awaitable[Any], seconds: float, what: str) -> Any:
+    """``await awaitable``, or ``AttemptTimeout`` naming ``what`` once ``seconds`` have passed."""
+    try:
+        return await asyncio.wait_for(awaitable, seconds)
+    except asyncio.TimeoutError:
+        raise AttemptTimeout(f"{what} within the timeout of {seconds:g}s") from None
+
+
 def _status(exc: BaseException) -> int | None:
     if missing_credentials(exc):
         return None  # our set-up, not the provider's answer: a 502 to our client, not litellm's 500
@@ -184,7 +200,10 @@ class LiteLLMBackend(LLM):
     Args:
         model: a litellm model string, ``"provider/name"``.
         max_retries: retries after the first attempt, per model, for retryable errors only.
-        timeout: seconds per attempt.
+        timeout: seconds per attempt. On the async paths (``acomplete``, ``astream``: what the server
+            uses) it bounds the whole attempt, and in a stream each wait for the next chunk, so an
+            upstream that drips bytes or SSE comments cannot hold a request open (``AttemptTimeout``,
+            answered 504); on the sync paths it bounds each read.
         fallbacks: models tried in order once ``model`` has used up its retries on a retryable
             error. Each is a model string, or a dict ``{"model": ..., **litellm_kwargs}`` whose
             arguments override the shared ones for that model (another ``api_base`` or ``api_key``).
@@ -352,8 +371,9 @@ class LiteLLMBackend(LLM):
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _aattempt(self, fn: Callable[[], Awaitable[Any]]) -> Any:
+        """``_attempt`` for coroutines; each attempt is bounded by ``timeout`` as a whole (``within``)."""
         try:
-            return await fn()
+            return await within(fn(), self.timeout, "no answer")
         except Exception as e:
             if self.max_retries == 0 or not is_retryable(e):
                 raise _Attempted(e, 1) from e
@@ -365,7 +385,7 @@ class LiteLLMBackend(LLM):
                     attempts = attempt.retry_state.attempt_number
                     if attempts == 1:
                         raise first
-                    return await fn()
+                    return await within(fn(), self.timeout, "no answer")
         except Exception as e:
             raise _Attempted(e, attempts) from e
         raise AssertionError("unreachable")  # pragma: no cover
@@ -476,8 +496,13 @@ class LiteLLMBackend(LLM):
         try:
             if first is not None:
                 yield first
+                chunks = aiter(raw)
                 try:
-                    async for chunk in raw:
+                    while True:
+                        try:  # each next chunk within the timeout: a dripping upstream cannot hold the stream open
+                            chunk = await within(anext(chunks), self.timeout, "no next chunk")
+                        except StopAsyncIteration:
+                            break
                         piece = state.take(chunk)
                         if piece is not None:
                             yield piece

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
 
@@ -70,6 +71,12 @@ def _logprobs(pieces: list[str], top: int) -> dict[str, Any]:
     return {"content": [entry(i, p) for i, p in enumerate(pieces)], "refusal": None}
 
 
+def drip(seconds: float, first: str | None = None) -> dict[str, Any]:
+    """A 200 that drips for ``seconds`` and never completes: one space of a JSON body, or one SSE comment
+    (streamed, after a first piece of text ``first`` when given), every 0.2 s."""
+    return {"status": 200, "drip": seconds, "first": first}
+
+
 def raw_stream(body: str) -> dict[str, Any]:
     """A streamed 200 whose body is ``body`` as it is (an empty stream, a body that is not SSE)."""
     return {"status": 200, "raw_stream": body}
@@ -107,6 +114,25 @@ def make_handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             if reply["status"] != 200:
                 error = {"message": reply["message"], "type": "test_error", "code": reply["status"]}
                 self._json(reply["status"], {"error": error}, reply.get("headers"))
+                return
+            if "drip" in reply:  # a 200 that never finishes: headers, then a byte (or an SSE comment) at a time
+                streamed = bool(body.get("stream"))
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream" if streamed else "application/json")
+                if not streamed:
+                    self.send_header("Content-Length", "1000000")
+                self.end_headers()
+                try:
+                    if streamed and reply.get("first"):  # a first piece of text, then the drip
+                        piece = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
+                                 "choices": [{"index": 0, "delta": {"content": reply["first"]}, "finish_reason": None}]}
+                        self._event(piece)
+                    for _ in range(int(reply["drip"] / 0.2)):
+                        self.wfile.write(b": keep-alive\n\n" if streamed else b" ")
+                        self.wfile.flush()
+                        time.sleep(0.2)
+                except OSError:  # the client gave up: what a dripping upstream sees
+                    pass
                 return
             if "raw_stream" in reply:  # a 200 event stream with exactly this body (``"data: [DONE]\n\n"``, junk)
                 self.send_response(200)

@@ -27,7 +27,7 @@ from middleware.remote import LiteLLMBackend, is_retryable
 from middleware.stages import PromptStage, ResponseStage
 from middleware.types import ChatRequest, ChatResponse, load_pairs
 
-from fake_upstream import FakeOpenAI, cleared, fail, ok, raw_stream, serve_fake
+from fake_upstream import FakeOpenAI, cleared, drip, fail, ok, raw_stream, serve_fake
 
 MOCK_TEXT = "Paris is the capital of France."
 FAST = {"backoff_initial": 0.01, "backoff_max": 0.05}
@@ -47,7 +47,7 @@ def server(_server: FakeOpenAI) -> FakeOpenAI:
 
 
 def remote(server: FakeOpenAI, model: str = "primary", **kw: Any) -> LiteLLMBackend:
-    return LiteLLMBackend(f"openai/{model}", api_base=server.base, api_key="sk-test", timeout=10.0, **{**FAST, **kw})
+    return LiteLLMBackend(f"openai/{model}", api_base=server.base, api_key="sk-test", **{"timeout": 10.0, **FAST, **kw})
 
 
 def req(text: str = "What is the capital of France?", **params: Any) -> ChatRequest:
@@ -447,3 +447,28 @@ def test_sync_pipeline_passes_tool_calls_and_every_choice(server: FakeOpenAI) ->
     with pytest.raises(InputError, match="n > 1") as e:
         list(pipe.stream("hi", openai_fields={"n": 2}))
     assert e.value.field == "n"
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_dripping_upstream_cannot_hold_an_async_attempt_open(server: FakeOpenAI, streamed: bool) -> None:
+    server.script("primary", drip(6.0))
+    backend = remote(server, timeout=1.0, max_retries=0)
+    t0 = time.perf_counter()
+    with pytest.raises(BackendError) as info:
+        if streamed:
+            [c async for c in backend.astream(req())]
+        else:
+            await backend.acomplete(req())
+    assert time.perf_counter() - t0 < 4.0  # the drip goes on for 6 s
+    assert "AttemptTimeout" in str(info.value) and info.value.status_code == 408
+
+
+async def test_a_stream_that_starts_then_drips_ends_with_an_error_within_the_timeout(server: FakeOpenAI) -> None:
+    server.script("primary", drip(6.0, first="Paris"))
+    got: list[str] = []
+    t0 = time.perf_counter()
+    with pytest.raises(BackendError) as info:
+        async for chunk in remote(server, timeout=1.0, max_retries=0).astream(req()):
+            got.append(chunk.delta)
+    assert "".join(got) == "Paris" and time.perf_counter() - t0 < 4.0
+    assert "no next chunk within the timeout" in str(info.value)

@@ -5,6 +5,7 @@ the loopback fake upstream behind ``LiteLLMBackend``."""
 
 from __future__ import annotations
 
+import time
 from typing import Any, Iterator
 
 import pytest
@@ -13,7 +14,7 @@ from middleware import Pipeline, load_pipeline
 
 httpx = pytest.importorskip("httpx")
 
-from fake_upstream import FakeOpenAI, cleared, fail, raw_stream, serve_fake  # noqa: E402
+from fake_upstream import FakeOpenAI, cleared, drip, fail, raw_stream, serve_fake  # noqa: E402
 from middleware.server import app_from_args, create_app  # noqa: E402
 from test_server import _serve  # noqa: E402
 
@@ -169,3 +170,16 @@ def test_serve_flags_set_the_allowed_hosts_and_the_body_limit() -> None:
         assert httpx.get(f"{base}/models", headers={"Host": "other.lan"}).status_code == 403
         big = {"model": "m", "messages": [{"role": "user", "content": "x" * 2000}]}
         assert httpx.post(f"{base}/chat/completions", json=big).status_code == 413
+
+
+def test_a_dripping_upstream_is_a_504_within_the_timeout(fake: FakeOpenAI) -> None:
+    options = {"api_base": fake.base, "api_key": "sk-p", "max_retries": 0, "timeout": 1.0}
+    pipe = load_pipeline({"llm": "openai/upstream-model", "llm_options": options})
+    assert isinstance(pipe, Pipeline)
+    with _serve(create_app(pipe)) as base:
+        for stream in (False, True):
+            cleared(fake).script("upstream-model", drip(6.0))
+            t0 = time.perf_counter()
+            r = httpx.post(f"{base}/chat/completions", timeout=30,
+                           json={"model": "m", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
+            assert r.status_code == 504 and time.perf_counter() - t0 < 4.0, (stream, r.text)
