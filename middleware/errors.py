@@ -26,6 +26,7 @@ class BackendError(AlignwareError):
         provider_message: the text the provider (or the local model) returned.
         status_code: the HTTP status where there was one.
         retryable: whether retrying the call could have helped.
+        retry_after: the seconds the provider asked to wait (its ``Retry-After``), where it asked.
     """
 
     def __init__(
@@ -36,12 +37,14 @@ class BackendError(AlignwareError):
         status_code: int | None = None,
         retryable: bool = False,
         attempts: int = 1,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.provider_message = provider_message if provider_message is not None else message
         self.status_code = status_code
         self.retryable = retryable
         self.attempts = attempts
+        self.retry_after = retry_after
 
 
 class StageError(AlignwareError):

@@ -191,6 +191,7 @@ def _backend_error(failures: list[_Failure]) -> BackendError:
         status_code=_status(last.exc),
         retryable=is_retryable(last.exc),
         attempts=attempts,
+        retry_after=_retry_after(last.exc),
     )
 
 
@@ -275,7 +276,7 @@ class LiteLLMBackend(LLM):
         retry_args: dict[str, Any] = dict(
             stop=tenacity.stop_after_attempt(max_retries + 1),
             wait=self._wait,
-            retry=tenacity.retry_if_exception(is_retryable),
+            retry=tenacity.retry_if_exception(self._may_retry),
             reraise=True,
         )
         self._retrying = tenacity.Retrying(**retry_args)
@@ -296,6 +297,14 @@ class LiteLLMBackend(LLM):
                 raise TypeError(f"fallbacks[{i}] may not set {', '.join(reserved)}")
             return _Target(spec["model"], extra)
         raise ValueError(f"fallbacks[{i}] must be a model string or a dict with a 'model' key, got {spec!r}")
+
+    def _may_retry(self, exc: BaseException) -> bool:
+        """``is_retryable``, unless the upstream asks (``Retry-After``) for a longer wait than ``backoff_max``:
+        then waiting less would only be refused again, so the error goes back at once with that wait."""
+        if not is_retryable(exc):
+            return False
+        asked = _retry_after(exc)
+        return asked is None or asked <= self.backoff_max
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
         delay = self.backoff_initial * 2 ** (state.attempt_number - 1) * (1.0 + 0.1 * random.random())
@@ -355,7 +364,7 @@ class LiteLLMBackend(LLM):
         try:
             return fn()
         except Exception as e:
-            if self.max_retries == 0 or not is_retryable(e):
+            if self.max_retries == 0 or not self._may_retry(e):
                 raise _Attempted(e, 1) from e
             first = e
         attempts = 1
@@ -375,7 +384,7 @@ class LiteLLMBackend(LLM):
         try:
             return await within(fn(), self.timeout, "no answer")
         except Exception as e:
-            if self.max_retries == 0 or not is_retryable(e):
+            if self.max_retries == 0 or not self._may_retry(e):
                 raise _Attempted(e, 1) from e
             first = e
         attempts = 1

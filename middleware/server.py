@@ -21,6 +21,7 @@ fails later ends with a single ``data: {"error": ...}`` event and ``data: [DONE]
 import argparse
 import json
 import logging
+import math
 import os
 import secrets
 import time
@@ -93,7 +94,10 @@ def _error_response(exc: BaseException) -> Any:
     from fastapi.responses import JSONResponse
 
     status, error = error_for(exc)
-    return JSONResponse(status_code=status, content={"error": error})
+    headers = {}
+    if status == 429 and isinstance(exc, BackendError) and exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))  # the upstream's wait, passed on
+    return JSONResponse(status_code=status, content={"error": error}, headers=headers)
 
 
 _object_field = object_field

@@ -207,6 +207,15 @@ def test_retry_after_header_is_honoured_within_backoff_max(server: FakeOpenAI) -
     assert time.perf_counter() - t0 >= 0.2
 
 
+def test_a_retry_after_longer_than_backoff_max_is_not_waited_out_but_reported(server: FakeOpenAI) -> None:
+    server.script("primary", fail(429, "slow down", **{"Retry-After": "30"}), ok("done"))
+    t0 = time.perf_counter()
+    with pytest.raises(BackendError) as info:
+        remote(server, backoff_max=1.0).complete(req())
+    assert time.perf_counter() - t0 < 5 and server.calls("primary") == 1  # no retry that would be refused again
+    assert info.value.status_code == 429 and info.value.retry_after == 30.0
+
+
 def test_unauthorized_is_not_retried(server: FakeOpenAI) -> None:
     server.script("primary", fail(401, "Incorrect API key provided: sk-test"))
     with pytest.raises(BackendError) as info:

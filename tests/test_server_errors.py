@@ -183,3 +183,14 @@ def test_a_dripping_upstream_is_a_504_within_the_timeout(fake: FakeOpenAI) -> No
             r = httpx.post(f"{base}/chat/completions", timeout=30,
                            json={"model": "m", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
             assert r.status_code == 504 and time.perf_counter() - t0 < 4.0, (stream, r.text)
+
+
+def test_the_upstreams_retry_after_reaches_the_client_with_one_upstream_call_per_request(fake: FakeOpenAI) -> None:
+    options = {"api_base": fake.base, "api_key": "sk-p", "max_retries": 3, "backoff_max": 2.0}
+    pipe = load_pipeline({"llm": "openai/upstream-model", "llm_options": options})
+    assert isinstance(pipe, Pipeline)
+    with _serve(create_app(pipe)) as base:
+        cleared(fake).script("upstream-model", fail(429, "rate limited", **{"Retry-After": "20"}))
+        r = httpx.post(f"{base}/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 429 and r.headers["retry-after"] == "20"
+        assert fake.calls("upstream-model") == 1  # a wait longer than backoff_max is the client's to make
