@@ -89,6 +89,10 @@ def resolve_stage_type(name: str, base_dir: "str | Path | None" = None) -> type:
         cls = getattr(mod, attr)
     except (ImportError, AttributeError) as e:
         raise InputError(f"stage type {name!r} ({target}) cannot be loaded: {e}") from None
+    except Exception as e:  # the module itself raised while it was imported
+        raise InputError(
+            f"stage type {name!r} ({target}): importing {mod_name} raised {type(e).__name__}: {e}"
+        ) from e
     if not (isinstance(cls, type) and issubclass(cls, Stage)):
         raise InputError(f"stage type {name!r} ({target}) is not a Stage class")
     return cls
@@ -137,7 +141,12 @@ class PipelineConfig(BaseModel):
             where = str(path)
             if not path.is_file():
                 raise InputError(f"{path}: no such pipeline config file")
-            text = path.read_text(encoding="utf-8")
+            try:
+                text = path.read_bytes().decode("utf-8")
+            except UnicodeDecodeError as e:
+                data_before = path.read_bytes()[: e.start]
+                line = data_before.count(b"\n") + 1
+                raise InputError(f"{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start + 1} of the file)") from None
             try:
                 if path.suffix == ".json":
                     data = json.loads(text)

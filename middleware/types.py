@@ -520,6 +520,8 @@ class PromptRecord(BaseModel):
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     if not path.exists():
         raise InputError(f"{path}: no such file")
+    if not path.is_file():
+        raise InputError(f"{path}: is a directory, not a JSONL file" if path.is_dir() else f"{path}: not a regular file")
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:

@@ -53,3 +53,18 @@ def test_config_errors_name_file_and_field(tmp_path):
     with pytest.raises(InputError, match="defaults: max_tokens: max_tokens must be at least 1"):
         Pipeline(echo_llm(), defaults={"max_tokens": 0})
     assert Pipeline(echo_llm(), defaults={"stop": "END"}).defaults == {"stop": ["END"]}
+
+
+def test_a_config_that_is_not_utf8_names_the_file_and_line(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_bytes(b"stages:\n  - type: identity_prompt\n    name: caf\xe9\n")
+    with pytest.raises(InputError, match=rf"{f}:3: not UTF-8 text"):
+        load_pipeline(f, llm=echo_llm())
+
+
+def test_a_stage_module_that_raises_on_import_is_an_input_error_naming_it(tmp_path):
+    (tmp_path / "broken_stages.py").write_text("raise RuntimeError('missing settings file')\n")
+    f = tmp_path / "p.yaml"
+    f.write_text("stages:\n  - type: broken_stages:Shout\n")
+    with pytest.raises(InputError, match=r"broken_stages:Shout.*importing broken_stages raised RuntimeError: missing settings file"):
+        load_pipeline(f, llm=echo_llm())

@@ -158,3 +158,8 @@ def test_a_text_piece_built_on_the_fast_path_equals_a_validated_chunk() -> None:
     assert fast.model_fields_set == checked.model_fields_set
     with pytest.raises(Exception):  # a value of the wrong type still goes through validation
         ChatChunk.piece(3, "m")  # type: ignore[arg-type]
+
+
+def test_a_directory_given_as_data_is_an_input_error(tmp_path) -> None:
+    with pytest.raises(InputError, match=rf"{tmp_path}: is a directory, not a JSONL file"):
+        load_pairs(tmp_path)
