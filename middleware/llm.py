@@ -9,6 +9,7 @@ from abc import ABC, abstractmethod
 from typing import Any, AsyncIterator, Callable, Iterator, Sequence
 
 from .errors import InputError
+from .threads import in_thread
 from .types import ChatChunk, ChatRequest, ChatResponse, Message
 
 ModelStages = Sequence[Any]  # Sequence[ModelStage]; kept loose to avoid an import cycle
@@ -100,7 +101,7 @@ class LLM(ABC):
         return False
 
     async def acomplete(self, request: ChatRequest, *, model_stages: ModelStages = ()) -> ChatResponse:
-        return await asyncio.to_thread(self.complete, request, model_stages=model_stages)
+        return await in_thread(self, self.complete, request, model_stages=model_stages)
 
     def stream(self, request: ChatRequest, *, model_stages: ModelStages = ()) -> Iterator[ChatChunk]:
         """Default: one chunk with the whole text (and the tool calls and logprobs, where the reply has

@@ -37,13 +37,13 @@ trained on whole answers best.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterator, Literal
 
 from middleware.errors import InputError
 from middleware.llm import LLM
 from middleware.stages import ResponseStage, batch_item, note
+from middleware.threads import in_thread
 from middleware.types import ChatRequest, ChatResponse
 
 from .correction_checks import CorrectionCheck, check_correction
@@ -323,7 +323,7 @@ class ResponseCorrector(TextStage, ResponseStage):
 
     async def aprocess(self, request: ChatRequest, response: ChatResponse) -> ChatResponse:
         """Async twin (the work runs in a worker thread; the backends' calls are blocking there)."""
-        return await asyncio.to_thread(self.process, request, response)
+        return await in_thread(self, self.process, request, response)
 
     async def aprocess_stream(self, request: ChatRequest, chunks: AsyncIterator[str]) -> AsyncIterator[str]:
         """Async twin of :meth:`process_stream`: each group is corrected in a worker thread as it completes."""
@@ -331,7 +331,7 @@ class ResponseCorrector(TextStage, ResponseStage):
         seed = self._seed(request)
         if self.streaming == "buffer":
             answer = "".join([c async for c in chunks])
-            text = _noted(await asyncio.to_thread(self._correct_whole, question, answer, seed))
+            text = _noted(await in_thread(self, self._correct_whole, question, answer, seed))
             if text:
                 yield text
             return
@@ -347,7 +347,7 @@ class ResponseCorrector(TextStage, ResponseStage):
                 yield g
 
         async for group in groups():
-            text = _noted(await asyncio.to_thread(self._correct_chunk, question, state, group, index, seed))
+            text = _noted(await in_thread(self, self._correct_chunk, question, state, group, index, seed))
             index += 1
             if text:
                 yield text

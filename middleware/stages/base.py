@@ -14,6 +14,7 @@ import time
 from typing import Any, Callable, ClassVar, Literal
 
 from ..errors import InputError, StageError
+from ..threads import submit
 from ..types import ChatRequest, StageKind, StageTrace, Verdict
 
 OnError = Literal["pass", "raise"]
@@ -21,7 +22,6 @@ SkipIf = Callable[[ChatRequest], bool]
 
 #: The notes of the stage running now (``None`` outside a stage).
 current_notes: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("alignware_notes", default=None)
-_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
 
 def note(reason: str) -> None:
@@ -29,14 +29,6 @@ def note(reason: str) -> None:
     holder = current_notes.get()
     if holder is not None:
         holder.append(reason)
-
-
-def executor() -> concurrent.futures.ThreadPoolExecutor:
-    """The worker threads that run stages with a ``timeout`` (a stage without one runs inline)."""
-    global _pool
-    if _pool is None:
-        _pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="alignware-stage")
-    return _pool
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -142,9 +134,7 @@ class Stage:
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self.timeout is None:
             return fn(*args)
-        ctx = contextvars.copy_context()
-        fut = executor().submit(ctx.run, fn, *args)
-        return fut.result(timeout=self.timeout)
+        return submit(self, fn, *args).result(timeout=self.timeout)
 
     async def _acall(self, coro: Any) -> Any:
         if self.timeout is None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from time import perf_counter
 from typing import Any, Sequence
 
+from ..threads import in_thread
 from ..types import ChatRequest, StageTrace
 from .base import Stage, current_notes, user_text, verdict_of
 from .batch import run_batch
@@ -20,7 +20,7 @@ class PromptStage(Stage):
         raise NotImplementedError
 
     async def aprocess(self, request: ChatRequest) -> ChatRequest:
-        return await asyncio.to_thread(self.process, request)
+        return await in_thread(self, self.process, request)
 
     def run(self, request: ChatRequest) -> tuple[ChatRequest, StageTrace]:
         """Apply the stage with its policy; never loses the request unless ``on_error="raise"``."""

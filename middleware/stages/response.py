@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from time import perf_counter
 from typing import Any, AsyncIterator, Iterator, Sequence
 
+from ..threads import in_thread
 from ..types import ChatRequest, ChatResponse, StageTrace
 from . import streaming
 from .base import Stage, current_notes, verdict_of
@@ -21,7 +21,7 @@ class ResponseStage(Stage):
         raise NotImplementedError
 
     async def aprocess(self, request: ChatRequest, response: ChatResponse) -> ChatResponse:
-        return await asyncio.to_thread(self.process, request, response)
+        return await in_thread(self, self.process, request, response)
 
     def process_stream(self, request: ChatRequest, chunks: Iterator[str]) -> Iterator[str]:
         """Streaming hook. Default (``buffer``): collect the whole answer, then yield the corrected one.

@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import contextvars
 import threading
 import time
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
 
 from ..types import ChatRequest, StageTrace
-from .base import current_notes, executor, verdict_of
+from ..threads import submit
+from .base import current_notes, verdict_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from .response import ResponseStage  # response.py imports this module
@@ -44,7 +44,7 @@ def run_stream(stage: "ResponseStage", request: ChatRequest, upstream: Iterator[
 
     try:
         while True:
-            piece = step() if stage.timeout is None else _step_with_timeout(stage.timeout, step, feed, t0)
+            piece = step() if stage.timeout is None else _step_with_timeout(stage, stage.timeout, step, feed, t0)
             if piece is _END:
                 break
             out.append(piece)
@@ -61,10 +61,10 @@ def run_stream(stage: "ResponseStage", request: ChatRequest, upstream: Iterator[
     traces.append(_stream_done(stage, t0, feed, out, notes))
 
 
-def _step_with_timeout(timeout: float, step: Callable[[], Any], feed: "_Feed", t0: float) -> Any:
+def _step_with_timeout(stage: Any, timeout: float, step: Callable[[], Any], feed: "_Feed", t0: float) -> Any:
     """Run one ``step`` in a worker thread; raise ``TimeoutError`` once the stage's own time (the
     wall time less the time spent waiting for upstream chunks) passes ``timeout``."""
-    fut = executor().submit(contextvars.copy_context().run, step)
+    fut = submit(stage, step)
     while True:
         try:
             return fut.result(timeout=_POLL_S)
