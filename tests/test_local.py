@@ -112,12 +112,16 @@ def test_bad_parameters(lively: LocalBackend) -> None:
 
 @pytest.mark.parametrize("temperature", [math.nan, math.inf, -math.inf])
 def test_non_finite_temperature_is_an_input_error(lively: LocalBackend, temperature: float) -> None:
+    with pytest.raises(InputError, match="temperature: Input should be a finite number"):
+        req("Hi", temperature=temperature)  # refused where the request is built
+    # and by the backend, for a request that got past validation (model_copy does not validate)
+    bad = req("Hi", max_tokens=3).model_copy(update={"temperature": temperature})
     with pytest.raises(InputError, match="temperature must be a finite number >= 0"):
-        lively.complete(req("Hi", temperature=temperature, max_tokens=3))
+        lively.complete(bad)
     with pytest.raises(InputError, match="temperature"):
-        list(lively.stream(req("Hi", temperature=temperature, max_tokens=3)))
+        list(lively.stream(bad))
     with pytest.raises(InputError, match="temperature"):
-        lively.batch([req("Hi"), req("Hi", temperature=temperature)])
+        lively.batch([req("Hi"), bad])
 
 
 def test_seed_outside_64_bits_is_an_input_error(lively: LocalBackend) -> None:
