@@ -54,7 +54,8 @@ def unpaired_surrogate(value: Any, path: str = "") -> str | None:
         return None
     if isinstance(value, dict):
         for k, v in value.items():
-            where = f"{path}.{k}" if path else str(k)
+            key = str(k).encode("utf-8", "backslashreplace").decode("utf-8")  # the path itself must be text
+            where = f"{path}.{key}" if path else key
             found = unpaired_surrogate(k, where) or unpaired_surrogate(v, where)
             if found:
                 return found

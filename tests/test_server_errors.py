@@ -65,6 +65,11 @@ def test_an_unpaired_surrogate_is_a_400_naming_where_it_is(url: str, fake: FakeO
     assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == "echo: smile \U0001f600"
 
 
+def test_an_unpaired_surrogate_in_a_key_is_named_without_breaking_the_answer(url: str) -> None:
+    r = _post(url, '{"\\ud800": null}')  # found by tests/test_fuzz.py: the path named the key as it was
+    assert r.status_code == 400 and r.json()["error"]["param"] == "\\ud800"
+
+
 def test_a_body_nested_too_deeply_is_a_400_and_the_connection_stays_usable(url: str) -> None:
     deep = '{"model": "m", "messages": [{"role": "user", "content": "hi"}], "metadata": ' + '[' * 100_000 + ']' * 100_000 + '}'
     with httpx.Client() as client:
