@@ -13,7 +13,7 @@ response stages the text of each choice; a choice with only tool calls passes th
 
 | field | ``LiteLLMBackend`` (remote) | ``LocalBackend`` (local model) | ``FunctionLLM`` |
 | --- | --- | --- | --- |
-| ``messages``: text, or text parts (joined with a newline, ``"Name a\ncolour."``) | forwarded | honoured | honoured |
+| ``messages``: text, or text parts (joined with a newline: ``"Name a\\ncolour."``) | forwarded | honoured | honoured |
 | ``developer`` messages | forwarded (litellm sends them as ``system``) | honoured as ``system`` | passed to the function |
 | ``tool`` messages, an assistant's ``tool_calls`` (``content: null``) | forwarded intact | refused (``messages[i].role`` / ``.tool_calls``) | passed when the function takes ``tools``, else refused |
 | non-text content parts (images, audio, files) | forwarded as sent | refused (``messages[i].content[j]``) | refused (``messages[i].content[j]``) |
