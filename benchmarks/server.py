@@ -142,6 +142,11 @@ def cpu_s(pid: int | None) -> float:
     return float(t.user + t.system)
 
 
+def rss_mb(pid: int | None) -> float:
+    """A process's resident memory in MiB (0 for the upstream-only arm)."""
+    return 0.0 if pid is None else psutil.Process(pid).memory_info().rss / 2**20
+
+
 # -- one request ----------------------------------------------------------------------------------
 def body(stream: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"model": "bench-model", "messages": MESSAGES}
@@ -261,7 +266,7 @@ async def load(base: str, clients: int, seconds: float) -> tuple[list[float], di
 
 async def many_clients(bases: dict[str, str], pids: dict[str, int | None], clients: int, seconds: float,
                        rounds: int) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {n: {"lat": [], "errors": {}, "done": 0, "elapsed": 0.0, "cpu": 0.0} for n in bases}
+    out: dict[str, dict[str, Any]] = {n: {"lat": [], "errors": {}, "done": 0, "elapsed": 0.0, "cpu": 0.0, "rss": []} for n in bases}
     names = list(bases)
     if rounds < 1:
         return {}
@@ -269,10 +274,11 @@ async def many_clients(bases: dict[str, str], pids: dict[str, int | None], clien
     for r in range(rounds):
         k = r % len(names)
         for name in names[k:] + names[:k]:
-            c0 = cpu_s(pids[name])
+            c0, m0 = cpu_s(pids[name]), rss_mb(pids[name])
             lat, errors, elapsed = await load(bases[name], clients, seconds)
             o = out[name]
             o["cpu"] += cpu_s(pids[name]) - c0
+            o["rss"].append((m0, rss_mb(pids[name])))
             o["lat"] += lat
             o["done"] += len(lat)
             o["elapsed"] += elapsed
@@ -320,7 +326,7 @@ def report(times: dict[str, dict[str, list[float]]], loaded: dict[str, dict[str,
     else:
         print(f"\n{args.clients} concurrent streaming clients, {args.load_seconds:g} s per arm, {args.load_rounds} rounds "
           f"(arms in rotating order); one client process drives them all")
-    print(f"{'arm':8s} {'requests':>9s} {'errors':>7s} {'req/s':>8s} {'p50':>8s} {'p99':>8s} | added p50  server CPU/request (ms)")
+    print(f"{'arm':8s} {'requests':>9s} {'errors':>7s} {'req/s':>8s} {'p50':>8s} {'p99':>8s} | added p50  server CPU/request (ms), RSS before->after each round")
     for name, o in loaded.items():
         lat, errs = o["lat"], sum(o["errors"].values())
         if not lat:
@@ -328,7 +334,8 @@ def report(times: dict[str, dict[str, list[float]]], loaded: dict[str, dict[str,
             verdicts[name] = False
             continue
         added = "" if name == "direct" else ms(statistics.median(lat) - statistics.median(loaded["direct"]["lat"]))
-        cpu = "" if name == "direct" else f"  {ms(o['cpu'] / o['done'])}"
+        cpu = "" if name == "direct" else (f"  {ms(o['cpu'] / o['done'])}   RSS MiB "
+                                           + ", ".join(f"{a:.0f}->{b:.0f}" for a, b in o["rss"]))
         print(f"{name:8s} {o['done']:9d} {errs:7d} {o['done'] / o['elapsed']:8.1f} {ms(statistics.median(lat))} {ms(p99(lat))} | {added:>9s}{cpu}"
               + (f"  errors: {o['errors']} (server log: {tempfile.gettempdir()}/alignware-bench-server-{name}.log)" if errs else ""))
         if name != "direct" and errs:
