@@ -155,10 +155,10 @@ def _message(choice: ChatResponse) -> dict[str, Any]:
     return {"role": "assistant", "content": choice.text}
 
 
-def completion_body(resp: ChatResponse, model: str) -> dict[str, Any]:
+def completion_body(resp: ChatResponse, model: str, *, trace: bool = True) -> dict[str, Any]:
     """A reply as OpenAI's ``chat.completion`` object (every choice, tool calls, logprobs), with the
-    trace in ``alignware_trace``."""
-    return {
+    trace in ``alignware_trace`` when ``trace``."""
+    body = {
         "id": resp.id,
         "object": "chat.completion",
         "created": resp.created,
@@ -168,15 +168,19 @@ def completion_body(resp: ChatResponse, model: str) -> dict[str, Any]:
             for i, c in enumerate(resp.choices)
         ],
         "usage": resp.usage.model_dump(),
-        "alignware_trace": [t.model_dump() for t in resp.trace],
     }
+    if trace:
+        body["alignware_trace"] = [t.model_dump() for t in resp.trace]
+    return body
 
 
 async def sse_events(
-    chunks: AsyncIterator[ChatChunk], first: ChatChunk | None, model: str, include_usage: bool, error_for: ErrorFor
+    chunks: AsyncIterator[ChatChunk], first: ChatChunk | None, model: str, include_usage: bool, error_for: ErrorFor,
+    *, trace: bool = True,
 ) -> AsyncIterator[str]:
     """The events of one streamed completion: ``first`` (already fetched) and the rest of ``chunks``;
-    tool-call deltas and logprobs are passed on in OpenAI's shape.
+    tool-call deltas and logprobs are passed on in OpenAI's shape; with ``trace``, the event that carries
+    ``finish_reason`` carries ``alignware_trace`` too.
 
     An exception once streaming has begun becomes one ``data: {"error": ...}`` event (typed as
     ``error_for`` maps it); ``data: [DONE]`` always ends the stream. Closing ``chunks`` is the caller's job.
@@ -203,8 +207,10 @@ async def sse_events(
             elif chunk.delta or chunk.logprobs is not None:
                 yield event({"content": chunk.delta}, logprobs=chunk.logprobs)
             if chunk.finish_reason is not None:
-                trace = [t.model_dump() for t in chunk.trace or []]
-                yield event({}, chunk.finish_reason, alignware_trace=trace)
+                if trace:
+                    yield event({}, chunk.finish_reason, alignware_trace=[t.model_dump() for t in chunk.trace or []])
+                else:
+                    yield event({}, chunk.finish_reason)
                 if include_usage and chunk.usage is not None:
                     yield data({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                                 "choices": [], "usage": chunk.usage.model_dump()})

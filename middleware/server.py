@@ -34,7 +34,7 @@ from .errors import AlignwareError, BackendError, InputError
 from .llm import make_llm
 from .openai_format import completion_body, object_field, request_from_openai, sse_events, unpaired_surrogate
 from .pipeline import Pipeline
-from .types import ChatChunk, ChatRequest, ChatResponse
+from .types import ChatChunk, ChatRequest
 
 log = logging.getLogger("alignware")
 
@@ -101,10 +101,6 @@ def _error_response(exc: BaseException) -> Any:
 
 
 _object_field = object_field
-
-
-def _completion(resp: ChatResponse, model: str) -> dict[str, Any]:
-    return completion_body(resp, model)
 
 
 def create_app(
@@ -213,17 +209,13 @@ def create_app(
             except Exception as e:
                 await _aclose(chunks)
                 return _error_response(e)
-            events = _sse(chunks, first, model_name, include_usage)
-            if tracing:
-                return EventStream(events, closing=(events, chunks))
-            sent = http.events_without_trace(events)
-            return EventStream(sent, closing=(sent, events, chunks))
+            events = _sse(chunks, first, model_name, include_usage, tracing)
+            return EventStream(events, closing=(events, chunks))
         try:
             resp = await pipeline.achat(req)
         except Exception as e:
             return _error_response(e)
-        completion = _completion(resp, model_name)
-        return JSONResponse(completion if tracing else http.without_trace(completion))
+        return JSONResponse(completion_body(resp, model_name, trace=tracing))
 
     class EventStream(StreamingResponse):
         """Server-sent events that close the event generator and the pipeline's stream however the
@@ -255,10 +247,12 @@ async def _aclose(it: AsyncIterator[Any]) -> None:
         log.warning("closing the stream failed", exc_info=True)
 
 
-async def _sse(chunks: AsyncIterator[ChatChunk], first: ChatChunk | None, model: str, include_usage: bool) -> AsyncIterator[str]:
+async def _sse(
+    chunks: AsyncIterator[ChatChunk], first: ChatChunk | None, model: str, include_usage: bool, trace: bool
+) -> AsyncIterator[str]:
     """The events of one streamed completion (``openai_format.sse_events``); closes ``chunks`` however it ends."""
     try:
-        async for event in sse_events(chunks, first, model, include_usage, error_for):
+        async for event in sse_events(chunks, first, model, include_usage, error_for, trace=trace):
             yield event
     finally:
         await _aclose(chunks)

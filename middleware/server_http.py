@@ -7,7 +7,6 @@ Only the server imports this module (it imports fastapi/starlette, the ``server`
 
 from __future__ import annotations
 
-import json
 import secrets
 from typing import Any, AsyncIterator, Iterable, Mapping
 
@@ -22,7 +21,6 @@ from .llm import LLM
 #: The request header that asks for the per-stage trace in the reply (``1``/``true``/``yes``; ``0``/
 #: ``false``/``no`` turns off a server-wide ``--trace`` for one request).
 TRACE_HEADER = "X-Alignware-Trace"
-TRACE_FIELD = "alignware_trace"
 _ON = frozenset({"1", "true", "yes", "on"})
 _OFF = frozenset({"0", "false", "no", "off"})
 
@@ -155,22 +153,6 @@ def wants_trace(request: Request, default: bool) -> bool:
     if value in _OFF:
         return False
     return default
-
-
-def without_trace(body: dict[str, Any]) -> dict[str, Any]:
-    body.pop(TRACE_FIELD, None)
-    return body
-
-
-async def events_without_trace(events: AsyncIterator[str]) -> AsyncIterator[str]:
-    """Server-sent events with the ``alignware_trace`` field taken out of the one event that has it."""
-    async for event in events:
-        if TRACE_FIELD in event and event.startswith("data: {"):
-            obj = json.loads(event.removeprefix("data: "))
-            if isinstance(obj, dict) and TRACE_FIELD in obj:
-                del obj[TRACE_FIELD]
-                event = f"data: {json.dumps(obj)}\n\n"
-        yield event
 
 
 # -- start-up check ------------------------------------------------------------------------
