@@ -2,8 +2,8 @@
 
 Three kinds of process, so that no two share a GIL: a fast loopback upstream (``fast_upstream.py``: fixed
 chat-completion JSON and SSE, tens of µs per request), one real ``alignware serve`` process per backend
-(``serve_main`` with a pipeline file: a no-op prompt stage and a no-op response stage with
-``process_stream``/``aprocess_stream``, so the stream stays a stream), and this client (httpx async; the
+(``serve_main`` with a pipeline file: the no-op ``identity_prompt`` and ``identity_response`` stages,
+which answer async calls without a worker thread and pass a stream on piece by piece), and this client (httpx async; the
 ``openai`` client for one streamed arm). Arms: the upstream directly, and the server with each backend
 (``litellm``: ``LiteLLMBackend``; ``openai``: ``OpenAIBackend``).
 
@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import psutil
@@ -43,39 +43,10 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from middleware.stages import PromptStage, ResponseStage  # noqa: E402
-from middleware.types import ChatRequest, ChatResponse  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 GOAL_MS = 1.0
 BACKENDS = {"litellm": "openai/bench-model", "openai": "openai_compatible/bench-model"}
-
-
-class NoopPrompt(PromptStage):
-    """Returns the request it was given (natively async: no worker thread)."""
-
-    def process(self, request: ChatRequest) -> ChatRequest:
-        return request
-
-    async def aprocess(self, request: ChatRequest) -> ChatRequest:
-        return request
-
-
-class NoopStreamResponse(ResponseStage):
-    """Returns the reply it was given; streamed, passes each piece on as it comes."""
-
-    def process(self, request: ChatRequest, response: ChatResponse) -> ChatResponse:
-        return response
-
-    async def aprocess(self, request: ChatRequest, response: ChatResponse) -> ChatResponse:
-        return response
-
-    def process_stream(self, request: ChatRequest, chunks: Iterator[str]) -> Iterator[str]:
-        yield from chunks
-
-    async def aprocess_stream(self, request: ChatRequest, chunks: AsyncIterator[str]) -> AsyncIterator[str]:
-        async for c in chunks:
-            yield c
 
 
 # -- processes ------------------------------------------------------------------------------------
@@ -107,7 +78,7 @@ def start_server(backend: str, upstream: str, workdir: Path, profile: Path | Non
     config.write_text(json.dumps({
         "llm": BACKENDS[backend],
         "llm_options": {"api_base": upstream, "api_key": "sk-bench"},
-        "stages": [{"type": "benchmarks.server:NoopPrompt"}, {"type": "benchmarks.server:NoopStreamResponse"}],
+        "stages": [{"type": "identity_prompt"}, {"type": "identity_response"}],  # no-ops; both stream, no threads
     }))
     port = _free_port()
     prof = ["-m", "cProfile", "-o", str(profile / f"server-{backend}.prof")] if profile else []
@@ -325,8 +296,8 @@ def report(times: dict[str, dict[str, list[float]]], loaded: dict[str, dict[str,
         print("\nno load rounds (--load-rounds 0)")
     else:
         print(f"\n{args.clients} concurrent streaming clients, {args.load_seconds:g} s per arm, {args.load_rounds} rounds "
-          f"(arms in rotating order); one client process drives them all")
-    print(f"{'arm':8s} {'requests':>9s} {'errors':>7s} {'req/s':>8s} {'p50':>8s} {'p99':>8s} | added p50  server CPU/request (ms), RSS before->after each round")
+              f"(arms in rotating order); one client process drives them all")
+        print(f"{'arm':8s} {'requests':>9s} {'errors':>7s} {'req/s':>8s} {'p50':>8s} {'p99':>8s} | added p50  server CPU/request (ms), RSS before->after each round")
     for name, o in loaded.items():
         lat, errs = o["lat"], sum(o["errors"].values())
         if not lat:

@@ -106,6 +106,9 @@ class IdentityPromptStage(PromptStage):
     def process(self, request: ChatRequest) -> ChatRequest:
         return request
 
+    async def aprocess(self, request: ChatRequest) -> ChatRequest:
+        return request  # nothing blocks: no worker thread
+
     def deterministic(self) -> bool:
         return self.timeout is None
 

@@ -145,6 +145,9 @@ class IdentityResponseStage(ResponseStage):
     def process(self, request: ChatRequest, response: ChatResponse) -> ChatResponse:
         return response
 
+    async def aprocess(self, request: ChatRequest, response: ChatResponse) -> ChatResponse:
+        return response  # nothing blocks: no worker thread
+
     def process_stream(self, request: ChatRequest, chunks: Iterator[str]) -> Iterator[str]:
         """Each chunk as it arrives: a streamed reply stays streamed."""
         yield from chunks
