@@ -20,7 +20,7 @@ import json
 import os
 import threading
 import weakref
-from typing import Any, AsyncIterator, Iterator, Sequence
+from typing import Any, AsyncIterator, Iterator
 
 import openai
 import openai._base_client as _openai_base
@@ -162,22 +162,9 @@ class OpenAIBackend(LiteLLMBackend):
         BackendError: from every method, whatever went wrong.
     """
 
-    def __init__(
-        self,
-        model: str,
-        *,
-        max_retries: int = 3,
-        timeout: float = 60.0,
-        fallbacks: Sequence[str | dict[str, Any]] | None = None,
-        backoff_initial: float = 0.5,
-        backoff_max: float = 8.0,
-        max_concurrency: int = 8,
-        **options: Any,
-    ) -> None:
-        _check_options(options, "OpenAIBackend")
-        super().__init__(model, max_retries=max_retries, timeout=timeout, fallbacks=fallbacks,
-                         backoff_initial=backoff_initial, backoff_max=backoff_max,
-                         max_concurrency=max_concurrency, **options)
+    def __init__(self, model: str, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)  # LiteLLMBackend's arguments; the rest land in litellm_kwargs
+        _check_options(self.litellm_kwargs, "OpenAIBackend")
         for i, target in enumerate(self._targets[1:]):
             _check_options(target.kwargs, f"fallbacks[{i}]")
         self._lock = threading.Lock()
