@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from fake_upstream import FakeOpenAI, cleared, ok, serve_fake
+from fake_upstream import FakeOpenAI, cleared, ok
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
@@ -107,12 +107,6 @@ class Proxy:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=5)
         self._log.close()
-
-
-@pytest.fixture(scope="module")
-def _upstream() -> Iterator[FakeOpenAI]:
-    with serve_fake() as fake:
-        yield fake
 
 
 @pytest.fixture(scope="module")

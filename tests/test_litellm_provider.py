@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import litellm
 import pytest
 
-from fake_upstream import FakeOpenAI, cleared, ok, serve_fake
+from fake_upstream import FakeOpenAI, cleared, ok
 from middleware import BackendError, InputError, Pipeline, PromptStage
 from middleware.litellm_provider import ENV_PIPELINES, PROVIDER, pipeline_for, register, unregister
 from middleware.remote import LiteLLMBackend
@@ -29,12 +29,6 @@ CORRECTED = "My favorite color is blue, a calm color."
 class Polite(PromptStage):
     def process(self, request):
         return request.with_last_user_message(request.last_user_message + " Please be brief.")
-
-
-@pytest.fixture(scope="module")
-def _upstream() -> Iterator[FakeOpenAI]:
-    with serve_fake() as fake:
-        yield fake
 
 
 @pytest.fixture

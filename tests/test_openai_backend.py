@@ -5,7 +5,7 @@ as ``LiteLLMBackend``."""
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -16,7 +16,7 @@ from middleware.pipeline import Pipeline
 from middleware.remote import LiteLLMBackend
 from middleware.types import ChatRequest
 
-from fake_upstream import FakeOpenAI, cleared, fail, ok, serve_fake
+from fake_upstream import FakeOpenAI, fail, ok
 from test_server import _serve  # noqa: E402
 
 openai = pytest.importorskip("openai")
@@ -25,17 +25,6 @@ uvicorn = pytest.importorskip("uvicorn")
 TEXT = "Paris is the capital of France."
 FAST = {"backoff_initial": 0.01, "backoff_max": 0.05}
 DEAD = "http://127.0.0.1:9/v1"  # nothing listens on the discard port: connection refused
-
-
-@pytest.fixture(scope="module")
-def _server() -> Iterator[FakeOpenAI]:
-    with serve_fake() as fake:
-        yield fake
-
-
-@pytest.fixture
-def server(_server: FakeOpenAI) -> FakeOpenAI:
-    return cleared(_server)
 
 
 def backend(server: FakeOpenAI, model: str = "primary", **kw: Any) -> OpenAIBackend:

@@ -15,7 +15,7 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import litellm
@@ -27,25 +27,13 @@ from middleware.remote import LiteLLMBackend, is_retryable
 from middleware.stages import PromptStage, ResponseStage
 from middleware.types import ChatRequest, ChatResponse, load_pairs
 
-from fake_upstream import FakeOpenAI, cleared, drip, fail, ok, raw_stream, serve_fake
+from fake_upstream import FakeOpenAI, drip, fail, ok, raw_stream
 
 MOCK_TEXT = "Paris is the capital of France."
 FAST = {"backoff_initial": 0.01, "backoff_max": 0.05}
 
 
-# -- a local OpenAI-compatible server (tests/fake_upstream.py) --------------------------------------
-@pytest.fixture(scope="module")
-def _server() -> Iterator[FakeOpenAI]:
-    with serve_fake() as fake:
-        yield fake
-
-
-@pytest.fixture
-def server(_server: FakeOpenAI) -> FakeOpenAI:
-    """The module's server with no scripts and no recorded requests."""
-    return cleared(_server)
-
-
+# the loopback upstream: the ``server`` fixture of conftest.py (tests/fake_upstream.py)
 def remote(server: FakeOpenAI, model: str = "primary", **kw: Any) -> LiteLLMBackend:
     return LiteLLMBackend(f"openai/{model}", api_base=server.base, api_key="sk-test", **{"timeout": 10.0, **FAST, **kw})
 

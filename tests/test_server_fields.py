@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from fake_upstream import FakeOpenAI, cleared, ok, serve_fake, tool_call
+from fake_upstream import FakeOpenAI, ok, tool_call
 from middleware import FunctionLLM, Pipeline, PromptStage, ResponseStage
 from middleware.remote import LiteLLMBackend
 
@@ -44,15 +44,10 @@ class Shout(ResponseStage):
         return response.model_copy(update={"text": response.text.upper()})
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeOpenAI]:
-    with serve_fake() as fake:
-        yield fake
-
-
 @pytest.fixture
-def fake(upstream: FakeOpenAI) -> FakeOpenAI:
-    return cleared(upstream)
+def fake(server: FakeOpenAI) -> FakeOpenAI:
+    """conftest's loopback upstream, cleared."""
+    return server
 
 
 def _backend(fake: FakeOpenAI) -> LiteLLMBackend:
@@ -61,16 +56,16 @@ def _backend(fake: FakeOpenAI) -> LiteLLMBackend:
 
 
 @pytest.fixture(scope="module")
-def shouting(upstream: FakeOpenAI) -> Iterator[Any]:
+def shouting(_upstream: FakeOpenAI) -> Iterator[Any]:
     """A server whose pipeline has a response stage (``Shout``)."""
-    with _serve(create_app(Pipeline(_backend(upstream), [Noop(), Shout()]), model_name="m", trace=True)) as url:
+    with _serve(create_app(Pipeline(_backend(_upstream), [Noop(), Shout()]), model_name="m", trace=True)) as url:
         yield openai.OpenAI(base_url=url, api_key="none", max_retries=0)
 
 
 @pytest.fixture(scope="module")
-def plain(upstream: FakeOpenAI) -> Iterator[Any]:
+def plain(_upstream: FakeOpenAI) -> Iterator[Any]:
     """A server whose pipeline has only a prompt stage: replies reach the client as the upstream sent them."""
-    with _serve(create_app(Pipeline(_backend(upstream), [Noop()]), model_name="m", trace=True)) as url:
+    with _serve(create_app(Pipeline(_backend(_upstream), [Noop()]), model_name="m", trace=True)) as url:
         yield openai.OpenAI(base_url=url, api_key="none", max_retries=0)
 
 
