@@ -8,6 +8,7 @@
 - ``RewriteCheck`` / ``check_rewrite`` and ``CorrectionCheck`` / ``check_correction``: their safeguards.
 - ``build_rewriter_data`` / ``build_corrector_data``: SFT examples from preference pairs;
   ``select_by_reward``: keep the rewrites that raise a judge's reward of the target's answer.
+- ``build_rewrite_pairs`` / ``build_correction_pairs``: DPO examples without a teacher (``PairReport``).
 - ``train_sft``, ``SFTExample``, ``SFTResult`` (from ``middleware.sft``): the one LoRA SFT trainer behind both;
   ``SFTConfig``: its settings with the stages' kinds and templates.
 - ``TextGenerator``: a trained stage model continuing rendered templates; ``SharedBase`` (from
@@ -17,7 +18,8 @@
 Modules: ``stage`` (what both stages share), ``prompt_rewriter`` and ``response_corrector`` (the stages),
 ``rewrite_checks`` and ``correction_checks`` (their safeguards, on the word helpers of ``text``),
 ``sentences`` (the corrector's question and sentence groups), ``teacher``, ``answer_cache``,
-``selection``, ``pairs``, ``rewriter_data`` and ``corrector_data`` (the training data), ``cli``
+``selection``, ``pairs``, ``rewriter_data`` and ``corrector_data`` (the training data), ``preference_pairs``,
+``rewrite_pairs`` and ``correction_pairs`` (the DPO data), ``cli``
 (``alignware train rewriter`` / ``corrector``), ``sft_config`` (the trainer's settings and flags for the two stages),
 ``generator`` (a trained stage model on a ``SharedBase``), ``templates``.
 """
@@ -29,11 +31,14 @@ from middleware.sft_data import SFTExample
 from middleware.shared_base import SharedBase
 
 from .correction_checks import CorrectionCheck, check_correction, degeneration
+from .correction_pairs import build_correction_pairs
 from .corrector_data import build_corrector_data
 from .generator import Generation, TextGenerator
+from .preference_pairs import PairReport
 from .prompt_rewriter import PromptRewriter
 from .response_corrector import ResponseCorrector
 from .rewrite_checks import RewriteCheck, check_rewrite, clean_rewrite
+from .rewrite_pairs import build_rewrite_pairs
 from .rewriter_data import RewriterDataReport, build_rewriter_data
 from .selection import RewardChoice, select_by_reward
 from .sentences import ChunkSplitter, flatten_question, split_chunks, split_sentences
@@ -48,6 +53,7 @@ __all__ = [
     "flatten_question", "split_sentences", "split_chunks", "ChunkSplitter",
     "build_rewriter_data", "RewriterDataReport", "build_corrector_data", "select_by_reward", "RewardChoice",
     "parse_teacher_output", "teacher_prompt", "bpo_filter",
+    "build_rewrite_pairs", "build_correction_pairs", "PairReport",
     "train_sft", "SFTConfig", "SFTExample", "SFTResult",
     "TextGenerator", "Generation", "SharedBase",
     "Template", "get_template", "register_template", "list_templates",

@@ -1,7 +1,9 @@
 """Model answers kept on disk while training data is built: the teacher's optimized prompts and the
-target model's answers for reward selection. :class:`TextCache` stores one JSON file per model and
-prompt; :func:`cache_identity` names the model in its key; :func:`failure_message` is how a failed model
-call is reported instead of cached; :func:`progress_bar` shows the calls going out.
+target model's answers for reward selection, a stage model's sampled texts and a judge's scores for
+preference pairs. :class:`TextCache` stores one JSON file per model and prompt; :func:`cache_identity`
+names the model in its key (:func:`generator_identity` a stage model, :func:`judge_identity` a reward
+model); :func:`failure_message` is how a failed model call is reported instead of cached;
+:func:`progress_bar` shows the calls going out.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from middleware.errors import BackendError
 from middleware.llm import LLM
 
-__all__ = ["TextCache", "cache_identity", "failure_message", "progress_bar"]
+__all__ = ["TextCache", "cache_identity", "failure_message", "generator_identity", "judge_identity", "progress_bar"]
 
 
 def cache_identity(given: Any, llm: LLM) -> str:
@@ -33,6 +35,39 @@ def cache_identity(given: Any, llm: LLM) -> str:
     extra = getattr(llm, "litellm_kwargs", None)
     base = extra.get("api_base") if isinstance(extra, dict) else None
     return f"{name}@{base}" if base else name
+
+
+def generator_identity(generator: Any) -> str | None:
+    """What names a stage model (a ``TextGenerator``) in the sample caches: an adapter by the checksums
+    its manifest records (retraining into the same folder is another model), a full model folder or the
+    plain base by its path; ``None`` (do not cache) for an adapter whose manifest records no checksums."""
+    manifest = getattr(generator, "manifest", None)
+    manifest = manifest if isinstance(manifest, dict) else {}
+    template = getattr(getattr(generator, "template", None), "name", "?")
+    base = str(manifest.get("base_model") or getattr(getattr(generator, "shared", None), "base_model", "?"))
+    if getattr(generator, "adapter", None) is not None:
+        files = manifest.get("files")
+        if not isinstance(files, dict) or not files:
+            return None
+        digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode("utf-8")).hexdigest()
+        return f"adapter:{digest}|base={base}|template={template}"
+    path = getattr(generator, "path", None)
+    return f"model:{path if path is not None else base}|template={template}"
+
+
+def judge_identity(judge: Any) -> str | None:
+    """What names a reward model in the score caches: a saved reward model folder by the checksum its
+    ``reward_config.json`` records; ``None`` (do not cache) for a judge object or a folder without one."""
+    if not isinstance(judge, (str, os.PathLike)):
+        return None
+    try:
+        meta = json.loads((Path(judge).expanduser() / "reward_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    digests = meta.get("sha256") if isinstance(meta, dict) else None
+    if not isinstance(digests, dict) or not digests:
+        return None
+    return "judge:" + json.dumps(digests, sort_keys=True)
 
 
 class TextCache:
