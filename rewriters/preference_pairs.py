@@ -107,6 +107,19 @@ class PairReport:
     def median_gap(self) -> float | None:
         return statistics.median(self.gaps) if self.gaps else None
 
+    def mean_rewards(self) -> dict[str, float] | None:
+        """Over the judged rows (kept or not): the mean reward of the baseline, the best and the worst
+        candidate; ``None`` when no row was judged."""
+        judged = [r for r in self.rows if r.gap is not None]
+        if not judged:
+            return None
+        with_base = [r.baseline for r in judged if r.baseline is not None]
+        return {
+            "baseline": statistics.fmean(with_base) if with_base else math.nan,
+            "best": statistics.fmean(r.best.reward for r in judged),
+            "worst": statistics.fmean(r.worst.reward for r in judged),
+        }
+
     def fail(self, message: str) -> None:
         """Count a row a model failed on."""
         self.failed += 1
@@ -131,11 +144,14 @@ class PairReport:
         failed = f"{self.failed} failed" + (f" (first: {self.first_error})" if self.first_error else "")
         parts.append(failed)
         parts.append(f"{self.unusable} samples unusable")
+        means = self.mean_rewards()
+        if means is not None:
+            parts.append("mean reward " + " / ".join(f"{k} {v:.3g}" for k, v in means.items()))
         return ", ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(mean_gap=self.mean_gap, median_gap=self.median_gap)
+        d.update(mean_gap=self.mean_gap, median_gap=self.median_gap, mean_rewards=self.mean_rewards())
         return d
 
 

@@ -6,6 +6,7 @@ gap is large against the judge's noise. Run it again with the DPO-trained adapte
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -175,28 +176,35 @@ def _judge_answers(
     decoding = "" if temperature is None else f"|temperature={temperature}"
     name = cache_identity(target, llm)
     caches = [TextCache(root, f"{name}|max_tokens={max_tokens}|seed={seed + k}{decoding}") for k in range(answers)]
+    # each distinct conversation is asked once (a rewrite may repeat the prompt, or another row's rewrite):
+    # block b holds conversations b * answers ... (b + 1) * answers - 1, sample j % answers
     convs: list[list[Message]] = []
-    owner: list[tuple[int, int]] = []  # conversation j -> (row index, candidate slot or PLAIN); sample j % answers
+    blocks: dict[str, int] = {}
+    owner: list[tuple[int, int, int]] = []  # (row index, candidate slot or PLAIN, block)
     for row in report.rows:
         if row.reason is not None:
             continue
         history = list(rows[row.index].prompt[:-1])
         for slot in [PLAIN, *range(len(row.candidates))]:
-            text = row.prompt if slot == PLAIN else row.candidates[slot].text
-            convs += [history + [Message(role="user", content=text)]] * answers
-            owner += [(row.index, slot)] * answers
+            conv = history + [Message(role="user", content=row.prompt if slot == PLAIN else row.candidates[slot].text)]
+            key = json.dumps([m.model_dump(mode="json") for m in conv], sort_keys=True)
+            if key not in blocks:
+                blocks[key] = len(blocks)
+                convs += [conv] * answers
+            owner.append((row.index, slot, blocks[key]))
     texts, failures = _answer(llm, convs, caches, max_tokens=max_tokens, seed=seed, temperature=temperature,
                               batch_size=batch_size, progress=progress)
-    for j in sorted(failures):
-        drop(report.rows[owner[j][0]], report, f"row {owner[j][0]}: target failed: {failures[j]}", failed=True)
-    todo = [j for j in range(len(convs)) if report.rows[owner[j][0]].reason is None]
-    scores, judge_errors = judge_scores(judge, [(rows[owner[j][0]].prompt, texts[j]) for j in todo], cache_dir=root, progress=progress)
+    failed_blocks = {j // answers: failures[j] for j in sorted(failures, reverse=True)}
+    for i, _, b in owner:
+        if b in failed_blocks:
+            drop(report.rows[i], report, f"row {i}: target failed: {failed_blocks[b]}", failed=True)
+    todo = [(i, slot, b * answers + k) for i, slot, b in owner if report.rows[i].reason is None for k in range(answers)]
+    scores, judge_errors = judge_scores(judge, [(rows[i].prompt, texts[j]) for i, _, j in todo], cache_dir=root, progress=progress)
     for n in sorted(judge_errors):
-        i = owner[todo[n]][0]
+        i = todo[n][0]
         drop(report.rows[i], report, f"row {i}: judge failed: {judge_errors[n]}", failed=True)
     plain: dict[int, list[float]] = {}
-    for j, s in zip(todo, scores):
-        i, slot = owner[j]
+    for (i, slot, _), s in zip(todo, scores):
         row = report.rows[i]
         if row.reason is not None or s is None:
             continue

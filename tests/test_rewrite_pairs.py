@@ -3,6 +3,7 @@ by the reward of the target's answer and keeps (best, worst) pairs over the gap.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,12 @@ import pytest
 from middleware.dpo_data import check_dpo_examples
 from middleware.errors import InputError
 from middleware.llm import FunctionLLM
+from middleware.sft import init_adapter
 from middleware.types import PreferencePair
+from local_models import fresh_bases  # noqa: F401  (fixture)
+from rewriters.generator import TextGenerator
 from rewriters.rewrite_pairs import build_rewrite_pairs
+from rewriters.sft_config import SFTConfig
 from rewriters.templates import get_template
 from text_stage_fakes import WordJudge
 
@@ -83,6 +88,9 @@ def test_keeps_the_best_and_worst_rewrite_over_the_gap_and_counts_the_rest(tmp_p
     assert len(calls) == (1 + 3) + (1 + 2) + (1 + 2)
     line = report.summary()
     assert "4 rows, 2 pairs kept (gap >= 3" in line and "1 dropped for a small gap" in line and "\n" not in line
+    # over the three judged rows: plain prompts 4, 4, 5; best rewrites 10, 4, 11; worst 4, 4, 5
+    assert report.mean_rewards() == pytest.approx({"baseline": 13 / 3, "best": 25 / 3, "worst": 13 / 3})
+    assert "mean reward baseline 4.33 / best 8.33 / worst 4.33" in line
 
 
 def test_a_rerun_takes_the_answers_from_the_cache(tmp_path: Path) -> None:
@@ -162,3 +170,53 @@ def test_bad_arguments_are_input_errors(tmp_path: Path) -> None:
         build_rewrite_pairs(rows(), lambda p: p, target, WordJudge(), cache_dir=tmp_path, progress=False)
     with pytest.raises(InputError, match="a rewriter template takes 'prompt'"):
         build_rewrite_pairs(rows(), rewriter, target, WordJudge(), template="aligner-v1.0", progress=False)
+
+
+def test_a_second_round_samples_the_new_adapter_and_reuses_the_targets_answers(
+    tiny_model_dir: Path, tmp_path: Path, fresh_bases: None
+) -> None:
+    from judge import RewardConfig, RewardModel
+
+    def adapter(seed: int, name: str) -> Path:
+        return init_adapter(SFTConfig(base_model=str(tiny_model_dir), lora_r=4, lora_alpha=32, seed=seed), tmp_path / name,
+                            random_init=True)
+
+    first, second = adapter(1, "rewriter"), adapter(3, "rewriter_dpo")  # the SFT adapter, then the DPO-trained one
+    judge = RewardModel.create(RewardConfig(backbone=str(tiny_model_dir), max_length=64, train="head")).save(tmp_path / "judge")
+    pairs = rows()[:3]
+    calls: list[list[dict[str, str]]] = []
+    kw: dict[str, Any] = dict(samples=3, sample_max_new_tokens=6, check=None, min_gap=0.0, cache_dir=tmp_path / "cache",
+                              progress=False)
+    ex1, rep1 = build_rewrite_pairs(pairs, first, echo_target(calls), judge, **kw)
+    # the candidates are the adapter's own seeded samples (BPO decoding from its manifest), repeats once
+    gen = TextGenerator.from_pretrained(first, kind="rewriter")
+    bpo = get_template("bpo")
+    sources = [bpo.render(prompt=p.question) for p in pairs]
+    sampled = [gen.generate(sources, seed=k, temperature=0.6, top_p=0.9, max_new_tokens=6) for k in range(3)]
+    for i, row in enumerate(rep1.rows):
+        assert [c.text for c in row.candidates] == list(dict.fromkeys(t for t in (s[i] for s in sampled) if t))
+    assert rep1.kept == sum(len({c.reward for c in r.candidates}) > 1 for r in rep1.rows) > 0
+    assert all(e.source == sources[e.group] for e in check_dpo_examples(ex1))
+    assert {r.rewards[0] for r in rep1.rows for r in r.candidates} == {r.reward for r in rep1.rows for r in r.candidates}
+
+    calls.clear()
+    ex2, rep2 = build_rewrite_pairs(pairs, second, echo_target(calls), judge, **kw)
+    texts1 = {c.text for r in rep1.rows for c in r.candidates}
+    texts2 = {c.text for r in rep2.rows for c in r.candidates}
+    assert texts2 != texts1 and ex2 != ex1
+    # the plain prompts' answers and the rewrites both rounds sampled come from the cache; a conversation
+    # two rows share is asked once
+    def asked(report: Any) -> set[str]:
+        return {json.dumps([m.content for m in pairs[r.index].prompt[:-1]] + [c.text]) for r in report.rows for c in r.candidates}
+
+    assert sorted(json.dumps([m["content"] for m in c]) for c in calls) == sorted(asked(rep2) - asked(rep1))
+    assert [r.baseline for r in rep2.rows] == [r.baseline for r in rep1.rows]
+
+    # a rerun of either round generates nothing and loads no judge: rewrites, answers and scores are cached
+    (tmp_path / "judge" / "reward.safetensors").unlink()
+    calls.clear()
+    assert build_rewrite_pairs(pairs, first, echo_target(calls), judge, **kw)[0] == ex1
+    assert build_rewrite_pairs(pairs, second, echo_target(calls), judge, **kw)[0] == ex2
+    assert calls == []
+    with pytest.raises(InputError, match="prompted with template 'bpo', not 'bpo-instruction'"):
+        build_rewrite_pairs(pairs, first, echo_target(calls), judge, template="bpo-instruction", **kw)
