@@ -18,20 +18,8 @@ from middleware.types import PreferencePair
 
 from .correction_checks import CorrectionCheck, check_correction
 from .pairs import as_pairs
-from .preference_pairs import (
-    MinGap,
-    PairReport,
-    PairRow,
-    Sampler,
-    candidates_of,
-    check_min_gap,
-    decide_rows,
-    drop,
-    judge_scores,
-    resolve_min_gap,
-    resolve_sampler,
-    sample_texts,
-)
+from .preference_pairs import MinGap, PairReport, PairRow, Sampler, check_min_gap, decide_rows, drop, fill_candidates
+from .preference_pairs import judge_scores, resolve_sampler, sample_texts
 from .sentences import flatten_question
 from .stage import Generated
 from .templates import Template, get_template
@@ -148,14 +136,7 @@ def _own_pairs(
         cache_dir=cache_dir, label="corrector", progress=progress, names=good,
     )
     report.rows = [PairRow(i, rows[i].question) for i in good]
-    for n, (i, row) in enumerate(zip(good, report.rows)):
-        if n in errors:
-            drop(row, report, errors[n], failed=True)
-            continue
-        row.candidates, bad = candidates_of(gens[n], lambda g: _usable_correction(answers[i], g, check))
-        report.unusable += bad
-        if len(row.candidates) < 2:
-            drop(row, report, f"{len(row.candidates)} usable distinct corrections of {len(gens[n])}")
+    fill_candidates(report, gens, errors, lambda row, g: _usable_correction(answers[row.index], g, check), "corrections")
     # every candidate and the answer as it is (the last slot), judged against the conversation
     items = [(row, slot) for row in report.rows if row.reason is None for slot in range(len(row.candidates) + 1)]
     scores, failures = judge_scores(
@@ -174,8 +155,7 @@ def _own_pairs(
             else:
                 row.baseline = s
     groups = [[c.reward for c in row.candidates] for row in report.rows if row.reason is None]
-    gap, report.noise = resolve_min_gap(min_gap, groups, noise_k)
-    decide_rows(report.rows, gap, report)
+    decide_rows(report, min_gap, noise_k, groups)
     return {row.index: row for row in report.rows}
 
 

@@ -27,8 +27,8 @@ from .generator import TextGenerator
 from .stage import Generated, generation_defaults
 from .templates import Template, get_template
 
-__all__ = ["Candidate", "MinGap", "PairReport", "PairRow", "Sampler", "candidates_of", "check_min_gap", "decide_rows",
-           "drop", "judge_scores", "resolve_min_gap", "resolve_sampler", "sample_texts"]
+__all__ = ["Candidate", "MinGap", "PairReport", "PairRow", "Sampler", "check_min_gap", "decide_rows", "drop",
+           "fill_candidates", "judge_scores", "resolve_min_gap", "resolve_sampler", "sample_texts"]
 
 #: A number (reward units) or ``"auto"``: ``noise_k`` × the measured spread (see :func:`resolve_min_gap`).
 MinGap = Union[float, Literal["auto"]]
@@ -251,19 +251,29 @@ def sample_texts(
     return out, errors
 
 
-def candidates_of(samples: Sequence[Generated], accept: Callable[[Generated], "str | None"]) -> tuple[list[Candidate], int]:
-    """The distinct usable samples of a row as candidates (``accept`` gives a sample's text as the stage
-    would use it, or ``None`` when the stage would not use it), and how many were unusable. Repeats of a
-    text are one candidate."""
-    texts: list[str] = []
-    unusable = 0
-    for g in samples:
-        text = accept(g)
-        if text is None:
-            unusable += 1
-        elif text not in texts:
-            texts.append(text)
-    return [Candidate(t) for t in texts], unusable
+def fill_candidates(
+    report: PairReport,
+    samples: Sequence[Sequence[Generated]],
+    errors: dict[int, str],
+    accept: Callable[[PairRow, Generated], "str | None"],
+    what: str,
+) -> None:
+    """Put each row's distinct usable samples on it as candidates (``report.rows[n]`` has ``samples[n]``;
+    ``accept`` gives a sample's text as the stage would use it, or ``None`` when the stage would not use it,
+    counted as unusable; repeats of a text are one candidate). A row the sampler failed on (``errors``) or
+    with fewer than two candidates is dropped."""
+    for n, row in enumerate(report.rows):
+        if n in errors:
+            drop(row, report, errors[n], failed=True)
+            continue
+        for g in samples[n]:
+            text = accept(row, g)
+            if text is None:
+                report.unusable += 1
+            elif text not in [c.text for c in row.candidates]:
+                row.candidates.append(Candidate(text))
+        if len(row.candidates) < 2:
+            drop(row, report, f"{len(row.candidates)} usable distinct {what} of {len(samples[n])}")
 
 
 def drop(row: PairRow, report: PairReport, reason: str, *, failed: bool = False) -> None:
@@ -352,17 +362,18 @@ def resolve_min_gap(min_gap: MinGap, groups: Sequence[Sequence[float]], noise_k:
     return noise_k * noise, noise
 
 
-def decide_rows(rows: Sequence[PairRow], min_gap: float, report: PairReport) -> None:
-    """Keep each judged row's (best, worst) pair when its gap is at least ``min_gap`` and above zero
-    (equal rewards teach nothing); count the rest in ``report``. Rows with a ``reason`` are already out."""
-    report.min_gap = min_gap
-    for row in rows:
+def decide_rows(report: PairReport, min_gap: MinGap, noise_k: float, groups: Sequence[Sequence[float]]) -> None:
+    """Apply the gap rule (:func:`resolve_min_gap` on ``groups``) to the judged rows of ``report``: keep a
+    row's (best, worst) pair when its gap is at least the rule's and above zero (equal rewards teach
+    nothing); count the rest. Rows with a ``reason`` are already out."""
+    report.min_gap, report.noise = resolve_min_gap(min_gap, groups, noise_k)
+    for row in report.rows:
         if row.reason is not None:
             continue
         row.gap = row.best.reward - row.worst.reward
-        if row.gap >= min_gap and row.gap > 0:
+        if row.gap >= report.min_gap and row.gap > 0:
             row.kept = True
             report.kept += 1
         else:
-            row.reason = f"reward gap {row.gap:.3g} below {min_gap:.3g}"
+            row.reason = f"reward gap {row.gap:.3g} below {report.min_gap:.3g}"
             report.small_gap += 1

@@ -20,20 +20,8 @@ from middleware.types import Message, PreferencePair
 
 from .answer_cache import TextCache, cache_identity
 from .pairs import as_pairs
-from .preference_pairs import (
-    MinGap,
-    PairReport,
-    PairRow,
-    Sampler,
-    candidates_of,
-    check_min_gap,
-    decide_rows,
-    drop,
-    judge_scores,
-    resolve_min_gap,
-    resolve_sampler,
-    sample_texts,
-)
+from .preference_pairs import MinGap, PairReport, PairRow, Sampler, check_min_gap, decide_rows, drop, fill_candidates
+from .preference_pairs import judge_scores, resolve_sampler, sample_texts
 from .rewrite_checks import RewriteCheck, check_rewrite, clean_rewrite
 from .selection import _answer
 from .stage import Generated, resolve_llm
@@ -124,14 +112,7 @@ def build_rewrite_pairs(
         label="rewriter", progress=progress,
     )
     report.rows = [PairRow(i, r.question) for i, r in enumerate(rows)]
-    for i, row in enumerate(report.rows):
-        if i in errors:
-            drop(row, report, errors[i], failed=True)
-            continue
-        row.candidates, bad = candidates_of(gens[i], lambda g: _usable_rewrite(row.prompt, g, check))
-        report.unusable += bad
-        if len(row.candidates) < 2:
-            drop(row, report, f"{len(row.candidates)} usable distinct rewrites of {len(gens[i])}")
+    fill_candidates(report, gens, errors, lambda row, g: _usable_rewrite(row.prompt, g, check), "rewrites")
     _judge_answers(rows, report, llm, target, judge, root=root, answers=answers_per_rewrite, max_tokens=max_tokens,
                    temperature=temperature, seed=seed, batch_size=batch_size, progress=progress)
     active = [r for r in report.rows if r.reason is None]
@@ -139,8 +120,7 @@ def build_rewrite_pairs(
         groups = [c.rewards for r in active for c in r.candidates]
     else:
         groups = [[c.reward for c in r.candidates] for r in active]
-    gap, report.noise = resolve_min_gap(min_gap, groups, noise_k)
-    decide_rows(report.rows, gap, report)
+    decide_rows(report, min_gap, noise_k, groups)
     examples = [DPOExample(source=sources[r.index], chosen=r.best.text, rejected=r.worst.text, group=r.index)
                 for r in report.rows if r.kept]
     return examples, report
