@@ -259,15 +259,17 @@ def _words(text: str) -> list[str]:
 
 
 def _spaced_letters(words: list[str]) -> list[tuple[int, str]]:
-    """``(position, word)`` for each run of three or more one-character words (``n a m e``), joined."""
+    """``(position, word)`` for each stretch of three to 16 one-character words (``n a m e``), joined; every
+    stretch of a longer run is tried, as the run may begin or end with a real one-letter word (``a``)."""
     joined: list[tuple[int, str]] = []
     run: list[int] = []
     for i, w in enumerate(words + ["--"]):
         if len(w) == 1:
             run.append(i)
             continue
-        if len(run) >= 3:
-            joined.append((run[0], "".join(words[j] for j in run)))
+        for a in range(len(run)):
+            for b in range(a + 3, min(len(run), a + 16) + 1):
+                joined.append((run[a], "".join(words[j] for j in run[a:b])))
         run = []
     return joined
 
