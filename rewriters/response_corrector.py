@@ -48,7 +48,7 @@ from middleware.threads import in_thread
 from middleware.types import ChatRequest, ChatResponse
 
 from .correction_checks import CorrectionCheck, check_correction
-from .generator import TextGenerator
+from .generator import StageGenerator
 from .sentences import ChunkSplitter, flatten_question, split_chunks
 from .stage import Generated, TextStage
 from .templates import Template
@@ -119,7 +119,7 @@ class ResponseCorrector(TextStage, ResponseStage):
         check: the safeguard settings (:class:`CorrectionCheck`).
         name, on_error, timeout, skip_if: the stage settings (see ``middleware.stages.Stage``).
 
-    Config keys besides ``mode``, ``path``, ``llm``, ``base``, ``llm_options``: ``template``,
+    Config keys besides ``mode``, ``path``, ``llm``, ``base``, ``llm_options``, ``remote``: ``template``,
     ``streaming``, ``temperature``, ``top_p``, ``max_new_tokens``, ``chunk_min_chars``,
     ``context_chunks``, ``chunk_max_new_tokens``, ``seed``, the :class:`CorrectionCheck` fields,
     ``name``, ``on_error``, ``timeout``, ``skip_if`` (``"title_requests"``).
@@ -141,7 +141,7 @@ class ResponseCorrector(TextStage, ResponseStage):
 
     def __init__(
         self,
-        generator: TextGenerator | None = None,
+        generator: StageGenerator | None = None,
         *,
         llm: LLM | None = None,
         template: "str | Template | None" = None,
@@ -202,7 +202,7 @@ class ResponseCorrector(TextStage, ResponseStage):
         if self.chunk_max_new_tokens is not None:
             limit = self.chunk_max_new_tokens
         elif self.generator is not None:
-            limit = 2 * len(self.generator.tokenizer(piece, add_special_tokens=False)["input_ids"]) + 32
+            limit = 2 * self.generator.count_tokens(piece) + 32
         else:
             limit = len(piece) // 2 + 64
         params["max_new_tokens"] = max(1, min(limit, self.params["max_new_tokens"]))
