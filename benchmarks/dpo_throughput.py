@@ -134,7 +134,7 @@ def run_trl(examples: list[Any], args: argparse.Namespace, out: Path) -> dict[st
             times.append(clock())
 
     trainer.add_callback(Timer())
-    kept = len(trainer.train_dataset)
+    kept = len(trainer.train_dataset)  # type: ignore[arg-type]
     if kept < len(examples):
         print(f"TRL kept {kept} of {len(examples)} pairs (it drops pairs whose prompt fills --max-length)")
     trainer.train()
