@@ -500,7 +500,8 @@ class PreferencePair(BaseModel):
 
 
 class PromptRecord(BaseModel):
-    """A prompt-only row (evaluation sets): prompt, optional reference answer."""
+    """A prompt-only row (evaluation sets): prompt, optional reference answer (a preference pair row's
+    ``chosen`` where it has no ``reference``)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -509,6 +510,13 @@ class PromptRecord(BaseModel):
     source: str | None = None
 
     _prompt = field_validator("prompt", mode="before")(PreferencePair._prompt.__func__)  # type: ignore[attr-defined]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _chosen_as_reference(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("reference") is None and isinstance(data.get("chosen"), str):
+            return {**data, "reference": data["chosen"]}
+        return data
 
     @model_validator(mode="after")
     def _last_is_user(self) -> "PromptRecord":
