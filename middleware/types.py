@@ -544,29 +544,35 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                 raise InputError(f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
 
 
-def _load(path: "str | os.PathLike[str]", model: type[BaseModel], limit: int | None) -> list[Any]:
+def _load(path: "str | os.PathLike[str]", model: type[BaseModel], limit: int | None, skipped: list[str] | None = None) -> list[Any]:
     path = Path(path)
     if limit is not None and limit < 1:
         raise InputError(f"limit must be at least 1, got {limit}")
     rows = []
     for lineno, obj in _iter_jsonl(path):
-        if not isinstance(obj, dict):
-            raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        try:
-            rows.append(model.model_validate(obj))
-        except ValidationError as e:
-            raise InputError(f"{path}:{lineno}: {_first_error(e)}") from None
+        problem = f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}" if not isinstance(obj, dict) else None
+        if problem is None:
+            try:
+                rows.append(model.model_validate(obj))
+            except ValidationError as e:
+                problem = f"{path}:{lineno}: {_first_error(e)}"
+        if problem is not None:
+            if skipped is None:
+                raise InputError(problem)
+            skipped.append(problem)
         if limit is not None and len(rows) >= limit:
             break
     return rows
 
 
-def load_pairs(path: "str | os.PathLike[str]", limit: int | None = None) -> list[PreferencePair]:
+def load_pairs(path: "str | os.PathLike[str]", limit: int | None = None, *, skipped: list[str] | None = None) -> list[PreferencePair]:
     """Read preference pairs from a JSONL file.
 
-    Raises ``InputError`` naming ``file:line: field: problem`` for the first bad row.
+    Raises ``InputError`` naming ``file:line: field: problem`` for the first bad row; with a ``skipped``
+    list, bad rows (valid JSON that is not a pair, e.g. a ``chosen`` that is ``true``) are left out and
+    their problems appended to it instead (a line that is not JSON still raises).
     """
-    return _load(path, PreferencePair, limit)
+    return _load(path, PreferencePair, limit, skipped)
 
 
 def load_prompts(path: str | Path, limit: int | None = None) -> list[PromptRecord]:

@@ -84,8 +84,8 @@ class JudgeAccuracy:
     ci: tuple[float, float] | None = None
 
     def describe(self) -> str:
-        ci = f", 95% CI {self.ci[0]:.2f}-{self.ci[1]:.2f}" if self.ci else ""
-        return f"pairwise accuracy {self.accuracy:.3f}{ci}, {self.n} pairs of {self.source}"
+        ci = f" (95% CI {self.ci[0]:.2f}-{self.ci[1]:.2f})" if self.ci else ""
+        return f"pairwise accuracy {self.accuracy:.3f}{ci} on {self.n} pairs from {self.source}"
 
 
 @dataclass
@@ -103,7 +103,7 @@ def measured_accuracy(judge: Judge, pairs: "str | Path | Sequence[PreferencePair
     """``judge``'s pairwise accuracy on ``pairs`` (ties count half), with its 95% interval."""
     margins = pair_margins(judge, pairs, progress=progress)
     scores = [1.0 if m > 0 else 0.0 if m < 0 else 0.5 for m in margins]
-    return JudgeAccuracy(accuracy(margins), len(margins), str(pairs) if isinstance(pairs, (str, Path)) else "the given pairs",
+    return JudgeAccuracy(accuracy(margins), len(margins), str(pairs) if isinstance(pairs, (str, Path)) else "the given list",
                          win_rate_interval(scores))
 
 
@@ -116,7 +116,7 @@ def recorded_accuracy(judge: Judge) -> JudgeAccuracy | None:
     if acc is None or not n:
         return None
     k = round(float(acc) * int(n))
-    return JudgeAccuracy(float(acc), int(n), "the held-out split at training (reward_config.json)",
+    return JudgeAccuracy(float(acc), int(n), "its training's held-out split",
                          win_rate_interval([1.0] * k + [0.0] * (int(n) - k)))
 
 
