@@ -4,7 +4,7 @@ JSON, plot; the Markdown and the plot are drawn by ``render``)."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,35 +32,6 @@ class StageStats:
 
 
 @dataclass
-class VariantResult:
-    """One variant (a stage alone, or the whole chain) against the plain answer."""
-
-    name: str
-    stages: list[str]
-    n: int
-    wins: int
-    ties: int
-    losses: int
-    win_rate: float
-    mean_gain: float
-    mean_reward: float
-    ms_per_prompt: float
-    stage_stats: list[StageStats] = field(default_factory=list)
-    mean_words: float = 0.0
-    #: 95% confidence interval of ``win_rate`` over the prompts (:func:`win_rate_interval`).
-    win_rate_ci: tuple[float, float] = (0.0, 1.0)
-    #: 95% confidence interval of ``mean_gain`` over the prompts (normal approximation); ``None`` for one prompt.
-    #: It uses the size of each gain, so it can separate a stage from the plain answer sooner than the win rate.
-    gain_ci: tuple[float, float] | None = None
-    #: Share of the answers that are refusals (``middleware.evaluate.refusals.is_refusal``), every repeat counted.
-    refusal_rate: float = 0.0
-    #: Mean similarity to the prompts' reference answers (``similarity.ReferenceSimilarity``) over the prompts
-    #: that have one, and its 95% interval; ``None`` without references.
-    similarity: float | None = None
-    similarity_ci: tuple[float, float] | None = None
-
-
-@dataclass
 class Verdict:
     """One judge's verdict on one variant against the plain answer (ties: equal answers, or mean rewards
     within the report's ``epsilon``)."""
@@ -71,8 +42,34 @@ class Verdict:
     win_rate: float
     mean_gain: float
     mean_reward: float
+    #: 95% confidence interval of ``win_rate`` over the prompts (:func:`win_rate_interval`).
     win_rate_ci: tuple[float, float] = (0.0, 1.0)
+    #: 95% confidence interval of ``mean_gain`` over the prompts (normal approximation); ``None`` for one prompt.
+    #: It uses the size of each gain, so it can separate a stage from the plain answer sooner than the win rate.
     gain_ci: tuple[float, float] | None = None
+
+    def verdict(self) -> "Verdict":
+        """The verdict alone (of a ``VariantResult``: its first judge's)."""
+        return Verdict(**{f.name: getattr(self, f.name) for f in fields(Verdict)})
+
+
+@dataclass(kw_only=True)
+class VariantResult(Verdict):
+    """One variant (a stage alone, the whole chain, or a control) against the plain answer: the first
+    judge's verdict, and what does not depend on the judge."""
+
+    name: str
+    stages: list[str]
+    n: int
+    ms_per_prompt: float
+    stage_stats: list[StageStats] = field(default_factory=list)
+    mean_words: float = 0.0
+    #: Share of the answers that are refusals (``middleware.evaluate.refusals.is_refusal``), every repeat counted.
+    refusal_rate: float = 0.0
+    #: Mean similarity to the prompts' reference answers (``similarity.ReferenceSimilarity``) over the prompts
+    #: that have one, and its 95% interval; ``None`` without references.
+    similarity: float | None = None
+    similarity_ci: tuple[float, float] | None = None
 
 
 @dataclass
@@ -120,8 +117,7 @@ class EvalReport:
 
     def __post_init__(self) -> None:
         if not self.judges:  # a report built by hand: its one judge's verdicts are the rows'
-            verdicts = {v.name: Verdict(v.wins, v.ties, v.losses, v.win_rate, v.mean_gain, v.mean_reward, v.win_rate_ci, v.gain_ci)
-                        for v in self.variants + self.controls}
+            verdicts = {v.name: v.verdict() for v in self.variants + self.controls}
             self.judges = [JudgeResult(self.judge, Path(self.judge).name or self.judge, self.plain_mean_reward, verdicts)]
 
     def judge_index(self, judge: int | str) -> int:

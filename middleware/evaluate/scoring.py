@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -163,10 +164,9 @@ def judge_answers(
     sim = _Similarity(references)
 
     def result(name: str, stages: list[str], ms: float, stats: list[StageStats]) -> VariantResult:
-        v, (similarity, similarity_ci) = judged[0].verdicts[name], sim.summary(texts[name])
+        similarity, similarity_ci = sim.summary(texts[name])
         return VariantResult(
-            name=name, stages=stages, n=n, wins=v.wins, ties=v.ties, losses=v.losses, win_rate=v.win_rate, mean_gain=v.mean_gain,
-            mean_reward=v.mean_reward, ms_per_prompt=ms, stage_stats=stats, win_rate_ci=v.win_rate_ci, gain_ci=v.gain_ci,
+            **asdict(judged[0].verdicts[name]), name=name, stages=stages, n=n, ms_per_prompt=ms, stage_stats=stats,
             mean_words=sum(_words(x) for t in texts[name] for x in t) / sum(len(t) for t in texts[name]),
             refusal_rate=refusal_rate(x for t in texts[name] for x in t), similarity=similarity, similarity_ci=similarity_ci,
         )
