@@ -4,6 +4,7 @@ controls, and rejudging reports with and without it (``middleware.evaluate.contr
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from middleware.evaluate import SAFETY_CONTROL, SAFETY_SENTENCE, evaluate_pipeline, rejudge
@@ -41,6 +42,7 @@ def test_safety_suffix_appends_exactly_the_sentence_once_per_prompt_under_repeat
 def test_refusal_rates_of_the_variants_and_both_controls() -> None:
     def cautious(message: str) -> str:
         if message.endswith(SAFETY_SENTENCE):
+            time.sleep(0.02)
             return "I'm sorry, but I can't help with that. Please ask something else."
         return "Sure. Here is how: " + message
 
@@ -51,6 +53,9 @@ def test_refusal_rates_of_the_variants_and_both_controls() -> None:
     md = report.to_markdown()
     assert table_cell(md, SAFETY_CONTROL, "refusals") == "100%"
     assert table_cell(md, "control: first sentence", "refusals") == "0%" and table_cell(md, "Longer", "refusals") == "0%"
+    # the generated control's time: at least 20 ms for the batch of 4 prompts; the first sentence costs nothing
+    assert suffix.ms_per_prompt >= 5.0 and first.ms_per_prompt == 0.0
+    assert rejudge(report, LengthJudge()).controls[1].ms_per_prompt == suffix.ms_per_prompt
 
 
 def _old_format(data: dict) -> dict:

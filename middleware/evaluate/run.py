@@ -265,6 +265,7 @@ def evaluate_pipeline(
         progress=progress,
         sources=sources,
         references=references,
+        control_ms={SAFETY_CONTROL: 1000.0 * wall[SAFETY_CONTROL] / len(msgs)} if control else None,
         head=dict(
             plain_ms_per_prompt=1000.0 * wall[PLAIN] / (len(msgs) * made[PLAIN]),
             seed=seed,

@@ -125,6 +125,7 @@ def judge_answers(
     head: dict[str, Any],
     sources: Sequence[str | None] = (),
     references: Sequence[str | None] = (),
+    control_ms: dict[str, float] | None = None,
 ) -> EvalReport:
     """Score the answers (``texts[variant][i][k]``: prompt i, repeat k; ``PLAIN`` among the variants, and
     ``SAFETY_CONTROL`` when that control was generated) with every judge and build the report.
@@ -132,8 +133,9 @@ def judge_answers(
     ``judges``: one judge (a folder or an object with ``score_batch``), several, or a panel from
     ``load_panel``. ``rows`` holds, per compared variant in order, its ``name``, ``stages``,
     ``ms_per_prompt`` and ``stage_stats``; ``head`` the report's descriptive fields; ``sources`` and
-    ``references`` each prompt's source and reference answer (``None`` where it has none). Each distinct
-    (prompt, answer) is scored once per judge.
+    ``references`` each prompt's source and reference answer (``None`` where it has none); ``control_ms``
+    the generation time per prompt of a generated control. Each distinct (prompt, answer) is scored once per
+    judge.
     """
     panel = list(judges) if isinstance(judges, (list, tuple)) and all(isinstance(j, PanelJudge) for j in judges) else load_panel(judges)  # type: ignore[arg-type]
     texts = dict(texts)
@@ -155,7 +157,8 @@ def judge_answers(
     n = len(msgs)
     plain_texts = texts[PLAIN]
     compared: list[tuple[str, list[str], float, list[StageStats]]] = [(r["name"], r["stages"], r["ms_per_prompt"], r["stage_stats"]) for r in rows]
-    controls: list[tuple[str, list[str], float, list[StageStats]]] = [(c, [], 0.0, []) for c in (CONTROL, SAFETY_CONTROL) if c in texts]
+    controls: list[tuple[str, list[str], float, list[StageStats]]] = [
+        (c, [], (control_ms or {}).get(c, 0.0), []) for c in (CONTROL, SAFETY_CONTROL) if c in texts]
     judged: list[JudgeResult] = []
     for pj, rw in zip(panel, rewards):
         plain_r = _rewards(rw, plain_texts)
@@ -259,6 +262,7 @@ def rejudge(
                 traces[name].append([r.get("trace", []) for r in runs])
         head = {k: data[k] for k in ("plain_ms_per_prompt", "seed", "llm", "pipeline")}
         head["repeats"] = repeats
+        control_ms = {c["name"]: float(c.get("ms_per_prompt", 0.0)) for c in data.get("controls", [])}
     except KeyError as e:
         raise InputError(f"{where}: not an alignware eval report (missing field {e})") from None
     return judge_answers(
@@ -273,4 +277,5 @@ def rejudge(
         head=head,
         sources=sources,
         references=references,
+        control_ms=control_ms,
     )
