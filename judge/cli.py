@@ -7,6 +7,7 @@ The flags every ``alignware train ...`` verb shares and the exit codes are those
 from __future__ import annotations
 
 import argparse
+import sys
 
 from middleware.training import EXIT_INTERRUPTED, EXIT_OK, add_training_flags, flag_values, run_train_command, set_threads
 from middleware.types import load_pairs
@@ -22,10 +23,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Train a reward model on preference pairs (Bradley–Terry loss). Rerunning the same command "
         "resumes from the newest good checkpoint in --out.",
     )
-    p.add_argument("--data", required=True, help="preference pairs (JSONL: prompt, chosen, rejected)")
+    p.add_argument("--data", required=True, nargs="+", metavar="FILE",
+                   help="preference pairs (JSONL: prompt, chosen, rejected); several files are trained on together")
     p.add_argument("--out", required=True, help="run folder: checkpoints, the final model, metrics.json, training.png")
     p.add_argument("--eval-data", help="held-out pairs (default: --eval-fraction of --data)")
-    p.add_argument("--limit", type=int, help="use only the first N pairs of --data")
+    p.add_argument("--limit", type=int, help="use only the first N pairs of each --data file")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="leave out rows that are not valid pairs (e.g. a chosen answer that is JSON true), and say how many")
     m = p.add_argument_group("model")
     m.add_argument("--backbone", default=d.backbone, help="'embedded', a model folder or a .gguf file (default %(default)s)")
     m.add_argument("--max-length", type=int, default=d.max_length, help="tokens per prompt+response (default %(default)s)")
@@ -67,7 +71,10 @@ def _configs(args: argparse.Namespace) -> tuple[RewardConfig, TrainConfig]:
 def _train(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     mcfg, tcfg = _configs(args)
-    pairs = load_pairs(args.data, limit=args.limit)
+    skipped: list[str] | None = [] if args.skip_bad_rows else None
+    pairs = [p for path in args.data for p in load_pairs(path, limit=args.limit, skipped=skipped)]
+    if skipped:
+        print(f"skipped {len(skipped)} bad rows (first: {skipped[0]})", file=sys.stderr)
     res = train_reward_model(
         pairs, args.out, mcfg, tcfg, eval_pairs=args.eval_data, resume=args.resume, progress=not args.quiet, device=args.device
     )

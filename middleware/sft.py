@@ -51,7 +51,7 @@ log = logging.getLogger("alignware")
 #: head can be applied to the target positions only.
 PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "smollm3"})
 
-__all__ = ["SFTResult", "init_adapter", "load_training_model", "resume_run", "save_adapter", "trainable_params", "train_sft"]
+__all__ = ["SFTResult", "TargetLoss", "adapter_manifest", "init_adapter", "load_training_model", "resume_checkpoint", "resume_run", "save_adapter", "trainable_params", "train_sft"]
 
 
 @dataclass
@@ -91,8 +91,8 @@ class SFTResult:
 
 
 # -- the model -----------------------------------------------------------------------------------
-class _LossFn:
-    """Mean cross-entropy over the target tokens of a batch; the output layer runs on those positions only
+class TargetLoss:
+    """Cross-entropy over the target tokens of a batch; the output layer runs on those positions only
     when the architecture allows it."""
 
     def __init__(self, model: Any) -> None:
@@ -103,22 +103,26 @@ class _LossFn:
         self.head: Any = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
         self.fast = model_type in PLAIN_HEAD_MODEL_TYPES and self.decoder is not None and self.head is not None
 
+    def target_logits(self, batch: dict[str, Any]) -> tuple[Any, Any, Any]:
+        """``(logits, labels, keep)``: the logits at the target positions (rows of ``keep``, the
+        ``[batch, length - 1]`` mask of positions whose next token is a target token), and those tokens."""
+        labels = batch["labels"][:, 1:]
+        keep = labels != IGNORE_INDEX
+        if self.fast:
+            hidden = self.decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+            logits = self.head(hidden.last_hidden_state[:, :-1][keep])
+        else:
+            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+            logits = out.logits[:, :-1][keep]
+        return logits, labels[keep], keep
+
     def __call__(self, batch: dict[str, Any]) -> tuple[Any, int]:
         """(sum of token losses, number of target tokens)."""
         import torch.nn.functional as F
 
-        labels = batch["labels"][:, 1:]
-        keep = labels != IGNORE_INDEX
-        n = int(keep.sum())
-        if self.fast:
-            hidden = self.decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-            h = hidden.last_hidden_state[:, :-1][keep]
-            logits = self.head(h)
-        else:
-            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-            logits = out.logits[:, :-1][keep]
-        loss = F.cross_entropy(logits.float(), labels[keep], reduction="sum")
-        return loss, n
+        logits, labels, keep = self.target_logits(batch)
+        loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+        return loss, int(keep.sum())
 
 
 def trainable_params(model: Any) -> dict[str, Any]:
@@ -126,7 +130,7 @@ def trainable_params(model: Any) -> dict[str, Any]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _evaluate(loss_fn: _LossFn, rows: list[dict[str, list[int]]], batch_size: int, pad_id: int, device: Any) -> float | None:
+def _evaluate(loss_fn: TargetLoss, rows: list[dict[str, list[int]]], batch_size: int, pad_id: int, device: Any) -> float | None:
     import torch
 
     if not rows:
@@ -199,7 +203,7 @@ def load_training_model(config: SFTConfig, *, layers_to_transform: list[int] | N
     return model, tok
 
 
-def _manifest(config: SFTConfig, **training: Any) -> dict[str, Any]:
+def adapter_manifest(config: SFTConfig, **training: Any) -> dict[str, Any]:
     return {
         "format": 1,
         "kind": config.kind,
@@ -229,7 +233,7 @@ def init_adapter(config: SFTConfig, out_dir: str | Path, *, random_init: bool = 
                 if "lora_" in name:
                     p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * (1.0 / max(1, p.shape[-1])) ** 0.5)
     out = Path(out_dir).expanduser()
-    save_adapter(model, out, _manifest(config, steps=0))
+    save_adapter(model, out, adapter_manifest(config, steps=0))
     return out
 
 
@@ -254,7 +258,7 @@ def _resume(ck: Checkpoint, fp: str, params: dict[str, Any], optimizer: Any) -> 
 
 def _export(model: Any, out_dir: Path, config: SFTConfig, history: list[dict[str, Any]], training: dict[str, Any]) -> None:
     """Write the adapter with its manifest (``training``: what the run did), ``history.json`` and ``loss.png``."""
-    save_adapter(model, out_dir, _manifest(config, **training))
+    save_adapter(model, out_dir, adapter_manifest(config, **training))
     write_json_atomic(out_dir / "history.json", history)
     try:
         curves = [{k: v for k, v in r.items() if k in ("step", "loss", "eval_loss")} for r in history]
@@ -264,7 +268,7 @@ def _export(model: Any, out_dir: Path, config: SFTConfig, history: list[dict[str
         log.warning("could not draw %s: %s", out_dir / "loss.png", e)
 
 
-def _step_fn(plan: BatchPlan, rows: list[dict[str, list[int]]], pad_id: int, device: Any, loss_fn: _LossFn, optimizer: Any) -> LossFn:
+def _step_fn(plan: BatchPlan, rows: list[dict[str, list[int]]], pad_id: int, device: Any, loss_fn: TargetLoss, optimizer: Any) -> LossFn:
     """The forward pass of a step for ``TrainingLoop``: its batch, the mean loss on the target tokens, and
     its history row ``{"step", "loss", "lr", "epoch", "target_tokens", "tokens"}`` (``"warmup": 1`` in
     the warm-up phase)."""
@@ -289,20 +293,31 @@ def _step_fn(plan: BatchPlan, rows: list[dict[str, list[int]]], pad_id: int, dev
 
 
 # -- training ------------------------------------------------------------------------------------
+def resume_checkpoint(
+    manager: CheckpointManager, resume: bool, fp: str, params: dict[str, Any], optimizer: Any, total: int
+) -> Checkpoint | None:
+    """The newest good checkpoint of the run ``fp``, its weights, optimizer moments and random state
+    restored; ``None`` to start at step 0 (the old checkpoints removed when not resuming)."""
+    if not resume and manager.root.exists():
+        log.warning("resume=False: removing the old checkpoints in %s", manager.root)
+        shutil.rmtree(manager.root)
+    ck = latest_checkpoint(manager, resume=resume)
+    if ck is None:
+        return None
+    _resume(ck, fp, params, optimizer)
+    log.info("resuming from %s (step %d of %d)", ck.path, ck.step, total)
+    return ck
+
+
 def resume_run(
     manager: CheckpointManager, resume: bool, fp: str, params: dict[str, Any], optimizer: Any, total: int
 ) -> tuple[int, list[dict[str, Any]], float | None, int | None]:
     """Where a run starts: the step, history and untrained held-out loss of the newest good checkpoint
     (weights and optimizer restored) and that step again as the one resumed from; or step 0 and nothing
     (the old checkpoints removed when not resuming)."""
-    if not resume and manager.root.exists():
-        log.warning("resume=False: removing the old checkpoints in %s", manager.root)
-        shutil.rmtree(manager.root)
-    ck = latest_checkpoint(manager, resume=resume)
+    ck = resume_checkpoint(manager, resume, fp, params, optimizer, total)
     if ck is None:
         return 0, [], None, None
-    _resume(ck, fp, params, optimizer)
-    log.info("resuming from %s (step %d of %d)", ck.path, ck.step, total)
     return ck.step, list(ck.state.get("history", [])), ck.state.get("eval_loss_untrained"), ck.step
 
 
@@ -351,7 +366,7 @@ def train_sft(
 
     params = trainable_params(model)
     optimizer = torch.optim.AdamW(list(params.values()), lr=config.learning_rate, weight_decay=0.0)
-    loss_fn = _LossFn(model)
+    loss_fn = TargetLoss(model)
     manager = CheckpointManager(out_dir, keep=config.keep_checkpoints)
 
     step, history, eval_untrained, resumed_from = resume_run(manager, resume, fp, params, optimizer, plan.total)

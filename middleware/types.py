@@ -500,7 +500,8 @@ class PreferencePair(BaseModel):
 
 
 class PromptRecord(BaseModel):
-    """A prompt-only row (evaluation sets): prompt, optional reference answer."""
+    """A prompt-only row (evaluation sets): prompt, optional reference answer (a preference pair row's
+    ``chosen`` where it has no ``reference``)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -509,6 +510,13 @@ class PromptRecord(BaseModel):
     source: str | None = None
 
     _prompt = field_validator("prompt", mode="before")(PreferencePair._prompt.__func__)  # type: ignore[attr-defined]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _chosen_as_reference(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("reference") is None and isinstance(data.get("chosen"), str):
+            return {**data, "reference": data["chosen"]}
+        return data
 
     @model_validator(mode="after")
     def _last_is_user(self) -> "PromptRecord":
@@ -536,29 +544,35 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                 raise InputError(f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
 
 
-def _load(path: "str | os.PathLike[str]", model: type[BaseModel], limit: int | None) -> list[Any]:
+def _load(path: "str | os.PathLike[str]", model: type[BaseModel], limit: int | None, skipped: list[str] | None = None) -> list[Any]:
     path = Path(path)
     if limit is not None and limit < 1:
         raise InputError(f"limit must be at least 1, got {limit}")
     rows = []
     for lineno, obj in _iter_jsonl(path):
-        if not isinstance(obj, dict):
-            raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        try:
-            rows.append(model.model_validate(obj))
-        except ValidationError as e:
-            raise InputError(f"{path}:{lineno}: {_first_error(e)}") from None
+        problem = f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}" if not isinstance(obj, dict) else None
+        if problem is None:
+            try:
+                rows.append(model.model_validate(obj))
+            except ValidationError as e:
+                problem = f"{path}:{lineno}: {_first_error(e)}"
+        if problem is not None:
+            if skipped is None:
+                raise InputError(problem)
+            skipped.append(problem)
         if limit is not None and len(rows) >= limit:
             break
     return rows
 
 
-def load_pairs(path: "str | os.PathLike[str]", limit: int | None = None) -> list[PreferencePair]:
+def load_pairs(path: "str | os.PathLike[str]", limit: int | None = None, *, skipped: list[str] | None = None) -> list[PreferencePair]:
     """Read preference pairs from a JSONL file.
 
-    Raises ``InputError`` naming ``file:line: field: problem`` for the first bad row.
+    Raises ``InputError`` naming ``file:line: field: problem`` for the first bad row; with a ``skipped``
+    list, bad rows (valid JSON that is not a pair, e.g. a ``chosen`` that is ``true``) are left out and
+    their problems appended to it instead (a line that is not JSON still raises).
     """
-    return _load(path, PreferencePair, limit)
+    return _load(path, PreferencePair, limit, skipped)
 
 
 def load_prompts(path: str | Path, limit: int | None = None) -> list[PromptRecord]:

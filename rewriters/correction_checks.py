@@ -1,6 +1,6 @@
 """The response corrector's safeguards: the rules a correction must pass to replace the LLM's answer
 (:func:`check_correction`, settings in :class:`CorrectionCheck`), among them the generation-loop
-detector :func:`degeneration`.
+detector :func:`degeneration` and the harmful-term check of :mod:`rewriters.harm_terms`.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+from .harm_terms import extra_terms, introduced_harm
 from .text import norm_words
 
 __all__ = ["CorrectionCheck", "degeneration", "check_correction"]
@@ -22,7 +23,9 @@ _LOOP = re.compile(r"(.{4,80}?)\1{3,}", re.DOTALL)
 
 @dataclass(frozen=True)
 class CorrectionCheck:
-    """The safeguard settings of a corrector (see :func:`check_correction`)."""
+    """The safeguard settings of a corrector (see :func:`check_correction`). ``extra_harm_terms``: terms
+    (words of up to three, or digests from :func:`rewriters.harm_terms.harm_digest`) that a correction
+    must not add, besides the built-in list."""
 
     reject_truncated: bool = True
     check_degenerate: bool = True
@@ -34,6 +37,11 @@ class CorrectionCheck:
     check_dropped_tail: bool = True
     dropped_tail_ratio: float = 0.5
     check_template_leak: bool = True
+    check_introduced_harm: bool = True
+    extra_harm_terms: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "extra_harm_terms", extra_terms(self.extra_harm_terms))
 
 
 def degeneration(text: str, reference: str = "", check: CorrectionCheck = CorrectionCheck()) -> str | None:
@@ -77,24 +85,37 @@ def degeneration(text: str, reference: str = "", check: CorrectionCheck = Correc
 
 
 def check_correction(
-    original: str, correction: str, *, finish_reason: str = "stop", check: CorrectionCheck = CorrectionCheck()
+    original: str,
+    correction: str,
+    *,
+    finish_reason: str = "stop",
+    check: CorrectionCheck = CorrectionCheck(),
+    context: str = "",
 ) -> str | None:
-    """Why ``correction`` must not replace ``original``, or ``None`` when it may.
+    """Why ``correction`` must not replace ``original``, or ``None`` when it may. ``context``: the rest
+    of the corrector's input (the question, earlier parts of the answer), for the harmful-term rule.
 
     Rules, in order:
 
     1. ``empty``: nothing but whitespace.
-    2. ``truncated``: the generation stopped at the token limit (``finish_reason == "length"``): its end
+    2. ``introduced harm``: it contains a harmful term (a slur; see :mod:`rewriters.harm_terms`) that
+       neither ``original`` nor ``context`` contains (``check_introduced_harm``): quoting the user is
+       not adding.
+    3. ``truncated``: the generation stopped at the token limit (``finish_reason == "length"``): its end
        is missing, and a cut answer is worse than the original.
-    3. ``template leak``: it contains a marker of the prompt template (``ASSISTANT:``, ``##Question:``...)
+    4. ``template leak``: it contains a marker of the prompt template (``ASSISTANT:``, ``##Question:``...)
        that the original does not.
-    4. ``degenerate``: a repetition loop (:func:`degeneration`).
-    5. ``dropped tail``: it is a beginning of the original, less than ``dropped_tail_ratio`` of its
+    5. ``degenerate``: a repetition loop (:func:`degeneration`).
+    6. ``dropped tail``: it is a beginning of the original, less than ``dropped_tail_ratio`` of its
        length (the model copied the answer and stopped early). A much shorter correction that is *not*
        a copy, such as a refusal replacing a harmful answer, is allowed.
     """
     if not correction.strip():
         return "empty correction"
+    if check.check_introduced_harm:
+        reason = introduced_harm(correction, f"{context}\n{original}", check.extra_harm_terms)
+        if reason:
+            return f"correction {reason}"
     if check.reject_truncated and finish_reason == "length":
         return "correction cut off at the token limit"
     if check.check_template_leak:

@@ -4,7 +4,8 @@ The prompt rewriter and the response corrector both run their trained model thro
 on a ``SharedBase`` (or none, or a full released checkpoint), batched with left padding, or streamed,
 with the decode loop of ``middleware.decoding``. The adapter folder layout and its manifest are
 described in ``middleware.adapters``; what is rewriter-specific in them (the kinds, the template a
-checkpoint was trained with) is read here.
+checkpoint was trained with) is read here. ``StageGenerator`` is what a stage needs of such a model;
+``rewriters.remote_generator.RemoteGenerator`` is the other kind: the same adapter served by an engine.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal, Protocol, Sequence
 
 from middleware.adapters import MANIFEST, adapter_base, read_manifest, verify_adapter
 from middleware.decoding import REPLACEMENT_CHAR, Decoder, Row, check_sampling
@@ -28,7 +29,7 @@ log = logging.getLogger("alignware")
 
 KINDS = ("rewriter", "corrector")
 
-__all__ = ["Generation", "KINDS", "TextGenerator"]
+__all__ = ["Generation", "KINDS", "StageGenerator", "TextGenerator", "checkpoint_template", "decoding_params"]
 
 
 @dataclass
@@ -53,6 +54,31 @@ def _adapter_name(kind: str, folder: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", f"{kind}-{folder.name}")[:60] + f"-{digest}"
 
 
+class StageGenerator(Protocol):
+    """What a text-to-text stage needs of its model: a ``TextGenerator`` (local) or a
+    ``rewriters.remote_generator.RemoteGenerator`` (an adapter served by an inference engine).
+
+    ``template`` and ``manifest`` (its ``generation`` defaults) are the checkpoint's; ``generate_ex``
+    continues rendered template texts; ``count_tokens`` sizes a chunked correction's token limit.
+    """
+
+    template: Template
+    manifest: dict[str, Any]
+
+    def generate_ex(
+        self,
+        texts: str | Sequence[str],
+        *,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        batch_size: int = 8,
+    ) -> list[Generation]: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+
 def _template_from_manifest(manifest: dict[str, Any], where: Path) -> Template:
     name = manifest.get("template")
     spec = manifest.get("template_spec")
@@ -69,6 +95,33 @@ def _template_from_manifest(manifest: dict[str, Any], where: Path) -> Template:
     if not name:
         raise CheckpointError(f"{where / MANIFEST}: no template recorded")
     return get_template(name)
+
+
+def checkpoint_template(folder: Path, manifest: dict[str, Any], template: "str | Template | None", kind: str | None) -> Template:
+    """The template of the adapter in ``folder``: ``template`` if given, else the one its manifest
+    records, else the ``kind``'s published one; ``InputError`` when none of them says."""
+    if template is not None:
+        return get_template(template)
+    if manifest.get("template") or manifest.get("template_spec"):
+        return _template_from_manifest(manifest, folder)
+    if kind:
+        return get_template(DEFAULT_TEMPLATES[kind])
+    raise InputError(f"{folder} has no {MANIFEST}: pass template=... or kind='rewriter'|'corrector'")
+
+
+def decoding_params(
+    manifest: dict[str, Any], max_new_tokens: int | None, temperature: float | None, top_p: float | None
+) -> tuple[int, float, float]:
+    """``(max_new_tokens, temperature, top_p)``: the given values, else the manifest's ``generation``
+    defaults, else 256 new tokens, greedy; ``InputError`` for values out of range."""
+    g = manifest.get("generation") or {}
+    mnt = int(max_new_tokens if max_new_tokens is not None else g.get("max_new_tokens", 256))
+    temp = float(temperature if temperature is not None else g.get("temperature", 0.0) or 0.0)
+    tp = float(top_p if top_p is not None else g.get("top_p", 1.0) or 1.0)
+    if mnt < 1:
+        raise InputError(f"max_new_tokens must be at least 1, got {mnt}")
+    check_sampling(temp, None, tp)
+    return mnt, temp, tp
 
 
 class TextGenerator:
@@ -169,14 +222,7 @@ class TextGenerator:
             named = manifest.get("base_model")
             if named and named != shared.base_model:
                 log.warning("%s was trained on %s; loading it onto %s", folder, named, shared.base_model)
-            if template is not None:
-                tmpl = get_template(template)
-            elif manifest.get("template") or manifest.get("template_spec"):
-                tmpl = _template_from_manifest(manifest, folder)
-            elif kind:
-                tmpl = get_template(DEFAULT_TEMPLATES[kind])
-            else:
-                raise InputError(f"{folder} has no {MANIFEST}: pass template=... or kind='rewriter'|'corrector'")
+            tmpl = checkpoint_template(folder, manifest, template, kind)
             verify_adapter(folder, manifest)
             name = adapter_name or _adapter_name(kind or "adapter", folder)
             shared.add_adapter(name, folder)
@@ -216,15 +262,12 @@ class TextGenerator:
         """``self.template.render(**values)``."""
         return self.template.render(**values)
 
+    def count_tokens(self, text: str) -> int:
+        """The tokens of ``text`` (no special tokens added)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def _params(self, max_new_tokens: int | None, temperature: float | None, top_p: float | None) -> tuple[int, float, float]:
-        g = self.manifest.get("generation") or {}
-        mnt = int(max_new_tokens if max_new_tokens is not None else g.get("max_new_tokens", 256))
-        temp = float(temperature if temperature is not None else g.get("temperature", 0.0) or 0.0)
-        tp = float(top_p if top_p is not None else g.get("top_p", 1.0) or 1.0)
-        if mnt < 1:
-            raise InputError(f"max_new_tokens must be at least 1, got {mnt}")
-        check_sampling(temp, None, tp)
-        return mnt, temp, tp
+        return decoding_params(self.manifest, max_new_tokens, temperature, top_p)
 
     def _encode(self, texts: Sequence[str]) -> list[list[int]]:
         out = []

@@ -45,7 +45,7 @@ class PromptRewriter(TextStage, PromptStage):
         check: the safeguard settings (:class:`RewriteCheck`).
         name, on_error, timeout, skip_if: the stage settings (see ``middleware.stages.Stage``).
 
-    Config keys besides ``mode``, ``path``, ``llm``, ``base``, ``llm_options``: ``template``,
+    Config keys besides ``mode``, ``path``, ``llm``, ``base``, ``llm_options``, ``remote``: ``template``,
     ``temperature``, ``top_p``, ``max_new_tokens``, ``seed``, ``min_ratio``, ``max_ratio``,
     ``slack_words``, ``min_key_overlap``, ``check_answer`` (and the other :class:`RewriteCheck` fields),
     ``name``, ``on_error``, ``timeout``, ``skip_if`` (``"title_requests"``).

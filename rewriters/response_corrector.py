@@ -16,9 +16,10 @@ line, in order, ending with the last user message. System messages are left out 
 assistant, they are not part of the exchange being edited). The training data
 (:mod:`rewriters.corrector_data`) is flattened the same way.
 
-**Safeguards.** A correction that fails :func:`rewriters.correction_checks.check_correction` (empty, cut
-at the token limit, degenerate, a copy of the answer that stops early, a leak of the prompt template) is
-dropped and the original answer kept, with the reason in the stage's trace.
+**Safeguards.** A correction that fails :func:`rewriters.correction_checks.check_correction` (empty, a
+harmful term such as a slur that neither the question nor the answer has, cut at the token limit,
+degenerate, a copy of the answer that stops early, a leak of the prompt template) is dropped and the
+original answer kept, with the reason in the stage's trace.
 
 **Streaming.** ``streaming="buffer"`` collects the whole answer, corrects it, then yields the checked
 correction. ``streaming="chunked"`` cuts the answer into sentence groups
@@ -47,7 +48,7 @@ from middleware.threads import in_thread
 from middleware.types import ChatRequest, ChatResponse
 
 from .correction_checks import CorrectionCheck, check_correction
-from .generator import TextGenerator
+from .generator import StageGenerator
 from .sentences import ChunkSplitter, flatten_question, split_chunks
 from .stage import Generated, TextStage
 from .templates import Template
@@ -118,7 +119,7 @@ class ResponseCorrector(TextStage, ResponseStage):
         check: the safeguard settings (:class:`CorrectionCheck`).
         name, on_error, timeout, skip_if: the stage settings (see ``middleware.stages.Stage``).
 
-    Config keys besides ``mode``, ``path``, ``llm``, ``base``, ``llm_options``: ``template``,
+    Config keys besides ``mode``, ``path``, ``llm``, ``base``, ``llm_options``, ``remote``: ``template``,
     ``streaming``, ``temperature``, ``top_p``, ``max_new_tokens``, ``chunk_min_chars``,
     ``context_chunks``, ``chunk_max_new_tokens``, ``seed``, the :class:`CorrectionCheck` fields,
     ``name``, ``on_error``, ``timeout``, ``skip_if`` (``"title_requests"``).
@@ -140,7 +141,7 @@ class ResponseCorrector(TextStage, ResponseStage):
 
     def __init__(
         self,
-        generator: TextGenerator | None = None,
+        generator: StageGenerator | None = None,
         *,
         llm: LLM | None = None,
         template: "str | Template | None" = None,
@@ -201,7 +202,7 @@ class ResponseCorrector(TextStage, ResponseStage):
         if self.chunk_max_new_tokens is not None:
             limit = self.chunk_max_new_tokens
         elif self.generator is not None:
-            limit = 2 * len(self.generator.tokenizer(piece, add_special_tokens=False)["input_ids"]) + 32
+            limit = 2 * self.generator.count_tokens(piece) + 32
         else:
             limit = len(piece) // 2 + 64
         params["max_new_tokens"] = max(1, min(limit, self.params["max_new_tokens"]))
@@ -227,7 +228,7 @@ class ResponseCorrector(TextStage, ResponseStage):
         if not answer.strip():
             return answer, "empty answer: nothing to correct"
         out = self._generate_one(self._whole_prompt(question, answer), self.params, seed)
-        return self._decide(answer, out, "kept the original answer")
+        return self._decide(answer, out, "kept the original answer", question)
 
     def _correct_chunk(self, question: str, state: _ChunkState, piece: str, index: int, seed: int | None) -> tuple[str, str | None]:
         """Correct one group. When the model fails on a group (and ``on_error`` is ``"pass"``), that group
@@ -244,14 +245,19 @@ class ResponseCorrector(TextStage, ResponseStage):
                 state.failed = True
                 text, reason = piece, f"chunk {index + 1}: {type(e).__name__}: {e}; the rest of the answer passes through uncorrected"
             else:
-                text, reason = self._decide(piece, out, f"chunk {index + 1}: kept the original")
+                context = question + "\n" + "".join(state.originals)
+                text, reason = self._decide(piece, out, f"chunk {index + 1}: kept the original", context)
         state.originals.append(piece)
         state.corrected.append(text)
         return text, reason
 
-    def _decide(self, original: str, out: Generated, label: str) -> tuple[str, str | None]:
+    def _decide(self, original: str, out: Generated, label: str, context: str) -> tuple[str, str | None]:
+        """The correction, or the original and why; ``context``: the rest of the input (the question,
+        earlier groups), whose harmful terms a correction may repeat."""
         correction = out.text.strip()
-        reason = check_correction(original.strip(), correction, finish_reason=out.finish_reason, check=self.check)
+        reason = check_correction(
+            original.strip(), correction, finish_reason=out.finish_reason, check=self.check, context=context
+        )
         if reason is not None:
             return original, f"{label}: {reason}"
         return _with_spacing(correction, original), None
@@ -287,10 +293,11 @@ class ResponseCorrector(TextStage, ResponseStage):
                 with batch_item(i):
                     note("empty answer: nothing to correct")
         if todo:
-            prompts = [self._whole_prompt(flatten_question(requests[i].messages), responses[i].text) for i in todo]
+            questions = {i: flatten_question(requests[i].messages) for i in todo}
+            prompts = [self._whole_prompt(questions[i], responses[i].text) for i in todo]
             outs = self._generate_many(prompts, self.params, seeds.pop())
             for i, o in zip(todo, outs):
-                text, reason = self._decide(responses[i].text, o, "kept the original answer")
+                text, reason = self._decide(responses[i].text, o, "kept the original answer", questions[i])
                 with batch_item(i):
                     if reason:
                         note(reason)

@@ -1,6 +1,6 @@
 """The prompt rewriter's safeguards: what a model wraps around a rewrite (:func:`clean_rewrite`) and the
 rules a rewrite must pass to replace the user's prompt (:func:`check_rewrite`, settings in
-:class:`RewriteCheck`), with BPO's length ratio bounds.
+:class:`RewriteCheck`), with BPO's length ratio bounds and the harmful-term check of :mod:`rewriters.harm_terms`.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .harm_terms import extra_terms, introduced_harm
 from .text import first_word, numbers, stems, words
 
 __all__ = ["BPO_MIN_RATIO", "BPO_MAX_RATIO", "DEFAULT_SLACK_WORDS", "clean_rewrite", "RewriteCheck", "check_rewrite"]
@@ -81,7 +82,9 @@ def clean_rewrite(text: str) -> str:
 
 @dataclass(frozen=True)
 class RewriteCheck:
-    """The safeguard settings of a rewriter (see :func:`check_rewrite`)."""
+    """The safeguard settings of a rewriter (see :func:`check_rewrite`). ``extra_harm_terms``: terms (words
+    of up to three, or digests from :func:`rewriters.harm_terms.harm_digest`) that a rewrite must not add,
+    besides the built-in list."""
 
     min_ratio: float = BPO_MIN_RATIO
     max_ratio: float = BPO_MAX_RATIO
@@ -90,6 +93,11 @@ class RewriteCheck:
     check_answer: bool = True
     keep_numbers: bool = True
     keep_role: bool = True
+    check_introduced_harm: bool = True
+    extra_harm_terms: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "extra_harm_terms", extra_terms(self.extra_harm_terms))
 
 
 def check_rewrite(original: str, rewrite: str, check: RewriteCheck = RewriteCheck()) -> str | None:
@@ -98,21 +106,27 @@ def check_rewrite(original: str, rewrite: str, check: RewriteCheck = RewriteChec
     Rules, in order:
 
     1. ``empty``: nothing left after :func:`clean_rewrite`.
-    2. ``too short``: fewer than ``min_ratio`` × the original's words (BPO: the original may have at most
+    2. ``introduced harm``: it contains a harmful term (a slur; see :mod:`rewriters.harm_terms`) that the
+       original does not (``check_introduced_harm``).
+    3. ``too short``: fewer than ``min_ratio`` × the original's words (BPO: the original may have at most
        twice the words of the rewrite).
-    3. ``too long``: more than ``max(max_ratio × words, words + slack_words)`` words (BPO: at most six
+    4. ``too long``: more than ``max(max_ratio × words, words + slack_words)`` words (BPO: at most six
        times the words; the slack lets a two-word prompt grow into a sentence).
-    4. ``answers the prompt``: the rewrite opens like an answer ("Sure", "Here is", "I'm sorry", "As an
+    5. ``answers the prompt``: the rewrite opens like an answer ("Sure", "Here is", "I'm sorry", "As an
        AI"...) while the original does not open with the same word; or the original is a question and
        the rewrite is a statement (no question mark, no request word such as "explain" or "please").
-    5. ``drops numbers``: a number of the original is missing from the rewrite (``keep_numbers``).
-    6. ``drops the role``: the original sets a role ("As a pirate captain, ...", "Imagine you are ...")
+    6. ``drops numbers``: a number of the original is missing from the rewrite (``keep_numbers``).
+    7. ``drops the role``: the original sets a role ("As a pirate captain, ...", "Imagine you are ...")
        and none of the role's words remain (``keep_role``).
-    7. ``lost the request's key content``: the original has 3+ content words (no stopwords) and fewer than
+    8. ``lost the request's key content``: the original has 3+ content words (no stopwords) and fewer than
        ``min_key_overlap`` of them (compared by their first five letters) remain in the rewrite.
     """
     if not rewrite.strip():
         return "empty rewrite"
+    if check.check_introduced_harm:
+        reason = introduced_harm(rewrite, original, check.extra_harm_terms)
+        if reason:
+            return f"rewrite {reason}"
     n_orig, n_new = len(words(original)), len(words(rewrite))
     if n_orig and n_new < check.min_ratio * n_orig:
         return f"rewrite too short ({n_new} words for a {n_orig}-word prompt)"

@@ -1,11 +1,14 @@
-"""What the prompt rewriter and the response corrector share: a text-to-text stage in one of two modes.
+"""What the prompt rewriter and the response corrector share: a text-to-text stage in one of three modes.
 
 - **model**: a trained text-to-text model behind a ``TextGenerator`` (a LoRA adapter on the embedded
   model, or a released checkpoint folder used unchanged), prompted with its template.
+- **remote**: the same trained adapter served by an inference engine (vLLM's multi-LoRA serving) behind a
+  ``rewriters.remote_generator.RemoteGenerator``: the same rendered template goes to the engine's
+  text-completion API, with the same decoding, safeguards and traces.
 - **prompted**: any ``LLM`` backend (a litellm model string, a local model, the embedded model) given an
   instruction template. No training needed.
 
-:class:`TextStage` holds the two modes, the constructors (``from_pretrained``, ``prompted``,
+:class:`TextStage` holds the modes, the constructors (``from_pretrained``, ``remote``, ``prompted``,
 ``from_config``), the decoding settings, seeds, ``deterministic()`` and the generate helpers. A stage
 subclasses it together with ``PromptStage`` or ``ResponseStage`` and sets the class attributes that
 describe it (its config type, checkpoint kind, default template, safeguard settings class, options).
@@ -24,7 +27,7 @@ from middleware.stages import Stage, is_title_request
 from middleware.shared_base import SharedBase
 from middleware.types import ChatRequest, Message
 
-from .generator import TextGenerator
+from .generator import StageGenerator, TextGenerator
 from .templates import Template, get_template
 
 __all__ = ["TextStage", "Generated", "resolve_llm", "generation_defaults", "llm_request"]
@@ -33,6 +36,8 @@ S = TypeVar("S", bound="TextStage")
 
 #: The keys of a config entry that are settings of every stage (``middleware.stages.Stage``).
 _STAGE_KW = ("name", "on_error", "timeout", "skip_if")
+#: The keys of a config entry's ``remote:`` mapping (``RemoteGenerator``'s settings).
+_REMOTE_KEYS = ("model", "api_base", "api_key", "timeout", "max_retries", "max_concurrency")
 
 
 @dataclass
@@ -90,7 +95,7 @@ def llm_request(content: str, params: dict[str, Any], seed: int | None) -> ChatR
     )
 
 
-def _run_generator(generator: TextGenerator, prompts: list[str], params: dict[str, Any], seed: int | None) -> list[Generated]:
+def _run_generator(generator: StageGenerator, prompts: list[str], params: dict[str, Any], seed: int | None) -> list[Generated]:
     gens = generator.generate_ex(
         prompts,
         max_new_tokens=params["max_new_tokens"],
@@ -117,6 +122,19 @@ def _skip_if(value: Any) -> Callable[[ChatRequest], bool] | None:
     raise InputError(f"skip_if must be a callable or 'title_requests', got {value!r}")
 
 
+def _remote_spec(kind: str, remote: "str | dict[str, Any]") -> dict[str, Any]:
+    """A config entry's ``remote:`` (a model string, or a mapping of ``_REMOTE_KEYS``), checked."""
+    spec = {"model": remote} if isinstance(remote, str) else remote
+    if not isinstance(spec, dict):
+        raise InputError(f"{kind}: remote must be a model string or a mapping with model, api_base, ...; got {type(remote).__name__}")
+    unknown = sorted(set(spec) - set(_REMOTE_KEYS))
+    if unknown:
+        raise InputError(f"{kind}: remote: unknown key(s) {', '.join(map(str, unknown))}; expected {', '.join(_REMOTE_KEYS)}")
+    if not spec.get("model"):
+        raise InputError(f"{kind}: remote needs model (the served adapter, e.g. hosted_vllm/{kind.split('_')[-1]})")
+    return dict(spec)
+
+
 def _stage_template(template: "str | Template | None", generator: Any, default: str, fields: set[str], wanted: str) -> Template:
     """The template a text-to-text stage uses: ``template`` if given, else the generator's own, else
     ``default``; it must take exactly ``fields`` (``wanted`` says so in the error)."""
@@ -132,11 +150,12 @@ def _stage_template(template: "str | Template | None", generator: Any, default: 
 
 
 class TextStage(Stage):
-    """A text-to-text stage in model mode (``generator``) or prompted mode (``llm``); see the module
-    documentation. Subclasses set the class attributes below and add ``PromptStage`` or ``ResponseStage``.
+    """A text-to-text stage in model or remote mode (``generator``) or prompted mode (``llm``); see the
+    module documentation. Subclasses set the class attributes below and add ``PromptStage`` or ``ResponseStage``.
 
     Args:
-        generator: a ``rewriters.generator.TextGenerator`` (model mode).
+        generator: a ``rewriters.generator.TextGenerator`` (model mode) or a
+            ``rewriters.remote_generator.RemoteGenerator`` (remote mode).
         llm: an ``LLM`` backend (prompted mode); exactly one of ``generator`` and ``llm``.
         template: the template name or ``Template``; default: the generator's own, or ``default_template``.
         temperature, top_p, max_new_tokens: decoding; default: the checkpoint's settings, else the
@@ -164,7 +183,7 @@ class TextStage(Stage):
 
     def __init__(
         self,
-        generator: TextGenerator | None = None,
+        generator: StageGenerator | None = None,
         *,
         llm: LLM | None = None,
         template: "str | Template | None" = None,
@@ -183,7 +202,7 @@ class TextStage(Stage):
             raise InputError(f"{type(self).__name__} needs exactly one of generator (model mode) or llm (prompted mode)")
         self.generator = generator
         self.llm = llm
-        self.mode = "model" if generator is not None else "prompted"
+        self.mode = "prompted" if generator is None else "remote" if getattr(generator, "served", False) else "model"
         self.template = _stage_template(
             template, generator, self.default_template, set(self.template_fields), self.template_error
         )
@@ -194,8 +213,9 @@ class TextStage(Stage):
         self.check = check or self.check_type()
 
     def deterministic(self) -> bool:
-        """Greedy decoding (``temperature=0``; in prompted mode, an LLM that reports itself deterministic), no timeout."""
-        if self.params["temperature"] or self.timeout is not None:
+        """Greedy decoding (``temperature=0``; in prompted mode, an LLM that reports itself deterministic), no
+        timeout, and not remote (an engine batching other requests need not answer twice alike)."""
+        if self.params["temperature"] or self.timeout is not None or self.mode == "remote":
             return False
         return self.mode == "model" or self._backend().deterministic(llm_request("", self.params, None))
 
@@ -216,6 +236,40 @@ class TextStage(Stage):
         return cls(gen, **stage_kw)
 
     @classmethod
+    def remote(
+        cls: type[S],
+        model: str,
+        *,
+        path: "str | os.PathLike[str] | None" = None,
+        template: "str | Template | None" = None,
+        api_base: str | None = None,
+        api_key: str | None = None,
+        remote_options: dict[str, Any] | None = None,
+        **stage_kw: Any,
+    ) -> S:
+        """Remote mode: the adapter an inference engine serves as ``model`` (``"hosted_vllm/NAME"``, NAME its
+        ``--lora-modules`` name, at ``api_base``) gets the rendered template through the text-completion API.
+
+        ``template`` is the one the adapter was trained with; without it, ``path`` (the adapter's local
+        folder, or a copy of it) gives it from its manifest, with its decoding defaults. One of the two is
+        needed. ``remote_options``: ``timeout``, ``max_retries``, ``max_concurrency`` and litellm arguments
+        of the ``RemoteGenerator``; ``stage_kw``: the stage's own settings.
+        """
+        from .remote_generator import RemoteGenerator  # imports litellm (seconds): only when remote mode is used
+
+        options: dict[str, Any] = dict(remote_options or {}, api_base=api_base, api_key=api_key, kind=cls.checkpoint_kind)
+        if path is not None:
+            gen = RemoteGenerator.from_folder(path, model, template=template, **options)
+        elif template is not None:
+            gen = RemoteGenerator(model, template=template, **options)
+        else:
+            raise InputError(
+                f"{cls.config_type}: remote mode needs template (the one {model!r} was trained with) or path (the "
+                "adapter's local folder, whose manifest names it)"
+            )
+        return cls(gen, **stage_kw)
+
+    @classmethod
     def prompted(cls: type[S], llm: "LLM | str | None" = "embedded", *, llm_options: dict[str, Any] | None = None, **kw: Any) -> S:
         """Prompted mode: ``llm`` (a backend, a litellm model string such as ``"openai/gpt-4o-mini"``, a
         local model path, or ``"embedded"``) follows the stage's instruction template."""
@@ -230,12 +284,16 @@ class TextStage(Stage):
         llm: str | None = None,
         base: str | None = None,
         llm_options: dict[str, Any] | None = None,
+        remote: "str | dict[str, Any] | None" = None,
         **params: Any,
     ) -> S:
         """Build from a pipeline config entry (``type:`` the class's ``config_type``).
 
-        ``mode``: ``"model"`` (needs ``path``) or ``"prompted"`` (uses ``llm``, default ``"embedded"``);
-        left out, it is ``"model"`` when ``path`` is given, else ``"prompted"``. Other keys: the
+        ``mode``: ``"model"`` (needs ``path``), ``"remote"`` (needs ``remote``: the served adapter's model
+        string, or a mapping with ``model``, ``api_base``, ``api_key``, ``timeout``, ``max_retries``,
+        ``max_concurrency``; and ``template`` or ``path``, the adapter's local folder whose manifest names
+        it) or ``"prompted"`` (uses ``llm``, default ``"embedded"``); left out, it is ``"remote"`` when
+        ``remote`` is given, ``"model"`` when ``path`` is, else ``"prompted"``. Other keys: the
         class's ``config_options``, the fields of its ``check_type``, ``name``, ``on_error``, ``timeout``,
         ``skip_if`` (``"title_requests"``).
         """
@@ -249,7 +307,20 @@ class TextStage(Stage):
             params["skip_if"] = _skip_if(params["skip_if"])
         if check_keys:
             params["check"] = cls.check_type(**check_keys)
-        mode = mode or ("model" if path else "prompted")
+        mode = mode or ("remote" if remote else "model" if path else "prompted")
+        if remote and mode != "remote":
+            raise InputError(f"{kind}: remote applies to mode 'remote'; mode {mode!r} does not use it")
+        if mode == "remote":
+            if not remote:
+                raise InputError(f"{kind}: mode 'remote' needs remote (e.g. {{model: hosted_vllm/NAME, api_base: http://HOST:8000/v1}})")
+            if llm is not None or base is not None:
+                raise InputError(f"{kind}: llm and base do not apply to mode 'remote' (the engine serves the base)")
+            spec = _remote_spec(kind, remote)
+            model = spec.pop("model")
+            return cls.remote(
+                model, path=path, api_base=spec.pop("api_base", None), api_key=spec.pop("api_key", None),
+                remote_options=spec, **params,
+            )
         if mode == "model":
             if not path:
                 raise InputError(f"{kind}: mode 'model' needs path ({cls.checkpoint_description})")
@@ -260,7 +331,7 @@ class TextStage(Stage):
             if path:
                 raise InputError(f"{kind}: path applies to mode 'model'; mode 'prompted' uses llm")
             return cls.prompted(llm or "embedded", llm_options=llm_options, **params)
-        raise InputError(f"{kind}: mode must be 'model' or 'prompted', got {mode!r}")
+        raise InputError(f"{kind}: mode must be 'model', 'remote' or 'prompted', got {mode!r}")
 
     # -- generation ---------------------------------------------------------------------
     def _seed(self, request: ChatRequest | None) -> int | None:
@@ -274,8 +345,8 @@ class TextStage(Stage):
         return self.llm
 
     def _generate_many(self, prompts: Sequence[str], params: dict[str, Any], seed: int | None) -> list[Generated]:
-        """Continue rendered ``prompts``: one batched generation (model mode) or one request each, sent
-        together (prompted mode)."""
+        """Continue rendered ``prompts``: one batched generation (model mode), one text-completion request
+        each (remote mode) or one chat request each (prompted mode), sent together."""
         if self.generator is not None:
             return _run_generator(self.generator, list(prompts), params, seed)
         return _run_llm(self._backend(), list(prompts), params, seed)

@@ -62,3 +62,29 @@ class Coin(PromptStage):
         if random.Random(f"{request.seed}/{request.last_user_message}").random() < 0.5:
             return request.with_last_user_message(request.last_user_message + " Please answer in detail.")
         return request
+
+
+def table_cell(markdown: str, row: str, column: str) -> str:
+    """The cell of a report's first table (the variants') in the row named ``row`` and the column headed ``column``."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| variant | stages |"))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] == row:
+            return cells[header.index(column)]
+    raise KeyError(f"no row {row!r} in the variants' table")
+
+
+def recording_llm(received: list[str], answer=None):
+    """A FunctionLLM that records the last user message of every request it answers (``answer`` makes the
+    reply from it; by default the echo)."""
+    from middleware.llm import FunctionLLM
+
+    def fn(messages: list[dict]) -> str:
+        received.append(messages[-1]["content"])
+        return answer(messages[-1]["content"]) if answer else echo(messages)
+
+    return FunctionLLM(fn)

@@ -1,10 +1,13 @@
-"""A local OpenAI-compatible chat-completions server on 127.0.0.1, for tests that need a real upstream.
+"""A local OpenAI-compatible server on 127.0.0.1, for tests that need a real upstream.
 
 ``FakeOpenAI`` holds scripted replies per model name (statuses, headers, texts, broken streams, tool
 calls) and records every request body. It answers as the real API shapes its replies: ``n`` choices
 (choice ``i > 0`` says ``TEXT (i+1)`` unless ``texts`` is scripted), ``logprobs`` (one entry per piece of
 4 characters, ``top_logprobs`` alternatives each), tool calls (``content: null``; streamed as OpenAI
-does: the id and name first, then the arguments in pieces, ``finish_reason: "tool_calls"``); ``serve_fake()`` runs it on a free loopback port with the standard library's threaded
+does: the id and name first, then the arguments in pieces, ``finish_reason: "tool_calls"``). It also
+answers the text-completion API (``/v1/completions``, as vLLM serves it: ``prompt`` in, ``choices[].text``
+out, ``finish_reason`` ``"stop"`` or, scripted with ``cut()``, ``"length"``); ``paths`` records the path of
+every request. ``serve_fake()`` runs it on a free loopback port with the standard library's threaded
 HTTP server. Tests import the ``fake_upstream`` fixture from ``conftest.py`` (module-scoped server, cleared
 per test).
 """
@@ -26,6 +29,7 @@ class FakeOpenAI:
         self.scripts: dict[str, list[dict[str, Any]]] = {}
         self.requests: list[dict[str, Any]] = []
         self.auth: list[str | None] = []  # each request's Authorization header
+        self.paths: list[str] = []  # each request's path (/v1/chat/completions, /v1/completions)
         self.lock = threading.Lock()
         self.base = ""
 
@@ -40,7 +44,8 @@ class FakeOpenAI:
             self.requests.append(body)
             queue = self.scripts.get(body["model"])
             if not queue:
-                return {"status": 200, "text": "echo: " + _text(body["messages"][-1]["content"])}
+                said = body["messages"][-1]["content"] if "messages" in body else body.get("prompt")
+                return {"status": 200, "text": "echo: " + _text(said)}
             return queue.pop(0) if len(queue) > 1 else queue[0]
 
 
@@ -52,6 +57,16 @@ def _text(content: Any) -> str:
 
 def ok(text: str) -> dict[str, Any]:
     return {"status": 200, "text": text}
+
+
+def cut(text: str) -> dict[str, Any]:
+    """A scripted reply cut at the token limit (``finish_reason: "length"``)."""
+    return {"status": 200, "text": text, "finish_reason": "length"}
+
+
+def slow(seconds: float, text: str) -> dict[str, Any]:
+    """A scripted reply sent after ``seconds`` of silence (no byte before it: a read timeout fires)."""
+    return {"status": 200, "text": text, "delay": seconds}
 
 
 def tool_call(name: str, arguments: str, call_id: str = "call_1") -> dict[str, Any]:
@@ -99,7 +114,10 @@ def make_handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
             self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up first (a slow() reply)
+                pass
 
         def _event(self, payload: Any) -> None:
             data = payload if isinstance(payload, str) else json.dumps(payload)
@@ -109,8 +127,11 @@ def make_handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             fake.auth.append(self.headers.get("Authorization"))
+            fake.paths.append(self.path)
             reply = fake.next_reply(body)
             model = body["model"]
+            if reply.get("delay"):
+                time.sleep(reply["delay"])
             if reply["status"] != 200:
                 error = {"message": reply["message"], "type": "test_error", "code": reply["status"]}
                 self._json(reply["status"], {"error": error}, reply.get("headers"))
@@ -140,6 +161,9 @@ def make_handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
                 self.wfile.write(reply["raw_stream"].encode())
                 return
+            if self.path.rstrip("/").endswith("/completions") and "/chat/" not in self.path:
+                self._text_completion(body, reply)
+                return
             text = reply["text"]
             n = body.get("n") or 1
             texts = reply.get("texts") or [text] + [f"{text} ({i + 1})" for i in range(1, n)]
@@ -147,7 +171,7 @@ def make_handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             top = body.get("top_logprobs") or 0
             words = sum(len(t.split()) for t in texts)
             usage = {"prompt_tokens": 5, "completion_tokens": words, "total_tokens": 5 + words}
-            finish = "tool_calls" if calls else "stop"
+            finish = reply.get("finish_reason") or ("tool_calls" if calls else "stop")
             if not body.get("stream"):
                 choices = []
                 for i, t in enumerate(texts):
@@ -183,6 +207,16 @@ def make_handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 self._event({**base, "choices": [], "usage": usage})
             self._event("[DONE]")
 
+        def _text_completion(self, body: dict[str, Any], reply: dict[str, Any]) -> None:
+            """A ``text_completion`` answer, as vLLM's ``/v1/completions`` gives it (one choice, not streamed)."""
+            text = reply["text"]
+            words = len(text.split())
+            self._json(200, {
+                "id": "cmpl-test", "object": "text_completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "text": text, "finish_reason": reply.get("finish_reason", "stop"), "logprobs": None}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": words, "total_tokens": 5 + words},
+            })
+
     return Handler
 
 
@@ -209,4 +243,5 @@ def cleared(fake: FakeOpenAI) -> FakeOpenAI:
         fake.scripts.clear()
         fake.requests.clear()
         fake.auth.clear()
+        fake.paths.clear()
     return fake

@@ -49,14 +49,14 @@ def test_held_out_pairs_are_not_trained_on_in_the_warm_up(
     examples, warmup = build_corrector_data(pairs)
     # record the target tokens of every batch the trainer scores: training batches vs held-out evaluation
     seen: dict[str, set[tuple[int, ...]]] = {"train": set(), "eval": set()}
-    real = sft._LossFn.__call__
+    real = sft.TargetLoss.__call__
 
     def recording(self, batch):
         for labels in batch["labels"]:
             seen["train" if self.model.training else "eval"].add(tuple(labels[labels != -100].tolist()))
         return real(self, batch)
 
-    monkeypatch.setattr(sft._LossFn, "__call__", recording)
+    monkeypatch.setattr(sft.TargetLoss, "__call__", recording)
     cfg = SFTConfig(
         base_model=str(tiny_model_dir), kind="corrector", template="aligner-v1.0", lora_r=2, lora_alpha=4,
         batch_size=4, epochs=1, warmup_epochs=1, eval_fraction=0.3, save_every=100, eval_every=100,

@@ -140,8 +140,9 @@ def test_repeats_generate_a_deterministic_plain_answer_once() -> None:
         calls.clear()
         pipe = Pipeline(FunctionLLM(counting, deterministic=deterministic), [Coin()])
         report = evaluate_pipeline(pipe, PROMPTS, LengthJudge(), seed=1, repeats=k, progress=False, per_stage=False)
-        # the stage variant always runs k times; the plain one once when the LLM says it is deterministic
-        assert len(calls) == (plain_calls + k) * len(PROMPTS)
+        # the stage variant always runs k times; the plain one once when the LLM says it is deterministic;
+        # the safety-suffix control once whatever the LLM says
+        assert len(calls) == (plain_calls + k + 1) * len(PROMPTS)
         for smp in report.samples:
             runs = smp["answers"]["plain"]["runs"]
             assert len(runs) == k and {r["text"] for r in runs} == {echo([{"content": smp["prompt"][0]["content"]}])}
@@ -150,11 +151,11 @@ def test_repeats_generate_a_deterministic_plain_answer_once() -> None:
     calls.clear()
     report = evaluate_pipeline(Pipeline(FunctionLLM(counting, deterministic=True), [IdentityPromptStage()]), PROMPTS, LengthJudge(),
                                repeats=k, progress=False, per_stage=False)
-    assert len(calls) == 2 * len(PROMPTS) and report.variant("pipeline").stage_stats[0].passed == k * len(PROMPTS)
+    assert len(calls) == 3 * len(PROMPTS) and report.variant("pipeline").stage_stats[0].passed == k * len(PROMPTS)
     # one repeat: no difference
     calls.clear()
     evaluate_pipeline(Pipeline(FunctionLLM(counting, deterministic=True), [Coin()]), PROMPTS, LengthJudge(), repeats=1, progress=False, per_stage=False)
-    assert len(calls) == 2 * len(PROMPTS)
+    assert len(calls) == 3 * len(PROMPTS)
 
 
 def test_local_backend_is_deterministic_only_when_greedy(tiny_model_dir: Path) -> None:

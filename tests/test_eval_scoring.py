@@ -23,7 +23,8 @@ def test_first_sentence_control_and_answer_lengths() -> None:
 
     pipe = Pipeline(FunctionLLM(two_sentences), [Longer()])
     report = evaluate_pipeline(pipe, PROMPTS, LengthJudge(), progress=False, per_stage=False)
-    (control,) = report.controls
+    control, suffix = report.controls  # every report also carries the safety-suffix control
+    assert suffix.name == "control: safety suffix"
     # the length judge prefers the full answer to its first sentence: the control loses every time
     assert control.name == "control: first sentence" and (control.wins, control.ties, control.losses) == (0, 0, 4)
     assert control.mean_words == 1 and report.plain_mean_words == 8

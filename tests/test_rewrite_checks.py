@@ -1,4 +1,5 @@
-"""The prompt rewriter's safeguards: ``clean_rewrite`` and the rules of ``check_rewrite``."""
+"""The prompt rewriter's safeguards: ``clean_rewrite`` and the rules of ``check_rewrite``, and the
+harmful-term rule through the rewriter stage."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from middleware.errors import InputError
+from middleware.pipeline import Pipeline
+from rewriters.prompt_rewriter import PromptRewriter
 from rewriters.rewrite_checks import RewriteCheck, check_rewrite, clean_rewrite
-from text_stage_fakes import PROMPT
+from text_stage_fakes import PROMPT, FixedLLM, echo_llm, received
 
 
 def test_a_prompt_that_itself_opens_like_an_answer_may_keep_its_opening() -> None:
@@ -79,3 +83,32 @@ def test_details_kept_in_another_form_pass() -> None:
         "You are a pirate captain. Write a rousing speech that motivates your crew to find the treasure.",
     ) is None
     assert check_rewrite("Summarize it in 1-2 sentences.", "Summarize it in 2 sentences.", RewriteCheck(keep_numbers=False)) is None
+
+
+# -- harmful terms a rewrite adds -----------------------------------------------------------------------
+TERM = "zorblax"  # a made-up word, listed as an extra harmful term
+CHECK = RewriteCheck(extra_harm_terms=(TERM,))
+
+
+def test_a_rewrite_may_not_add_a_harmful_term() -> None:
+    rewrite = "Explain how photosynthesis works in plants, and why a z-o-r-b-l-a-x would not understand it."
+    assert check_rewrite(PROMPT, rewrite) is None  # not in the built-in list
+    assert (check_rewrite(PROMPT, rewrite, CHECK) or "").startswith("rewrite adds a listed harmful term ('z")
+    assert check_rewrite(PROMPT, rewrite, RewriteCheck(extra_harm_terms=(TERM,), check_introduced_harm=False)) is None
+    with pytest.raises(InputError, match="extra_harm_terms"):
+        RewriteCheck(extra_harm_terms=TERM)  # type: ignore[arg-type]
+
+
+def test_a_rewrite_may_keep_a_term_the_prompt_has() -> None:
+    original = f"Why is {TERM} an insult?"
+    assert check_rewrite(original, f"Explain why the word '{TERM}' is considered an insult.", CHECK) is None
+
+
+def test_the_rewriter_keeps_the_original_prompt_when_its_rewrite_adds_a_harmful_term() -> None:
+    rewrite = f"Explain in detail how photosynthesis works in plants, {TERM} style."
+    resp = Pipeline(echo_llm(), [PromptRewriter.prompted(FixedLLM(rewrite), check=CHECK)]).chat(PROMPT)
+    assert received(resp)[-1]["content"] == PROMPT
+    assert resp.trace[0].verdict == "passed"
+    assert resp.trace[0].reason == "kept the original prompt: rewrite adds a listed harmful term ('z******') that its input does not have"
+    resp = Pipeline(echo_llm(), [PromptRewriter.prompted(FixedLLM(rewrite))]).chat(PROMPT)
+    assert received(resp)[-1]["content"] == rewrite  # without the extra term, the rewrite passes

@@ -190,7 +190,7 @@ def test_ctrl_c_during_a_forward_pass_resumes_to_the_uninterrupted_weights(
     cfg = _config(tiny_model_dir, lora_dropout=0.1)  # dropout draws random masks in every forward pass
     full = train_sft(_examples(), cfg, tmp_path / "full", progress=False)
 
-    real = sft._LossFn.__call__
+    real = sft.TargetLoss.__call__
     calls = {"train": 0}
 
     def forward_then_ctrl_c(self, batch):
@@ -201,9 +201,9 @@ def test_ctrl_c_during_a_forward_pass_resumes_to_the_uninterrupted_weights(
                 raise KeyboardInterrupt  # Ctrl-C in step 6, before its update
         return out
 
-    monkeypatch.setattr(sft._LossFn, "__call__", forward_then_ctrl_c)
+    monkeypatch.setattr(sft.TargetLoss, "__call__", forward_then_ctrl_c)
     cut = train_sft(_examples(), cfg, tmp_path / "cut", progress=False)
-    monkeypatch.setattr(sft._LossFn, "__call__", real)
+    monkeypatch.setattr(sft.TargetLoss, "__call__", real)
     assert cut.interrupted and cut.steps == 5
     assert CheckpointManager(tmp_path / "cut").latest().name == "step-0000005"
 

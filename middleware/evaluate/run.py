@@ -1,5 +1,5 @@
-"""Running an evaluation: the plain answer, each stage alone and the whole chain generated for every
-prompt (with repeats and seeds), then handed to the scoring."""
+"""Running an evaluation: the plain answer, each stage alone, the whole chain and the safety-suffix
+control generated for every prompt (with repeats and seeds), then handed to the scoring."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from ..llm import LLM
 from ..pipeline import Pipeline
 from ..stages import Stage
 from ..types import ChatResponse, Message, MessagesLike, PreferencePair, PromptRecord, StageTrace, load_prompts, to_messages
-from .judges import JudgeLike, judge_name, load_judge
+from .controls import SAFETY_CONTROL, safety_suffix_stage
+from .judges import JudgeLike, load_panel
 from .report import CHAIN, PLAIN, EvalReport, StageStats
 from .scoring import judge_answers
 from .stats import DEFAULT_EPSILON
@@ -26,8 +27,16 @@ PipelineLike = Union[Pipeline, PipelineConfig, dict, str, Path]
 PromptsLike = Union[str, Path, Sequence[Union[PromptRecord, PreferencePair, MessagesLike]]]
 
 
-def _prompt_list(prompts: PromptsLike, limit: int | None) -> tuple[list[list[Message]], list[str | None]]:
-    """The conversations to answer, and each one's ``source`` (``None`` where the row has none)."""
+def _reference(row: Any) -> str | None:
+    """A row's reference answer: a prompt row's ``reference``, a preference pair's (else its ``chosen``)."""
+    if isinstance(row, PreferencePair):
+        return row.reference if row.reference is not None else row.chosen
+    return row.reference if isinstance(row, PromptRecord) else None
+
+
+def _prompt_list(prompts: PromptsLike, limit: int | None) -> tuple[list[list[Message]], list[str | None], list[str | None]]:
+    """The conversations to answer, each one's ``source`` and its reference answer (``None`` where the
+    row has none)."""
     if limit is not None and limit < 1:
         raise InputError(f"limit must be at least 1, got {limit}")
     if isinstance(prompts, (str, Path)):
@@ -36,14 +45,15 @@ def _prompt_list(prompts: PromptsLike, limit: int | None) -> tuple[list[list[Mes
             raise InputError(f"{prompts}: no prompts")
     else:
         rows = list(prompts)[:limit] if limit is not None else list(prompts)
-    out, sources = [], []
+    out, sources, references = [], [], []
     for i, r in enumerate(rows):
         msgs = r.prompt if isinstance(r, (PromptRecord, PreferencePair)) else to_messages(r)
         if not msgs or msgs[-1].role != "user":
             raise InputError(f"prompts[{i}]: the last message must be the user's")
         out.append(list(msgs))
         sources.append(getattr(r, "source", None))
-    return out, sources
+        references.append(_reference(r))
+    return out, sources, references
 
 
 def _parts(config: PipelineLike, llm: LLM | None) -> tuple[LLM, list[Stage], dict[str, Any], str]:
@@ -144,7 +154,7 @@ def _variant_names(stages: Sequence[Stage]) -> list[str]:
 def evaluate_pipeline(
     config: PipelineLike,
     prompts: PromptsLike,
-    judge: JudgeLike,
+    judge: "JudgeLike | Sequence[JudgeLike]",
     *,
     limit: int | None = None,
     seed: int = 0,
@@ -156,14 +166,20 @@ def evaluate_pipeline(
     threads: int = 1,
     control: bool = True,
     repeats: int = 1,
+    judge_pairs: "str | Path | Sequence[PreferencePair] | None" = None,
 ) -> EvalReport:
-    """Judge each stage alone and the whole chain against the plain answer.
+    """Judge each stage alone and the whole chain against the plain answer, under one judge or several.
 
     Args:
         config: a ``Pipeline``, a ``PipelineConfig``, a config dict, or a YAML/JSON config file.
         prompts: a prompts file (prompt-only or pair rows), or a list of prompts (strings, message lists,
-            ``PromptRecord``s or ``PreferencePair``s).
-        judge: a reward model folder, or any object with ``score_batch([(prompt, response), ...])``.
+            ``PromptRecord``s or ``PreferencePair``s). A row's ``reference`` (a pair's ``chosen`` where it
+            has none) is the reference answer the report measures similarity to.
+        judge: a reward model folder, or any object with ``score_batch([(prompt, response), ...])``, or a list
+            of them: every judge scores the same answers (generated once), and the report gives each one's
+            verdicts (``EvalReport.judges``); the first one's are the rows' own (``variants``, ``controls``).
+        judge_pairs: labelled preference pairs (a file or a list) to measure each judge's pairwise accuracy
+            on; without them a judge shows the held-out accuracy its training recorded, if any.
         limit: use the first N prompts.
         seed: seeds every request (``ChatRequest.seed``) and the global RNGs before each variant.
         repeats: run every variant this many times per prompt (seeds ``seed`` … ``seed+repeats-1``) and
@@ -175,20 +191,22 @@ def evaluate_pipeline(
         epsilon: rewards closer than this count as a tie.
         llm: use this LLM instead of the config's (the plain answer comes from it too).
         per_stage: also run each stage alone (otherwise only the whole chain).
-        control: also judge the ``first sentence`` control (each plain answer cut to its first sentence;
-            no generation), which shows how much a judge rewards mere brevity.
+        control: also judge the two controls (``controls``): ``first sentence`` (each plain answer cut to its
+            first sentence; no generation), which shows how much a judge rewards mere brevity, and ``safety
+            suffix`` (the plain LLM answering the prompt with ``SAFETY_SENTENCE`` appended; generated once per
+            prompt with the first seed, whatever ``repeats``), the baseline a prompt rewriter has to beat.
         threads: torch CPU threads while generating. 1 (the default) suits small batches and a machine
             other jobs share; on an idle machine, large batches run faster with one thread per core.
     """
     from tqdm.auto import tqdm
 
     the_llm, stages, defaults, desc = _parts(config, llm)
-    judge_obj = load_judge(judge)
-    msgs, sources = _prompt_list(prompts, limit)
+    msgs, sources, references = _prompt_list(prompts, limit)
     if not msgs:
         raise InputError("no prompts to evaluate")
     if repeats < 1:
         raise InputError(f"repeats must be 1 or more, got {repeats!r}")
+    panel = load_panel(judge, judge_pairs, progress=progress)
     params: dict[str, Any] = {}
     if max_tokens is not None:
         params["max_tokens"] = max_tokens
@@ -198,11 +216,13 @@ def evaluate_pipeline(
     if per_stage:
         variants += [(n, [s]) for n, s in zip(names, stages)]
     variants.append((CHAIN, list(stages)))
+    # the safety-suffix control: the plain LLM on the suffixed prompt, one run whatever ``repeats``
+    generated = variants + ([(SAFETY_CONTROL, [safety_suffix_stage()])] if control else [])
 
     # answers[variant][k][i]: repeat k's response to prompt i
     answers: dict[str, list[list[ChatResponse]]] = {}
     wall: dict[str, float] = {}
-    bar = tqdm(variants, desc="generating", unit="variant", disable=not progress)
+    bar = tqdm(generated, desc="generating", unit="variant", disable=not progress)
     for name, sts in bar:
         bar.set_postfix_str(name)
         same = next((n for n, s in variants if n in answers and [id(x) for x in s] == [id(x) for x in sts]), None)
@@ -212,7 +232,7 @@ def evaluate_pipeline(
         pipe = Pipeline(the_llm, sts, defaults=defaults)
         answers[name], wall[name] = [], 0.0
         # a variant that cannot change between seeds (greedy stages, greedy local decoding) is generated once
-        once = (
+        once = name == SAFETY_CONTROL or (
             repeats > 1
             and all(st.deterministic() for st in sts)
             and all(the_llm.deterministic(pipe._request(m, {**params, "seed": seed})) for m in msgs)
@@ -227,9 +247,9 @@ def evaluate_pipeline(
     answers = {name: runs * (repeats // len(runs)) for name, runs in answers.items()}
 
     return judge_answers(
-        judge_obj,
+        panel,
         msgs,
-        {name: [[run[i].text for run in answers[name]] for i in range(len(msgs))] for name, _ in variants},
+        {name: [[run[i].text for run in answers[name]] for i in range(len(msgs))] for name, _ in generated},
         [
             dict(
                 name=name,
@@ -239,17 +259,18 @@ def evaluate_pipeline(
             )
             for name, sts in variants[1:]
         ],
-        {name: [[[_trace_row(t) for t in run[i].trace] for run in answers[name]] for i in range(len(msgs))] for name, _ in variants},
+        {name: [[[_trace_row(t) for t in run[i].trace] for run in answers[name]] for i in range(len(msgs))] for name, _ in generated},
         epsilon=epsilon,
         control=control,
         progress=progress,
         sources=sources,
+        references=references,
+        control_ms={SAFETY_CONTROL: 1000.0 * wall[SAFETY_CONTROL] / len(msgs)} if control else None,
         head=dict(
             plain_ms_per_prompt=1000.0 * wall[PLAIN] / (len(msgs) * made[PLAIN]),
             seed=seed,
             repeats=repeats,
             llm=getattr(the_llm, "name", type(the_llm).__name__),
             pipeline=desc,
-            judge=judge_name(judge),
         ),
     )
