@@ -40,11 +40,14 @@ def cache_identity(given: Any, llm: LLM) -> str:
 def generator_identity(generator: Any) -> str | None:
     """What names a stage model (a ``TextGenerator``) in the sample caches: an adapter by the checksums
     its manifest records (retraining into the same folder is another model), a full model folder or the
-    plain base by its path; ``None`` (do not cache) for an adapter whose manifest records no checksums."""
+    plain base by its path; ``None`` (do not cache) for an adapter whose manifest records no checksums and
+    for anything that is not a model in this process (an engine-served adapter may change behind its name)."""
+    if getattr(generator, "served", False) or getattr(generator, "shared", None) is None:
+        return None
     manifest = getattr(generator, "manifest", None)
     manifest = manifest if isinstance(manifest, dict) else {}
     template = getattr(getattr(generator, "template", None), "name", "?")
-    base = str(manifest.get("base_model") or getattr(getattr(generator, "shared", None), "base_model", "?"))
+    base = str(manifest.get("base_model") or getattr(generator.shared, "base_model", "?"))
     if getattr(generator, "adapter", None) is not None:
         files = manifest.get("files")
         if not isinstance(files, dict) or not files:

@@ -136,7 +136,8 @@ def _own_pairs(
         cache_dir=cache_dir, label="corrector", progress=progress, names=good,
     )
     report.rows = [PairRow(i, rows[i].question) for i in good]
-    fill_candidates(report, gens, errors, lambda row, g: _usable_correction(answers[row.index], g, check), "corrections")
+    fill_candidates(report, gens, errors, lambda row, g: _usable_correction(questions[row.index], answers[row.index], g, check),
+                    "corrections")
     # every candidate and the answer as it is (the last slot), judged against the conversation
     items = [(row, slot) for row in report.rows if row.reason is None for slot in range(len(row.candidates) + 1)]
     scores, failures = judge_scores(
@@ -159,11 +160,12 @@ def _own_pairs(
     return {row.index: row for row in report.rows}
 
 
-def _usable_correction(answer: str, g: Generated, check: CorrectionCheck | None) -> str | None:
-    """The correction as the stage would use it, or ``None`` when the stage would keep the answer."""
+def _usable_correction(question: str, answer: str, g: Generated, check: CorrectionCheck | None) -> str | None:
+    """The correction as the stage would use it, or ``None`` when the stage would keep the answer (the
+    question is the context whose terms a correction may repeat)."""
     text = g.text.strip()
     if not text:
         return None
-    if check is not None and check_correction(answer, text, finish_reason=g.finish_reason, check=check) is not None:
+    if check is not None and check_correction(answer, text, finish_reason=g.finish_reason, check=check, context=question) is not None:
         return None
     return text

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from middleware.dpo_data import check_dpo_examples
 from middleware.errors import InputError
 from middleware.llm import FunctionLLM
+from middleware.dpo import train_dpo
 from middleware.sft import init_adapter
 from middleware.types import PreferencePair
 from local_models import fresh_bases  # noqa: F401  (fixture)
@@ -172,40 +174,47 @@ def test_bad_arguments_are_input_errors(tmp_path: Path) -> None:
         build_rewrite_pairs(rows(), rewriter, target, WordJudge(), template="aligner-v1.0", progress=False)
 
 
-def test_a_second_round_samples_the_new_adapter_and_reuses_the_targets_answers(
+def test_a_second_round_samples_the_dpo_trained_adapter_and_reuses_the_targets_answers(
     tiny_model_dir: Path, tmp_path: Path, fresh_bases: None
 ) -> None:
     from judge import RewardConfig, RewardModel
 
-    def adapter(seed: int, name: str) -> Path:
-        return init_adapter(SFTConfig(base_model=str(tiny_model_dir), lora_r=4, lora_alpha=32, seed=seed), tmp_path / name,
-                            random_init=True)
-
-    first, second = adapter(1, "rewriter"), adapter(3, "rewriter_dpo")  # the SFT adapter, then the DPO-trained one
+    config = SFTConfig(base_model=str(tiny_model_dir), lora_r=4, lora_alpha=32, seed=1)
+    first = init_adapter(config, tmp_path / "rewriter", random_init=True)  # stands in for the SFT adapter
     judge = RewardModel.create(RewardConfig(backbone=str(tiny_model_dir), max_length=64, train="head")).save(tmp_path / "judge")
     pairs = rows()[:3]
-    calls: list[list[dict[str, str]]] = []
-    kw: dict[str, Any] = dict(samples=3, sample_max_new_tokens=6, check=None, min_gap=0.0, cache_dir=tmp_path / "cache",
-                              progress=False)
-    ex1, rep1 = build_rewrite_pairs(pairs, first, echo_target(calls), judge, **kw)
-    # the candidates are the adapter's own seeded samples (BPO decoding from its manifest), repeats once
-    gen = TextGenerator.from_pretrained(first, kind="rewriter")
     bpo = get_template("bpo")
     sources = [bpo.render(prompt=p.question) for p in pairs]
-    sampled = [gen.generate(sources, seed=k, temperature=0.6, top_p=0.9, max_new_tokens=6) for k in range(3)]
-    for i, row in enumerate(rep1.rows):
-        assert [c.text for c in row.candidates] == list(dict.fromkeys(t for t in (s[i] for s in sampled) if t))
+    cache = tmp_path / "cache"
+    calls: list[list[dict[str, str]]] = []
+    kw: dict[str, Any] = dict(samples=3, sample_max_new_tokens=6, check=None, min_gap=0.0, cache_dir=cache, progress=False)
+
+    def own_samples(folder: Path) -> list[list[str]]:
+        """The adapter's seeded samples of each source (BPO decoding from its manifest), repeats once."""
+        gen = TextGenerator.from_pretrained(folder, kind="rewriter")
+        sampled = [gen.generate(sources, seed=k, temperature=0.6, top_p=0.9, max_new_tokens=6) for k in range(3)]
+        return [list(dict.fromkeys(t for t in (s[i] for s in sampled) if t)) for i in range(len(sources))]
+
+    def sample_entries() -> int:
+        return sum(json.loads(f.read_text())["model"].startswith("samples:") for f in cache.glob("*/*.json"))
+
+    ex1, rep1 = build_rewrite_pairs(pairs, first, echo_target(calls), judge, **kw)
+    assert [[c.text for c in r.candidates] for r in rep1.rows] == own_samples(first)
     assert rep1.kept == sum(len({c.reward for c in r.candidates}) > 1 for r in rep1.rows) > 0
     assert all(e.source == sources[e.group] for e in check_dpo_examples(ex1))
-    assert {r.rewards[0] for r in rep1.rows for r in r.candidates} == {r.reward for r in rep1.rows for r in r.candidates}
+    assert sample_entries() == 9  # 3 rows x 3 seeds
 
+    # round 2: DPO on round 1's pairs, then the same call with the trained adapter
+    second = tmp_path / "rewriter_dpo"
+    train_dpo(ex1, replace(config, max_steps=1, batch_size=4, eval_fraction=0.0, learning_rate=0.05), second, init=first,
+              progress=False)
     calls.clear()
     ex2, rep2 = build_rewrite_pairs(pairs, second, echo_target(calls), judge, **kw)
-    texts1 = {c.text for r in rep1.rows for c in r.candidates}
-    texts2 = {c.text for r in rep2.rows for c in r.candidates}
-    assert texts2 != texts1 and ex2 != ex1
+    assert [[c.text for c in r.candidates] for r in rep2.rows] == own_samples(second)
+    assert sample_entries() == 18  # the trained adapter is another model: its samples are its own
     # the plain prompts' answers and the rewrites both rounds sampled come from the cache; a conversation
     # two rows share is asked once
+
     def asked(report: Any) -> set[str]:
         return {json.dumps([m.content for m in pairs[r.index].prompt[:-1]] + [c.text]) for r in report.rows for c in r.candidates}
 
@@ -217,6 +226,6 @@ def test_a_second_round_samples_the_new_adapter_and_reuses_the_targets_answers(
     calls.clear()
     assert build_rewrite_pairs(pairs, first, echo_target(calls), judge, **kw)[0] == ex1
     assert build_rewrite_pairs(pairs, second, echo_target(calls), judge, **kw)[0] == ex2
-    assert calls == []
+    assert calls == [] and sample_entries() == 18
     with pytest.raises(InputError, match="prompted with template 'bpo', not 'bpo-instruction'"):
         build_rewrite_pairs(pairs, first, echo_target(calls), judge, template="bpo-instruction", **kw)
