@@ -10,7 +10,8 @@
   ``select_by_reward``: keep the rewrites that raise a judge's reward of the target's answer.
 - ``build_rewrite_pairs`` / ``build_correction_pairs``: DPO examples without a teacher (``PairReport``).
 - ``train_sft``, ``SFTExample``, ``SFTResult`` (from ``middleware.sft``): the one LoRA SFT trainer behind both;
-  ``SFTConfig``: its settings with the stages' kinds and templates.
+  ``SFTConfig``: its settings with the stages' kinds and templates. ``train_dpo``, ``DPOExample``,
+  ``DPOSettings``, ``DPOResult`` (from ``middleware.dpo``): preference optimisation of the same adapters.
 - ``TextGenerator``: a trained stage model continuing rendered templates; ``SharedBase`` (from
   ``middleware.shared_base``): one base model, LoRA adapters switched per call.
 - ``Template``, ``get_template``, ``register_template``, ``list_templates``: the prompt templates.
@@ -19,13 +20,17 @@ Modules: ``stage`` (what both stages share), ``prompt_rewriter`` and ``response_
 ``rewrite_checks`` and ``correction_checks`` (their safeguards, on the word helpers of ``text``),
 ``sentences`` (the corrector's question and sentence groups), ``teacher``, ``answer_cache``,
 ``selection``, ``pairs``, ``rewriter_data`` and ``corrector_data`` (the training data), ``preference_pairs``,
-``rewrite_pairs`` and ``correction_pairs`` (the DPO data), ``cli``
-(``alignware train rewriter`` / ``corrector``), ``sft_config`` (the trainer's settings and flags for the two stages),
+``rewrite_pairs`` and ``correction_pairs`` (the DPO data), ``cli`` and ``dpo_cli``
+(``alignware train rewriter`` / ``corrector``, ``--method sft|dpo``), ``harm_terms`` (the harmful-term safeguard),
+``remote_generator`` (a stage model served by an inference engine), ``sft_config`` (the trainer's settings and flags for the two stages),
 ``generator`` (a trained stage model on a ``SharedBase``), ``templates``.
 """
 
 from __future__ import annotations
 
+from middleware.dpo import DPOResult, train_dpo
+from middleware.dpo_data import DPOExample
+from middleware.dpo_loss import DPOSettings
 from middleware.sft import SFTResult, train_sft
 from middleware.sft_data import SFTExample
 from middleware.shared_base import SharedBase
@@ -54,7 +59,7 @@ __all__ = [
     "build_rewriter_data", "RewriterDataReport", "build_corrector_data", "select_by_reward", "RewardChoice",
     "parse_teacher_output", "teacher_prompt", "bpo_filter",
     "build_rewrite_pairs", "build_correction_pairs", "PairReport",
-    "train_sft", "SFTConfig", "SFTExample", "SFTResult",
+    "train_sft", "SFTConfig", "SFTExample", "SFTResult", "train_dpo", "DPOExample", "DPOSettings", "DPOResult",
     "TextGenerator", "Generation", "SharedBase",
     "Template", "get_template", "register_template", "list_templates",
 ]

@@ -18,6 +18,7 @@ from middleware.training import EXIT_INTERRUPTED, EXIT_OK, run_train_command, se
 from middleware.types import PreferencePair, load_pairs
 
 from .corrector_data import build_corrector_data
+from .dpo_cli import add_dpo_args, run_dpo
 from .rewriter_data import build_rewriter_data
 from .selection import RewardChoice
 from .sft_config import SFTConfig, add_train_args, config_from_args
@@ -66,6 +67,7 @@ def rewriter_parser() -> argparse.ArgumentParser:
         help="the target's sampling temperature for --judge (default: greedy with 1 sample, 0.7 with more)",
     )
     p.add_argument("--data-only", action="store_true", help="build the training examples, write them to OUT/rewriter_data.jsonl, and stop")
+    add_dpo_args(p, "rewriter")
     add_train_args(p)
     return p
 
@@ -79,6 +81,10 @@ def train_rewriter_main(argv: Sequence[str]) -> int:
 def _train_rewriter(argv: Sequence[str]) -> int:
     args, config, pairs = _parse(rewriter_parser(), argv, "rewriter")
     set_threads(args.threads)  # --judge generates answers before training starts
+    if args.method == "dpo":
+        if args.teacher or args.data_only:
+            raise InputError("--teacher and --data-only belong to --method sft; --method dpo builds pairs from the rewriter's own rewrites")
+        return run_dpo(args, argv, config, pairs, "rewriter")
     choices: list[RewardChoice] = []
     examples, report = build_rewriter_data(
         pairs,
@@ -171,6 +177,7 @@ def corrector_parser() -> argparse.ArgumentParser:
         "--no-identity-warmup", dest="identity_warmup", action="store_false",
         help="skip the identity warm-up phase (answer = chosen -> chosen) before the correction phase",
     )
+    add_dpo_args(p, "corrector")
     add_train_args(p)
     return p
 
@@ -183,6 +190,9 @@ def train_corrector_main(argv: Sequence[str]) -> int:
 
 def _train_corrector(argv: Sequence[str]) -> int:
     args, config, pairs = _parse(corrector_parser(), argv, "corrector")
+    if args.method == "dpo":
+        set_threads(args.threads)
+        return run_dpo(args, argv, config, pairs, "corrector")
     examples, warmup = build_corrector_data(pairs, identity_warmup=args.identity_warmup, template=config.template)
     if not examples:
         raise InputError(f"{args.data}: no training examples (every pair has an empty chosen answer)")
