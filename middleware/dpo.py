@@ -150,10 +150,12 @@ def _logps(scorer: TargetLoss, batch: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def reference_logps(
-    scorer: TargetLoss, rows: _PairRows, pad_id: int, device: Any, batch_size: int, *, adapter_off: bool, progress: bool = True
+    scorer: TargetLoss, rows: _PairRows, pad_id: int, device: Any, batch_size: int, *, adapter_off: bool,
+    progress: bool = True, only: "set[int] | None" = None,
 ) -> tuple[Any, Any]:
     """``(sums, counts)``, tensors ``[examples, 2]`` (chosen, rejected): the reference's summed target
-    log-probabilities, computed with the adapter switched off (``adapter_off``) or as it is, in eval mode."""
+    log-probabilities, computed with the adapter switched off (``adapter_off``) or as it is, in eval mode;
+    for the examples in ``only`` when given (the others stay 0)."""
     import contextlib
 
     import torch
@@ -162,13 +164,14 @@ def reference_logps(
     n = len(rows.chosen)
     sums = torch.zeros(n, 2, dtype=torch.float32)
     counts = torch.zeros(n, 2, dtype=torch.long)
-    order = sorted(range(n), key=lambda i: len(rows.chosen[i]["input_ids"]) + len(rows.rejected[i]["input_ids"]))
+    wanted = range(n) if only is None else sorted(only)
+    order = sorted(wanted, key=lambda i: len(rows.chosen[i]["input_ids"]) + len(rows.rejected[i]["input_ids"]))
     model = scorer.model
     was_training = model.training
     model.eval()
     off = model.disable_adapter() if adapter_off else contextlib.nullcontext()
     with torch.no_grad(), off:
-        for k in tqdm(range(0, n, batch_size), desc="reference log-probs", unit="batch", disable=not progress):
+        for k in tqdm(range(0, len(order), batch_size), desc="reference log-probs", unit="batch", disable=not progress):
             idx = order[k : k + batch_size]
             s, c = _logps(scorer, _batch(rows, idx, pad_id, device))
             b = len(idx)
@@ -309,14 +312,17 @@ def train_dpo(
     step = ck.step if ck else 0
     history: list[dict[str, Any]] = list(ck.state.get("history", [])) if ck else []
     eval_untrained: dict[str, float] | None = ck.state.get("eval_untrained") if ck else None
-    ref_seconds = 0.0
+    ref_seconds, ref_share = 0.0, 0.0
     if ck is not None:
         saved = ck.state["reference"]
         ref = (torch.tensor(saved["sums"], dtype=torch.float32), torch.tensor(saved["counts"], dtype=torch.long))
     else:
         t0 = time.perf_counter()
-        ref = reference_logps(scorer, rows, pad_id, device, config.batch_size, adapter_off=init_dir is None, progress=progress)
+        used = {i for s in range(plan.total) for i in plan.batch(s)[2]} | set(rows.held)  # fewer with max_steps
+        ref = reference_logps(scorer, rows, pad_id, device, config.batch_size, adapter_off=init_dir is None,
+                              progress=progress, only=used)
         ref_seconds = time.perf_counter() - t0
+        ref_share = len(used - set(rows.held)) / len(used)
     objective = _Objective(scorer, rows, ref, settings, pad_id, device)
 
     model.train()
@@ -357,7 +363,7 @@ def train_dpo(
     elif rows.held:
         final = {k: v for k, v in history[-1].items() if k.startswith("eval_")}
     trained_pairs = sum(len(plan.batch(s)[2]) for s in range(step, done.step))
-    seconds = done.train_seconds + ref_seconds * (len(rows.train) / max(1, len(examples)))
+    seconds = done.train_seconds + ref_seconds * ref_share
     training = dict(
         method="dpo", dpo=settings.to_dict(), init=str(init_dir) if init_dir else None, steps=done.step,
         total_steps=plan.total, finished=done.step >= plan.total, examples=len(examples), held_out=len(rows.held),
