@@ -84,9 +84,15 @@ def two_process_runs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
     return out
 
 
-def test_two_processes_train_the_weights_of_one(two_process_runs: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
-    one = train_sft(_examples(), _config(str(tiny_model_dir)), tmp_path / "full1", progress=False)
-    _assert_close(two_process_runs / "full2", tmp_path / "full1")
+@pytest.fixture(scope="module")
+def one_process_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    out = tmp_path_factory.mktemp("single") / "full1"
+    return out, train_sft(_examples(), _config(str(tiny_model_dir)), out, progress=False)
+
+
+def test_two_processes_train_the_weights_of_one(two_process_runs: Path, one_process_run: tuple[Path, Any]) -> None:
+    full1, one = one_process_run
+    _assert_close(two_process_runs / "full2", full1)
     # both ranks returned the same result, which is the single process's (global loss, all steps)
     ranks = [(two_process_runs / f"rank{r}.txt").read_text().split() for r in (0, 1)]
     assert ranks[0] == ranks[1]
@@ -97,13 +103,16 @@ def test_two_processes_train_the_weights_of_one(two_process_runs: Path, tiny_mod
     assert names == sorted(["adapter_config.json", "adapter_model.safetensors", "alignware.json", "checkpoints", "history.json", "loss.png"])
 
 
-def test_a_two_process_run_resumes_in_one_process(two_process_runs: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_a_two_process_run_resumes_in_one_process(
+    two_process_runs: Path, one_process_run: tuple[Path, Any], tiny_model_dir: Path
+) -> None:
     cut = two_process_runs / "cut2"
     assert (cut / "checkpoints" / f"step-{STOP_AT:07d}").is_dir()
+    stopped = _tensors(cut)  # the adapter the stopped 2-process run wrote
     resumed = train_sft(_examples(), _config(str(tiny_model_dir)), cut, progress=False)
     assert resumed.resumed_from == STOP_AT and resumed.steps == 8
-    train_sft(_examples(), _config(str(tiny_model_dir)), tmp_path / "full1", progress=False)
-    _assert_close(cut, tmp_path / "full1")
+    _assert_close(cut, one_process_run[0])
+    assert any(not (stopped[k] == v).all() for k, v in _tensors(cut).items())  # the resumed run trained on
 
 
 def test_shards_split_a_batch_between_ranks() -> None:
