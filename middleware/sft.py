@@ -154,8 +154,8 @@ def _evaluate(
             count += n
     if was_training:
         model.train()
-    total, count = dist.sum([total, count])
-    return total / max(1, count)
+    total_all, count_all = dist.sum([total, count])
+    return total_all / max(1.0, count_all)
 
 
 def save_adapter(model: Any, out_dir: Path, manifest: dict[str, Any]) -> None:
