@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 from .adapters import ADAPTER_FILES, MANIFEST, base_label
 from .checkpoints import Checkpoint, CheckpointManager, sha256, write_json_atomic
+from .distributed import SINGLE, Dist, current
 from .errors import CheckpointError, InputError
 from .models import load_causal_lm
 from .sft_data import IGNORE_INDEX, SFTConfig, SFTExample, check_examples, collate, fingerprint, prepare_rows
@@ -130,7 +131,11 @@ def trainable_params(model: Any) -> dict[str, Any]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _evaluate(loss_fn: TargetLoss, rows: list[dict[str, list[int]]], batch_size: int, pad_id: int, device: Any) -> float | None:
+def _evaluate(
+    loss_fn: TargetLoss, rows: list[dict[str, list[int]]], batch_size: int, pad_id: int, device: Any, dist: Dist = SINGLE
+) -> float | None:
+    """Mean loss per target token over ``rows``; under several processes each takes every
+    ``world_size``-th batch and the sums are added up over them."""
     import torch
 
     if not rows:
@@ -140,15 +145,17 @@ def _evaluate(loss_fn: TargetLoss, rows: list[dict[str, list[int]]], batch_size:
     model.eval()
     total, count = 0.0, 0
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    starts = list(range(0, len(order), batch_size))[dist.rank :: dist.world_size]
     with torch.no_grad():
-        for k in range(0, len(order), batch_size):
+        for k in starts:
             batch = {k: t.to(device) for k, t in collate([rows[i] for i in order[k : k + batch_size]], pad_id).items()}
             loss, n = loss_fn(batch)
             total += float(loss)
             count += n
     if was_training:
         model.train()
-    return total / max(1, count)
+    total_all, count_all = dist.sum([total, count])
+    return total_all / max(1.0, count_all)
 
 
 def save_adapter(model: Any, out_dir: Path, manifest: dict[str, Any]) -> None:
@@ -172,14 +179,17 @@ def save_adapter(model: Any, out_dir: Path, manifest: dict[str, Any]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_training_model(config: SFTConfig, *, layers_to_transform: list[int] | None = None) -> tuple[Any, Any]:
+def load_training_model(
+    config: SFTConfig, *, layers_to_transform: list[int] | None = None, device: str | None = None
+) -> tuple[Any, Any]:
     """``(peft model, tokenizer)``: ``config.base_model`` with a fresh LoRA (``config``'s rank, alpha,
     dropout, target modules; seeded by ``config.seed``), on the decoder blocks ``layers_to_transform``
-    only when given; ``InputError`` names target modules it lacks."""
+    only when given, on ``device`` (``None``: cuda if available, else cpu); ``InputError`` names target
+    modules it lacks."""
     import torch  # heavy dependencies: loaded with the model
     from peft import LoraConfig, get_peft_model
 
-    model, tok = load_causal_lm(config.base_model)
+    model, tok = load_causal_lm(config.base_model, device=device)
     linear_names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     missing = [m for m in config.target_modules if m not in linear_names]
     if missing:
@@ -268,21 +278,41 @@ def _export(model: Any, out_dir: Path, config: SFTConfig, history: list[dict[str
         log.warning("could not draw %s: %s", out_dir / "loss.png", e)
 
 
-def _step_fn(plan: BatchPlan, rows: list[dict[str, list[int]]], pad_id: int, device: Any, loss_fn: TargetLoss, optimizer: Any) -> LossFn:
+def _step_fn(
+    plan: BatchPlan, rows: list[dict[str, list[int]]], pad_id: int, device: Any, loss_fn: TargetLoss, optimizer: Any,
+    dist: Dist = SINGLE,
+) -> LossFn:
     """The forward pass of a step for ``TrainingLoop``: its batch, the mean loss on the target tokens, and
     its history row ``{"step", "loss", "lr", "epoch", "target_tokens", "tokens"}`` (``"warmup": 1`` in
-    the warm-up phase)."""
+    the warm-up phase).
+
+    Under several processes each one computes its share of the step's batch (``dist.shard``): its sum of
+    token losses over the target-token count of the whole batch (summed over the processes), times the
+    number of processes, so the gradients ``TrainingLoop`` averages are those of the whole batch's mean."""
+    import torch
 
     def compute(at: int) -> tuple[Any, Callable[[], dict[str, Any]]]:
         phase, epoch, idx = plan.batch(at)
-        batch = {n: t.to(device) for n, t in collate([rows[i] for i in idx], pad_id).items()}
-        loss_sum, n = loss_fn(batch)
-        loss = loss_sum / max(1, n)
+        mine = [rows[i] for i in dist.shard(idx)]
+        if mine:
+            batch = {n: t.to(device) for n, t in collate(mine, pad_id).items()}
+            loss_sum, n = loss_fn(batch)
+            n_all = int(batch["attention_mask"].sum())
+        else:  # fewer rows than processes: this one contributes nothing
+            loss_sum, n, n_all = torch.zeros((), device=device, requires_grad=True), 0, 0
+        if dist.enabled:
+            total_loss, n_global, all_global = dist.sum([float(loss_sum.detach()), n, n_all])
+            n, n_all = int(n_global), int(all_global)
+            loss = loss_sum * (dist.world_size / max(1, n))
+            reported = total_loss / max(1, n)
+        else:
+            loss = loss_sum / max(1, n)
+            reported = None
 
         def make_row() -> dict[str, Any]:
-            n_all = int(batch["attention_mask"].sum())
             lr = optimizer.param_groups[0]["lr"]
-            row = {"step": at + 1, "loss": float(loss.detach()), "lr": lr, "epoch": round(epoch, 4), "target_tokens": n, "tokens": n_all}
+            value = float(loss.detach()) if reported is None else reported
+            row = {"step": at + 1, "loss": value, "lr": lr, "epoch": round(epoch, 4), "target_tokens": n, "tokens": n_all}
             if phase.name == "warmup":
                 row["warmup"] = 1
             return row
@@ -294,13 +324,18 @@ def _step_fn(plan: BatchPlan, rows: list[dict[str, list[int]]], pad_id: int, dev
 
 # -- training ------------------------------------------------------------------------------------
 def resume_checkpoint(
-    manager: CheckpointManager, resume: bool, fp: str, params: dict[str, Any], optimizer: Any, total: int
+    manager: CheckpointManager, resume: bool, fp: str, params: dict[str, Any], optimizer: Any, total: int,
+    dist: Dist | None = None,
 ) -> Checkpoint | None:
     """The newest good checkpoint of the run ``fp``, its weights, optimizer moments and random state
-    restored; ``None`` to start at step 0 (the old checkpoints removed when not resuming)."""
-    if not resume and manager.root.exists():
+    restored; ``None`` to start at step 0 (the old checkpoints removed when not resuming, by rank 0 of
+    ``dist`` while the other processes wait). A checkpoint holds the full weights and moments, so a run
+    resumes with any number of processes."""
+    dist = current() if dist is None else dist
+    if not resume and manager.root.exists() and dist.is_main:
         log.warning("resume=False: removing the old checkpoints in %s", manager.root)
         shutil.rmtree(manager.root)
+    dist.barrier()
     ck = latest_checkpoint(manager, resume=resume)
     if ck is None:
         return None
@@ -310,12 +345,13 @@ def resume_checkpoint(
 
 
 def resume_run(
-    manager: CheckpointManager, resume: bool, fp: str, params: dict[str, Any], optimizer: Any, total: int
+    manager: CheckpointManager, resume: bool, fp: str, params: dict[str, Any], optimizer: Any, total: int,
+    dist: Dist | None = None,
 ) -> tuple[int, list[dict[str, Any]], float | None, int | None]:
     """Where a run starts: the step, history and untrained held-out loss of the newest good checkpoint
     (weights and optimizer restored) and that step again as the one resumed from; or step 0 and nothing
     (the old checkpoints removed when not resuming)."""
-    ck = resume_checkpoint(manager, resume, fp, params, optimizer, total)
+    ck = resume_checkpoint(manager, resume, fp, params, optimizer, total, dist)
     if ck is None:
         return 0, [], None, None
     return ck.step, list(ck.state.get("history", [])), ck.state.get("eval_loss_untrained"), ck.step
@@ -330,6 +366,7 @@ def train_sft(
     resume: bool = True,
     progress: bool = True,
     callback: Callable[[dict[str, Any]], Any] | None = None,
+    device: str | None = None,
 ) -> SFTResult:
     """Fine-tune a LoRA adapter on ``examples`` and save it at ``out_dir``.
 
@@ -348,6 +385,13 @@ def train_sft(
 
     Writes ``adapter_config.json``, ``adapter_model.safetensors``, ``alignware.json``, ``history.json``
     and ``loss.png`` into ``out_dir``.
+
+    ``device``: where the model trains (``"cpu"``, ``"cuda"``, ``"mps"``; ``None``: cuda if available,
+    else cpu). Under ``accelerate launch --num_processes N`` each step's batch is split between the
+    processes and their gradients averaged (``middleware.distributed``), which gives the weights of one
+    process with the same ``batch_size`` (the global batch); each process trains on its own GPU
+    (``cuda:LOCAL_RANK``), rank 0 alone writes the checkpoints and the adapter, and every process
+    returns the same result.
     """
     import torch  # heavy: loaded when a run starts
 
@@ -357,7 +401,8 @@ def train_sft(
     out_dir.mkdir(parents=True, exist_ok=True)
     fp = fingerprint(config, examples, warmup)
 
-    model, tok = load_training_model(config)
+    dist = current()
+    model, tok = load_training_model(config, device=dist.device(device))
     device = next(model.parameters()).device
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
@@ -369,11 +414,11 @@ def train_sft(
     loss_fn = TargetLoss(model)
     manager = CheckpointManager(out_dir, keep=config.keep_checkpoints)
 
-    step, history, eval_untrained, resumed_from = resume_run(manager, resume, fp, params, optimizer, plan.total)
+    step, history, eval_untrained, resumed_from = resume_run(manager, resume, fp, params, optimizer, plan.total, dist)
 
     model.train()
     if step == 0:
-        eval_untrained = _evaluate(loss_fn, eval_rows, config.batch_size, pad_id, device)
+        eval_untrained = _evaluate(loss_fn, eval_rows, config.batch_size, pad_id, device, dist)
         if eval_untrained is not None:
             history.append({"step": 0, "eval_loss": eval_untrained})
 
@@ -395,7 +440,7 @@ def train_sft(
         tokens["all"] += row["tokens"]
         loop.bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
         if eval_rows and (at % config.eval_every == 0 or at == plan.total):
-            evals[0] = _evaluate(loss_fn, eval_rows, config.batch_size, pad_id, device)
+            evals[0] = _evaluate(loss_fn, eval_rows, config.batch_size, pad_id, device, dist)
             history.append({"step": at, "eval_loss": evals[0]})
             loop.bar.set_postfix(loss=f"{row['loss']:.3f}", eval=f"{evals[0]:.3f}", refresh=False)
         return callback is not None and callback(row) is False
@@ -406,8 +451,8 @@ def train_sft(
 
     schedule = LRSchedule(plan.total, warmup=max(1, round(0.03 * plan.total)), decay="linear")
     loop = TrainingLoop(params, optimizer, schedule, [config.learning_rate], save_every=config.save_every,
-                        grad_clip=1.0, desc=f"train {config.kind}", progress=progress)
-    compute = _step_fn(plan, rows, pad_id, device, loss_fn, optimizer)
+                        grad_clip=1.0, desc=f"train {config.kind}", progress=progress, dist=dist)
+    compute = _step_fn(plan, rows, pad_id, device, loss_fn, optimizer, dist)
     done = loop.run(compute, start=step, stop=plan.total, save=checkpoint, record=history.append, unrecord=unrecord,
                     on_step=on_step)
     step, train_seconds, stopped, interrupted = done.step, done.train_seconds, done.stopped, done.interrupted
@@ -419,7 +464,7 @@ def train_sft(
         if tail.get("step") == step and "eval_loss" in tail:
             last_eval = tail["eval_loss"]
         else:
-            last_eval = _evaluate(loss_fn, eval_rows, config.batch_size, pad_id, device)
+            last_eval = _evaluate(loss_fn, eval_rows, config.batch_size, pad_id, device, dist)
             history.append({"step": step, "eval_loss": last_eval})
 
     training = dict(
@@ -428,7 +473,9 @@ def train_sft(
         eval_loss_untrained=eval_untrained, eval_loss_final=last_eval,
         tokens_per_second=round(target_tokens / train_seconds, 2) if train_seconds else None,
     )
-    _export(model, out_dir, config, history, training)
+    if dist.is_main:
+        _export(model, out_dir, config, history, training)
+    dist.barrier()
     return SFTResult(
         out_dir=out_dir,
         history=history,

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 from .checkpoints import Checkpoint, CheckpointManager, load_checkpoint, rng_state, set_rng_state, tensors_to_optimizer
+from .distributed import Dist, current
 from .errors import AlignwareError, InputError
 
 log = logging.getLogger("alignware")
@@ -277,6 +278,14 @@ class TrainingLoop:
     and the random state saved is the one the next step starts with (the masks dropout drew before the
     interrupt are drawn again on resume, as in an uninterrupted run). ``run`` then returns with
     ``interrupted``; any other exception propagates, leaving the last checkpoint in place.
+
+    Under ``accelerate launch`` (``dist``: ``middleware.distributed.current()`` unless given) the
+    gradients are averaged over the processes before clipping, so every process takes the same update;
+    only rank 0 shows the progress bar and calls ``save``, and the others wait for it at a barrier. A
+    trainer that splits each batch between the processes scales its loss so that the average is the
+    gradient of the whole batch (``middleware.sft``); one that does not gets the same result as a
+    single process. ``loss_fn``, ``on_step`` and the hooks run on every process and must decide the
+    same (e.g. stop at the same step).
     """
 
     def __init__(
@@ -290,7 +299,9 @@ class TrainingLoop:
         grad_clip: float | None = 1.0,
         desc: str = "training",
         progress: bool = True,
+        dist: Dist | None = None,
     ) -> None:
+        self.dist = current() if dist is None else dist
         self.params = params
         self.optimizer = optimizer
         self.schedule = schedule
@@ -333,7 +344,7 @@ class TrainingLoop:
         # in a terminal the bar redraws in place; in a log file (nohup, CI) it writes a line every 30 s instead
         tty = sys.stderr.isatty()
         self.bar = tqdm(
-            total=total, initial=start, desc=self.desc, unit="step", disable=not self.progress,
+            total=total, initial=start, desc=self.desc, unit="step", disable=not (self.progress and self.dist.is_main),
             dynamic_ncols=tty, mininterval=0.1 if tty else 30.0, ascii=not tty,
         )
         try:
@@ -345,6 +356,7 @@ class TrainingLoop:
                 loss, make_row = loss_fn(step)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                self.dist.average_grads(self._clip_params)
                 if self.grad_clip:
                     torch.nn.utils.clip_grad_norm_(self._clip_params, self.grad_clip)
                 row = make_row()
@@ -359,7 +371,9 @@ class TrainingLoop:
                 self.bar.update(1)
                 stopped = bool(on_step(step, row))
                 if step % self.save_every == 0 or step == total or stopped:
-                    save(step, None)
+                    if self.dist.is_main:
+                        save(step, None)
+                    self.dist.barrier()
                     saved_at = step
                 after_save(step, row)
                 if stopped:
@@ -373,7 +387,7 @@ class TrainingLoop:
                 unrecord(row)
             # between steps (after the update) the random state now is the one the next step starts with
             rng = step_rng[1] if step_rng is not None and step_rng[0] == step else None
-            if step > saved_at:
+            if step > saved_at and self.dist.is_main:
                 save(step, rng)
         finally:
             self.bar.close()

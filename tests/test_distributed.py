@@ -1,0 +1,135 @@
+"""The SFT trainer under ``accelerate launch --multi_gpu --num_processes 2`` on the CPU (gloo): the same adapter as one
+process with the same global batch, and a 2-process run stopped part-way resumed in 1 process; and the
+pieces of ``middleware.distributed`` a single process uses.
+
+The two-process runs are this file run as a script by accelerate's launcher (``main`` below) in a
+subprocess; the single-process runs are in the test process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script by the launcher: import this checkout's packages
+
+from middleware.distributed import SINGLE, Dist, current  # noqa: E402
+from middleware.sft import train_sft  # noqa: E402
+from middleware.sft_data import SFTConfig, SFTExample  # noqa: E402
+
+STOP_AT = 3  # the 2-process run that is resumed in 1 process stops after this step
+
+
+def _examples() -> list[SFTExample]:
+    return [SFTExample(f"question number {i} about dogs and {'cats ' * (i % 4)}", f"answer {i}: woof" + "!" * (i % 3)) for i in range(20)]
+
+
+def _config(model_dir: str) -> SFTConfig:
+    # batch 5 over 16 training rows: the last batch of an epoch has one row, so one process gets none
+    return SFTConfig(base_model=model_dir, kind="rewriter", lora_r=4, lora_alpha=16, lora_dropout=0.0, learning_rate=1e-2,
+                     epochs=2, batch_size=5, eval_fraction=0.2, eval_every=3, save_every=2, seed=3)
+
+
+def _tensors(folder: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def _assert_close(a: Path, b: Path) -> None:
+    import torch
+
+    ta, tb = _tensors(a), _tensors(b)
+    assert ta.keys() == tb.keys() and ta
+    for k in ta:
+        assert torch.allclose(ta[k], tb[k], rtol=1e-4, atol=1e-5), (k, float((ta[k] - tb[k]).abs().max()))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main(model_dir: str, out: str) -> None:
+    """Run by each launched process: a whole run into ``out/full2`` and one stopped after ``STOP_AT``
+    steps into ``out/cut2``."""
+    dist = current()
+    assert dist.world_size == 2, dist
+    cfg = _config(model_dir)
+    res = train_sft(_examples(), cfg, Path(out) / "full2", progress=False)
+    (Path(out) / f"rank{dist.rank}.txt").write_text(f"{res.steps} {res.eval_loss_final!r} {res.history[-2]['loss']!r}")
+    train_sft(_examples(), cfg, Path(out) / "cut2", progress=False, callback=lambda row: row["step"] < STOP_AT)
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ddp")
+    # accelerate's ``--cpu`` starts several processes only through mpirun; ``--multi_gpu`` starts them with
+    # torch.distributed.run, and ACCELERATE_USE_CPU keeps them on the CPU (gloo) even where a GPU is present
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
+               ACCELERATE_USE_CPU="1", CUDA_VISIBLE_DEVICES="")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1",
+           "--main_process_port", str(_free_port()), __file__, str(tiny_model_dir), str(out)]
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    out = tmp_path_factory.mktemp("single") / "full1"
+    return out, train_sft(_examples(), _config(str(tiny_model_dir)), out, progress=False)
+
+
+def test_two_processes_train_the_weights_of_one(two_process_runs: Path, one_process_run: tuple[Path, Any]) -> None:
+    full1, one = one_process_run
+    _assert_close(two_process_runs / "full2", full1)
+    # both ranks returned the same result, which is the single process's (global loss, all steps)
+    ranks = [(two_process_runs / f"rank{r}.txt").read_text().split() for r in (0, 1)]
+    assert ranks[0] == ranks[1]
+    assert int(ranks[0][0]) == one.steps == 8
+    assert float(ranks[0][1]) == pytest.approx(one.eval_loss_final, rel=1e-5)
+    # rank 0 alone wrote the files: one set of checkpoints, no stray temporary folders
+    names = sorted(p.name for p in (two_process_runs / "full2").iterdir())
+    assert names == sorted(["adapter_config.json", "adapter_model.safetensors", "alignware.json", "checkpoints", "history.json", "loss.png"])
+
+
+def test_a_two_process_run_resumes_in_one_process(
+    two_process_runs: Path, one_process_run: tuple[Path, Any], tiny_model_dir: Path
+) -> None:
+    cut = two_process_runs / "cut2"
+    assert (cut / "checkpoints" / f"step-{STOP_AT:07d}").is_dir()
+    stopped = _tensors(cut)  # the adapter the stopped 2-process run wrote
+    resumed = train_sft(_examples(), _config(str(tiny_model_dir)), cut, progress=False)
+    assert resumed.resumed_from == STOP_AT and resumed.steps == 8
+    _assert_close(cut, one_process_run[0])
+    assert any(not (stopped[k] == v).all() for k, v in _tensors(cut).items())  # the resumed run trained on
+
+
+def test_shards_split_a_batch_between_ranks() -> None:
+    items = list(range(7))
+    parts = [Dist(rank=r, world_size=3).shard(items) for r in range(3)]
+    assert sum(parts, []) == items and sorted(len(p) for p in parts) == [2, 2, 3]
+    assert [Dist(rank=r, world_size=2).shard([9]) for r in range(2)] == [[], [9]]
+    assert SINGLE.shard(items) == items and SINGLE.sum([1, 2.5]) == [1.0, 2.5]
+
+
+def test_a_single_process_does_not_load_accelerate() -> None:
+    code = "import sys, middleware.sft, middleware.distributed as d; assert d.current() is d.SINGLE; print('accelerate' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    out = subprocess.run([sys.executable, "-c", code], env=dict(env, PYTHONPATH=str(ROOT)), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
