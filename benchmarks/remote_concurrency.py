@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -161,7 +161,7 @@ class DelayedUpstream:
 class LengthJudge:
     """A cheap judge: longer answers score higher."""
 
-    def score_batch(self, items: list[tuple[Any, str]]) -> list[float]:
+    def score_batch(self, items: Sequence[tuple[Any, str]]) -> list[float]:
         return [float(len(r)) for _, r in items]
 
 
