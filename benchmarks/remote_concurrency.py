@@ -35,6 +35,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+from fast_upstream import read_request  # noqa: E402
 
 #: a last user message containing this marker gets a 400 (not retried): one failing prompt among many
 FAIL_MARK = "[fail]"
@@ -97,15 +100,10 @@ class DelayedUpstream:
                 if sock is not None and hasattr(socket, "TCP_QUICKACK"):
                     # acknowledge at once: the client's small writes are not held back by a delayed ACK
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+                request = await read_request(reader)
+                if request is None:
                     return
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:])
-                body = await reader.readexactly(length) if length else b""
+                head, body = request
                 path = head.split(b" ", 2)[1]
                 if head.startswith(b"GET ") and path.startswith(b"/stats"):
                     status, data = 200, json.dumps({"requests": self.requests, "peak": self.peak}).encode()
@@ -182,7 +180,6 @@ def _serve(delay: float) -> None:
 
 
 def run(prompts: int, delay: float, levels: list[int], client: str = "openai") -> list[dict[str, Any]]:
-    sys.path.insert(0, str(ROOT))
     from middleware.evaluate import evaluate_pipeline
     from middleware.pipeline import Pipeline
     from middleware.openai_backend import OpenAIBackend
