@@ -133,3 +133,17 @@ def test_a_local_model_ignores_concurrency(tiny_model_dir: Path, caplog: pytest.
     assert concurrency_for(local, None, "test_local") is None
     with pytest.raises(InputError, match="at least 1"):
         concurrency_for(local, 0, "test_local")
+
+
+def test_command_lines_take_concurrency(capsys: pytest.CaptureFixture[str]) -> None:
+    from middleware.evaluate.cli import main as eval_main
+    from rewriters.cli import rewriter_parser
+
+    assert eval_main(["--pipeline", "p.yaml", "--prompts", "q.jsonl", "--judge", "j", "--concurrency", "0"]) == 2
+    assert "--concurrency must be 1 or more" in capsys.readouterr().err
+    assert eval_main(["--rejudge", "r.json", "--judge", "j", "--concurrency", "8"]) == 2
+    assert "--concurrency only apply when answers are generated" in capsys.readouterr().err
+    base = ["--data", "pairs.jsonl", "--out", "runs/r"]
+    assert rewriter_parser().parse_args(base + ["--concurrency", "16"]).concurrency == 16
+    assert rewriter_parser().parse_args(base + ["--max-concurrency", "3"]).concurrency == 3  # the former name
+    assert rewriter_parser().parse_args(base).concurrency is None
