@@ -53,19 +53,28 @@ SSE_PLAIN, SSE_USAGE = _events(False), _events(True)
 NOT_FOUND = b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 21\r\n\r\n{\"error\":\"not found\"}"
 
 
+async def read_request(reader: asyncio.StreamReader) -> "tuple[bytes, bytes] | None":
+    """The next request on a keep-alive connection: its head (request line and headers) and its body
+    (``Content-Length`` bytes); ``None`` once the client has closed the connection."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+        return None
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    return head, (await reader.readexactly(length) if length else b"")
+
+
 async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Serve one keep-alive connection until the client closes it."""
     try:
         while True:
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except (asyncio.IncompleteReadError, ConnectionError):
+            request = await read_request(reader)
+            if request is None:
                 return
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            body = await reader.readexactly(length) if length else b""
+            head, body = request
             if not head.startswith(b"POST ") or b"/chat/completions" not in head.split(b" ", 2)[1]:
                 writer.write(NOT_FOUND)
             elif _STREAM_TRUE.search(body):

@@ -46,7 +46,11 @@ def rewriter_parser() -> argparse.ArgumentParser:
         help="where teacher answers (and --judge's target answers) are cached "
         "(default: <alignware cache>/teacher and <alignware cache>/answers)",
     )
-    p.add_argument("--max-concurrency", type=int, default=8, help="teacher calls in flight at once")
+    p.add_argument(
+        "--concurrency", "--max-concurrency", dest="concurrency", type=int, default=None, metavar="N",
+        help="remote models: teacher calls (default 8) and --judge's target answers (default: batched) sent async, "
+        "at most N in flight; a local model batches instead",
+    )
     p.add_argument("--limit", type=int, default=None, help="use only the first N pairs")
     p.add_argument("--filter-given", action="store_true", help="apply BPO's filters to optimized prompts found in the data too")
     p.add_argument(
@@ -90,7 +94,7 @@ def _train_rewriter(argv: Sequence[str]) -> int:
         pairs,
         args.teacher,
         cache_dir=args.cache_dir,
-        max_concurrency=args.max_concurrency,
+        concurrency=args.concurrency,
         progress=not args.quiet and sys.stderr.isatty(),
         filter_given=args.filter_given,
         template=config.template,

@@ -6,15 +6,15 @@ with the optimized prompts taken from the data or written by a teacher model (BP
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from middleware.concurrency import concurrency_for, is_local, run_bounded
 from middleware.errors import InputError
 from middleware.llm import LLM
 from middleware.models import cache_dir as cache_root
@@ -27,6 +27,9 @@ from .selection import RewardChoice, select_by_reward
 from .stage import resolve_llm
 from .teacher import bpo_filter, parse_teacher_output, teacher_prompt
 from .templates import Template, get_template
+
+#: teacher calls in flight at once to a remote teacher, unless ``concurrency`` says otherwise
+TEACHER_CONCURRENCY = 8
 
 log = logging.getLogger("alignware")
 
@@ -92,7 +95,8 @@ def build_rewriter_data(
     teacher: "LLM | str | None" = None,
     *,
     cache_dir: "str | os.PathLike[str] | None" = None,
-    max_concurrency: int = 8,
+    concurrency: int | None = None,
+    max_concurrency: int | None = None,
     progress: bool = True,
     teacher_temperature: float = 0.7,
     teacher_max_tokens: int = 1024,
@@ -114,7 +118,9 @@ def build_rewriter_data(
     others, the ``teacher`` compares ``chosen`` with ``rejected`` and writes a critique and an optimized
     prompt (BPO's procedure, :func:`teacher_prompt`); its answers go through :func:`bpo_filter`.
 
-    Teacher calls run ``max_concurrency`` at a time and are cached on disk under ``cache_dir`` (default:
+    Teacher calls to a remote model go out async, ``concurrency`` in flight at once (default
+    ``TEACHER_CONCURRENCY``; ``max_concurrency`` is its former name), in the rows' order; a local teacher
+    answers one row at a time. They are cached on disk under ``cache_dir`` (default:
     ``<alignware cache>/teacher``), keyed by a hash of the teacher's model name and the prompt, so a rerun
     makes no calls. A failed or unparseable teacher answer skips that row and is counted, never raised.
 
@@ -131,14 +137,15 @@ def build_rewriter_data(
         raise InputError(f"template {tmpl.name!r} takes fields {list(tmpl.fields)}; a rewriter template takes 'prompt'")
     rows = as_pairs(pairs)
     report = RewriterDataReport(total=len(rows))
-    if max_concurrency < 1:
-        raise InputError(f"max_concurrency must be at least 1, got {max_concurrency!r}")
+    given = concurrency if concurrency is not None else max_concurrency
+    if given is not None and given < 1:
+        raise InputError(f"concurrency must be at least 1, got {given!r}")
     targets, need = _given_targets(rows, report, teacher=teacher is not None, filter_given=filter_given)
     if need:
         assert teacher is not None
         answers = _ask_teacher(
             rows, need, teacher, report,
-            cache_dir=cache_dir, max_concurrency=max_concurrency, progress=progress,
+            cache_dir=cache_dir, concurrency=given, progress=progress,
             temperature=teacher_temperature, max_tokens=teacher_max_tokens,
         )
         for i in sorted(answers):
@@ -162,6 +169,7 @@ def build_rewriter_data(
             temperature=select_temperature,
             cache_dir=cache_dir,
             progress=progress,
+            concurrency=concurrency,
         )
         _apply_selection(choices, targets, report)
         if choices_out is not None:
@@ -200,64 +208,65 @@ def _ask_teacher(
     report: RewriterDataReport,
     *,
     cache_dir: "str | os.PathLike[str] | None",
-    max_concurrency: int,
+    concurrency: int | None,
     progress: bool,
     temperature: float,
     max_tokens: int,
 ) -> dict[int, str]:
     """The teacher's usable answers for the rows ``need``, by row index: from the disk cache or asked
-    ``max_concurrency`` at a time. Failed calls and unparseable answers go to ``report.failures``."""
+    ``concurrency`` at a time (a local teacher: one at a time). Failed calls and unparseable answers go to
+    ``report.failures``, in row order."""
     llm = resolve_llm(teacher)
+    limit = concurrency_for(llm, concurrency, "build_rewriter_data")
+    if limit is None:
+        limit = 1 if is_local(llm) else TEACHER_CONCURRENCY
     model_name = f"{cache_identity(teacher, llm)}|temperature={temperature}|max_tokens={max_tokens}"
     teacher_dir = cache_root() / "teacher" if cache_dir is None else Path(cache_dir)
     cache = TextCache(teacher_dir, str(model_name))
-    lock = threading.Lock()
 
-    def ask(i: int) -> tuple[int, str | None, str | None]:
+    async def ask(i: int) -> str:
+        """Row ``i``'s usable answer; raises ``_Unusable`` with the row's failure."""
         prompt = teacher_prompt(rows[i])
         cached = cache.get(prompt)
         if cached is not None:
-            with lock:
-                report.cache_hits += 1
-            return i, cached, None
+            report.cache_hits += 1
+            return cached
         req = ChatRequest(
             messages=[Message(role="user", content=prompt)],
             temperature=temperature,
             max_tokens=max_tokens,
         )
-        with lock:
-            report.teacher_calls += 1
+        report.teacher_calls += 1
         try:
-            text = llm.complete(req).text
+            text = (await llm.acomplete(req)).text
         except Exception as e:  # any backend failure skips the row
-            return i, None, f"row {i}: teacher call failed: {failure_message(e)}"
+            raise _Unusable(f"row {i}: teacher call failed: {failure_message(e)}") from e
         try:
             parse_teacher_output(text)
         except ValueError as e:
-            return i, None, f"row {i}: unusable teacher answer: {e}"
+            raise _Unusable(f"row {i}: unusable teacher answer: {e}") from e
         try:
             cache.put(prompt, text)
         except OSError as e:
             log.warning("cannot cache a teacher answer in %s: %s", cache.root, e)
-        return i, text, None
+        return text
 
     bar = progress_bar(len(need), "teacher", "pair") if progress else None
-    answers: dict[int, str] = {}
-    with ThreadPoolExecutor(max_workers=min(max_concurrency, len(need)), thread_name_prefix="alignware-teacher") as ex:
-        for fut in as_completed([ex.submit(ask, i) for i in need]):
-            i, text, err = fut.result()
-            if err is not None:
-                report.teacher_failures += 1
-                report.failures.append(err)
-            else:
-                assert text is not None
-                answers[i] = text
-            if bar is not None:
-                bar.update(1)
+    out = run_bounded([functools.partial(ask, i) for i in need], limit, on_done=None if bar is None else lambda _: bar.update(1))
     if bar is not None:
         bar.close()
-    report.failures.sort(key=lambda s: int(s.split()[1].rstrip(":")))
+    answers: dict[int, str] = {}
+    for i, got in zip(need, out):
+        if isinstance(got, Exception):
+            report.teacher_failures += 1
+            report.failures.append(str(got) if isinstance(got, _Unusable) else f"row {i}: {failure_message(got)}")
+        else:
+            answers[i] = got
     return answers
+
+
+class _Unusable(Exception):
+    """A row the teacher gave no usable answer for (the message names the row and the reason)."""
 
 
 def _apply_selection(choices: list[RewardChoice], targets: dict[int, str], report: RewriterDataReport) -> None:

@@ -4,6 +4,7 @@ model's answer (:func:`select_by_reward`), one :class:`RewardChoice` per judged 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from middleware.concurrency import concurrency_for, run_bounded
 from middleware.errors import InputError
 from middleware.evaluate import load_judge
 from middleware.llm import LLM
@@ -63,6 +65,7 @@ def select_by_reward(
     batch_size: int = 16,
     cache_dir: "str | os.PathLike[str] | None" = None,
     progress: bool = True,
+    concurrency: int | None = None,
 ) -> list[RewardChoice]:
     """Keep the rewrites that help *this* target model: the target answers each original prompt and its
     rewrite (history kept, ``max_tokens``, ``seed``), the ``judge`` scores both answers against the original
@@ -84,6 +87,9 @@ def select_by_reward(
         judge: a reward model folder or any object with ``score_batch([(prompt, response), ...])``.
         samples: answers per side; more than 1 needs ``temperature`` > 0 (greedy answers repeat).
         temperature: the target's sampling temperature (``None``: its default decoding, greedy for local models).
+        concurrency: for a remote target, send the answers' requests async with at most this many in flight
+            (instead of ``batch_size`` batches); a failed request drops its row only. A local target batches
+            and ignores it.
     """
     if max_tokens < 1:
         raise InputError(f"max_tokens must be at least 1, got {max_tokens!r}")
@@ -105,7 +111,8 @@ def select_by_reward(
         for c in (list(rows[i].prompt), list(rows[i].prompt[:-1]) + [Message(role="user", content=rewrites[i])]):
             convs += [c] * samples
     answers, errors = _answer(
-        llm, convs, caches, max_tokens=max_tokens, seed=seed, temperature=temperature, batch_size=batch_size, progress=progress
+        llm, convs, caches, max_tokens=max_tokens, seed=seed, temperature=temperature, batch_size=batch_size, progress=progress,
+        concurrency=concurrency_for(llm, concurrency, "select_by_reward"),
     )
     return _choose(rows, rewrites, order, answers, errors, judge_obj, samples=samples, margin=margin)
 
@@ -120,10 +127,12 @@ def _answer(
     temperature: float | None,
     batch_size: int,
     progress: bool,
+    concurrency: int | None = None,
 ) -> tuple[list[str], dict[int, str]]:
     """The target's answer to every conversation (conversation ``j`` is sample ``k = j % len(caches)``:
-    seed ``seed + k``, cached in ``caches[k]``), from the cache or generated in batches of one seed; and
-    the failures (conversation index -> message), whose answers are empty."""
+    seed ``seed + k``, cached in ``caches[k]``), from the cache or generated in batches of one seed (with
+    ``concurrency``: one async request each, that many in flight); and the failures (conversation index ->
+    message), whose answers are empty."""
     samples = len(caches)
     keys = [json.dumps([m.model_dump(mode="json") for m in c], ensure_ascii=False, sort_keys=True) for c in convs]
     texts: list[str | None] = [caches[j % samples].get(k) for j, k in enumerate(keys)]
@@ -134,10 +143,25 @@ def _answer(
     def request(j: int) -> ChatRequest:
         return ChatRequest(messages=convs[j], max_tokens=max_tokens, seed=seed + j % samples, temperature=temperature)
 
-    chunks: list[list[int]] = []
-    for k in range(samples):  # one batch holds one seed (a batched generation samples from one generator)
-        js = [j for j in todo if j % samples == k]
-        chunks += [js[b : b + batch_size] for b in range(0, len(js), batch_size)]
+    def keep(got: list[tuple[int, str]]) -> None:
+        for j, text in got:
+            texts[j] = text
+            try:
+                caches[j % samples].put(keys[j], text)
+            except OSError as e:
+                log.warning("cannot cache an answer in %s: %s", caches[0].root, e)
+
+    if concurrency is not None:
+        out = run_bounded([functools.partial(llm.acomplete, request(j)) for j in todo], concurrency,
+                          on_done=None if bar is None else lambda _: bar.update(1))
+        errors.update((j, failure_message(r)) for j, r in zip(todo, out) if isinstance(r, Exception))
+        keep([(j, r.text) for j, r in zip(todo, out) if not isinstance(r, Exception)])
+        chunks: list[list[int]] = []
+    else:
+        chunks = []
+        for k in range(samples):  # one batch holds one seed (a batched generation samples from one generator)
+            js = [j for j in todo if j % samples == k]
+            chunks += [js[b : b + batch_size] for b in range(0, len(js), batch_size)]
     for chunk in chunks:
         try:
             got: list[tuple[int, str]] = [(j, r.text) for j, r in zip(chunk, llm.batch([request(j) for j in chunk]))]
@@ -148,12 +172,7 @@ def _answer(
                     got.append((j, llm.complete(request(j)).text))
                 except Exception as e:
                     errors[j] = failure_message(e)
-        for j, text in got:
-            texts[j] = text
-            try:
-                caches[j % samples].put(keys[j], text)
-            except OSError as e:
-                log.warning("cannot cache an answer in %s: %s", caches[0].root, e)
+        keep(got)
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:

@@ -66,17 +66,22 @@ class Router(LLM):
 
 @pytest.fixture
 def litellm_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """Every call that reaches ``litellm.completion`` (which still answers with its mock)."""
+    """Every call that reaches ``litellm.completion`` or ``litellm.acompletion`` (which still answer with their mock)."""
     import litellm
 
     calls: list[dict[str, Any]] = []
-    real = litellm.completion
+    real, areal = litellm.completion, litellm.acompletion
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         calls.append(kwargs)
         return real(*args, **kwargs)
 
+    async def acounting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        return await areal(*args, **kwargs)
+
     monkeypatch.setattr(litellm, "completion", counting)
+    monkeypatch.setattr(litellm, "acompletion", acounting)
     return calls
 
 

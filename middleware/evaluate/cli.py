@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-control", action="store_true", help="leave out the control rows (first sentence; safety suffix, which costs one generation per prompt)")
     p.add_argument("--out", default="runs/eval", help="where to write report.json/.md/.png (default %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads while generating (default %(default)s)")
+    p.add_argument("--concurrency", type=int, default=None, metavar="N",
+                   help="remote LLMs: send each variant's prompts async, at most N in flight (a local model batches instead)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -70,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1:
         print(f"error: --threads must be 1 or more, got {args.threads}", file=sys.stderr)
         return 2
+    if args.concurrency is not None and args.concurrency < 1:
+        print(f"error: --concurrency must be 1 or more, got {args.concurrency}", file=sys.stderr)
+        return 2
     if args.repeats is not None and args.repeats < 1:
         print(f"error: --repeats must be 1 or more, got {args.repeats}", file=sys.stderr)
         return 2
@@ -82,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                 print("error: --rejudge takes the answers from the report: leave out --pipeline, --prompts and --pairs", file=sys.stderr)
                 return 2
             generation = {"--limit": args.limit, "--seed": args.seed, "--repeats": args.repeats, "--max-tokens": args.max_tokens,
-                          "--no-per-stage": args.no_per_stage or None, "--no-control": args.no_control or None}
+                          "--no-per-stage": args.no_per_stage or None, "--no-control": args.no_control or None,
+                          "--concurrency": args.concurrency}
             given = [flag for flag, value in generation.items() if value is not None]
             if given:
                 print(f"error: --rejudge scores the report's answers as they are; {', '.join(given)} "
@@ -119,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             control=not args.no_control,
             repeats=args.repeats or 1,
             judge_pairs=args.judge_pairs,
+            concurrency=args.concurrency,
         )
     except (InputError, CheckpointError, AlignwareError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -4,14 +4,16 @@ control generated for every prompt (with repeats and seeds), then handed to the 
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Sequence, Union
 
+from ..concurrency import concurrency_for, run_bounded
 from ..config import PipelineConfig
-from ..errors import InputError
+from ..errors import AlignwareError, InputError
 from ..llm import LLM
 from ..pipeline import Pipeline
 from ..stages import Stage
@@ -94,14 +96,32 @@ def _seed_all(seed: int) -> None:
 
 
 def _run_variant(
-    pipe: Pipeline, msgs: list[list[Message]], params: dict[str, Any], seed: int, threads: int = 1
+    pipe: Pipeline, msgs: list[list[Message]], params: dict[str, Any], seed: int, threads: int = 1,
+    concurrency: int | None = None,
 ) -> tuple[list[ChatResponse], float]:
-    """One run of a variant: every request and the global RNGs seeded with ``seed``."""
+    """One run of a variant: every request and the global RNGs seeded with ``seed``. With ``concurrency``
+    (a remote LLM), each prompt goes through the pipeline's async path, at most that many in flight."""
     _seed_all(seed)
     t0 = time.perf_counter()
+    if concurrency is not None:
+        return _run_concurrently(pipe, msgs, params, seed, concurrency), time.perf_counter() - t0
     with decode_threads(threads):
         out = pipe.batch(msgs, **params, seed=seed)
     return out, time.perf_counter() - t0
+
+
+def _run_concurrently(
+    pipe: Pipeline, msgs: list[list[Message]], params: dict[str, Any], seed: int, concurrency: int
+) -> list[ChatResponse]:
+    """Every prompt through ``Pipeline.achat``, at most ``concurrency`` in flight, answers in prompt order.
+    A report needs every answer: failed prompts raise one error that names each of them."""
+    out = run_bounded([functools.partial(pipe.achat, m, **params, seed=seed) for m in msgs], concurrency)
+    failed = [(i, r) for i, r in enumerate(out) if isinstance(r, Exception)]
+    if failed:
+        listed = "; ".join(f"prompts[{i}]: {type(e).__name__}: {e}" for i, e in failed[:5])
+        more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
+        raise AlignwareError(f"{len(failed)} of {len(msgs)} prompts failed: {listed}{more}") from failed[0][1]
+    return [r for r in out if isinstance(r, ChatResponse)]
 
 
 def _trace_row(t: StageTrace) -> dict[str, Any]:
@@ -167,6 +187,7 @@ def evaluate_pipeline(
     control: bool = True,
     repeats: int = 1,
     judge_pairs: "str | Path | Sequence[PreferencePair] | None" = None,
+    concurrency: int | None = None,
 ) -> EvalReport:
     """Judge each stage alone and the whole chain against the plain answer, under one judge or several.
 
@@ -197,6 +218,10 @@ def evaluate_pipeline(
             prompt with the first seed, whatever ``repeats``), the baseline a prompt rewriter has to beat.
         threads: torch CPU threads while generating. 1 (the default) suits small batches and a machine
             other jobs share; on an idle machine, large batches run faster with one thread per core.
+        concurrency: for a remote LLM, send the prompts through the pipeline's async path with at most this
+            many in flight (answers keep the prompts' order; identical to the batched run for a
+            deterministic upstream). A local model batches instead and ignores it. A failed prompt raises
+            an error naming it, as in the batched run.
     """
     from tqdm.auto import tqdm
 
@@ -211,6 +236,7 @@ def evaluate_pipeline(
     if max_tokens is not None:
         params["max_tokens"] = max_tokens
 
+    limit_n = concurrency_for(the_llm, concurrency, "evaluate_pipeline")
     names = _variant_names(stages)
     variants: list[tuple[str, list[Stage]]] = [(PLAIN, [])]
     if per_stage:
@@ -238,7 +264,7 @@ def evaluate_pipeline(
             and all(the_llm.deterministic(pipe._request(m, {**params, "seed": seed})) for m in msgs)
         )
         for k in range(1 if once else repeats):
-            out, secs = _run_variant(pipe, msgs, params, seed + k, threads)
+            out, secs = _run_variant(pipe, msgs, params, seed + k, threads, limit_n)
             answers[name].append(out)
             wall[name] += secs
     bar.close()
