@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .adapters import base_label, read_manifest, verify_adapter
-from .checkpoints import CheckpointManager, sha256, write_json_atomic
+from .checkpoints import CheckpointManager, sha256
 from .dpo_data import DPOExample, check_dpo_examples
+from .distributed import current
 from .dpo_loss import DPOSettings, dpo_loss, sequence_logps
 from .errors import InputError
-from .sft import TargetLoss, adapter_manifest, load_training_model, resume_checkpoint, save_adapter, trainable_params
-from .sft_data import BUCKET_BATCHES, SFTConfig, SFTExample, collate, tokenize_example
-from .training import BatchPlan, LossFn, LRSchedule, TrainingLoop, plot_history, split_holdout
+from .sft import TargetLoss, export_adapter, load_training_model, resume_checkpoint, trainable_params
+from .sft_data import BUCKET_BATCHES, SFTConfig, SFTExample, collate, tokenize_example, weight_settings
+from .training import BatchPlan, LossFn, LRSchedule, TrainingLoop, drop_if_last, split_holdout
 
 log = logging.getLogger("alignware")
 
@@ -102,10 +103,7 @@ def _batch(rows: _PairRows, idx: list[int], pad_id: int, device: Any) -> dict[st
 def _fingerprint(config: SFTConfig, settings: DPOSettings, examples: list[DPOExample], init: str | None) -> str:
     """Identifies a run: everything that changes the weights (not eval/save intervals)."""
     h = hashlib.sha256()
-    cfg = config.to_dict()
-    for k in ("eval_every", "save_every", "keep_checkpoints"):
-        cfg.pop(k)
-    h.update(json.dumps({"config": cfg, "dpo": settings.to_dict(), "init": init}, sort_keys=True).encode())
+    h.update(json.dumps({"config": weight_settings(config), "dpo": settings.to_dict(), "init": init}, sort_keys=True).encode())
     for ex in examples:
         h.update("\0".join((ex.source, ex.chosen, ex.rejected, str(ex.group))).encode() + b"\1")
     return h.hexdigest()
@@ -244,16 +242,6 @@ def _step_fn(plan: BatchPlan, objective: _Objective, optimizer: Any) -> LossFn:
     return compute
 
 
-def _export(model: Any, out_dir: Path, config: SFTConfig, history: list[dict[str, Any]], training: dict[str, Any]) -> None:
-    save_adapter(model, out_dir, adapter_manifest(config, **training))
-    write_json_atomic(out_dir / "history.json", history)
-    try:
-        keep = ("step", "loss", "eval_loss", "rewards_accuracy", "eval_rewards_accuracy")
-        plot_history([{k: v for k, v in r.items() if k in keep} for r in history], out_dir / "loss.png", title=f"{config.kind} DPO")
-    except Exception as e:  # a missing plotting backend must not lose a trained adapter
-        log.warning("could not draw %s: %s", out_dir / "loss.png", e)
-
-
 # -- training -------------------------------------------------------------------------------------
 def train_dpo(
     examples: list[DPOExample],
@@ -346,15 +334,11 @@ def train_dpo(
             history.append({"step": at, **(last_eval[0] or {})})
         return callback is not None and callback(row) is False
 
-    def unrecord(row: dict[str, Any]) -> None:
-        if history and history[-1] is row:
-            history.pop()
-
     schedule = LRSchedule(plan.total, warmup=max(1, round(0.1 * plan.total)), decay="linear")
     loop = TrainingLoop(params, optimizer, schedule, [config.learning_rate], save_every=config.save_every,
                         grad_clip=1.0, desc=f"train {config.kind} (DPO)", progress=progress)
     done = loop.run(_step_fn(plan, objective, optimizer), start=step, stop=plan.total, save=checkpoint,
-                    record=history.append, unrecord=unrecord, on_step=on_step)
+                    record=history.append, unrecord=drop_if_last(history), on_step=on_step)
 
     final = last_eval[0]
     if rows.held and not (history and history[-1].get("step") == done.step and "eval_loss" in history[-1]):
@@ -370,7 +354,9 @@ def train_dpo(
         eval_untrained=eval_untrained, eval_final=final,
         pairs_per_second=round(trained_pairs / seconds, 3) if seconds else None,
     )
-    _export(model, out_dir, config, history, training)
+    if current().is_main:  # under accelerate launch every process holds the same weights; rank 0 writes them
+        export_adapter(model, out_dir, config, history, training, title=f"{config.kind} DPO",
+                       curves=("loss", "eval_loss", "rewards_accuracy", "eval_rewards_accuracy"))
     return DPOResult(
         out_dir=out_dir, history=history, eval_untrained=eval_untrained, eval_final=final, steps=done.step,
         total_steps=plan.total, pairs_per_second=trained_pairs / seconds if seconds else 0.0,

@@ -40,6 +40,7 @@ from .training import (
     LossFn,
     LRSchedule,
     TrainingLoop,
+    drop_if_last,
     latest_checkpoint,
     plot_history,
     restore_optimizer,
@@ -52,7 +53,7 @@ log = logging.getLogger("alignware")
 #: head can be applied to the target positions only.
 PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "smollm3"})
 
-__all__ = ["SFTResult", "TargetLoss", "adapter_manifest", "init_adapter", "load_training_model", "resume_checkpoint", "resume_run", "save_adapter", "trainable_params", "train_sft"]
+__all__ = ["SFTResult", "TargetLoss", "adapter_manifest", "export_adapter", "init_adapter", "load_training_model", "resume_checkpoint", "resume_run", "save_adapter", "trainable_params", "train_sft"]
 
 
 @dataclass
@@ -266,14 +267,18 @@ def _resume(ck: Checkpoint, fp: str, params: dict[str, Any], optimizer: Any) -> 
     restore_optimizer(ck, optimizer)
 
 
-def _export(model: Any, out_dir: Path, config: SFTConfig, history: list[dict[str, Any]], training: dict[str, Any]) -> None:
-    """Write the adapter with its manifest (``training``: what the run did), ``history.json`` and ``loss.png``."""
+def export_adapter(
+    model: Any, out_dir: Path, config: SFTConfig, history: list[dict[str, Any]], training: dict[str, Any], *,
+    curves: tuple[str, ...] = ("loss", "eval_loss"), title: str | None = None,
+) -> None:
+    """Write the adapter with its manifest (``training``: what the run did), ``history.json`` and ``loss.png``
+    (the ``curves`` series of ``history``; default title: "<kind> SFT (<template>)")."""
     save_adapter(model, out_dir, adapter_manifest(config, **training))
     write_json_atomic(out_dir / "history.json", history)
     try:
-        curves = [{k: v for k, v in r.items() if k in ("step", "loss", "eval_loss")} for r in history]
-        title = f"{config.kind} SFT" + (f" ({config.template})" if config.template else "")
-        plot_history(curves, out_dir / "loss.png", title=title)
+        rows = [{k: v for k, v in r.items() if k == "step" or k in curves} for r in history]
+        title = title or f"{config.kind} SFT" + (f" ({config.template})" if config.template else "")
+        plot_history(rows, out_dir / "loss.png", title=title)
     except Exception as e:  # a missing plotting backend must not lose a trained adapter
         log.warning("could not draw %s: %s", out_dir / "loss.png", e)
 
@@ -445,15 +450,11 @@ def train_sft(
             loop.bar.set_postfix(loss=f"{row['loss']:.3f}", eval=f"{evals[0]:.3f}", refresh=False)
         return callback is not None and callback(row) is False
 
-    def unrecord(row: dict[str, Any]) -> None:
-        if history and history[-1] is row:
-            history.pop()
-
     schedule = LRSchedule(plan.total, warmup=max(1, round(0.03 * plan.total)), decay="linear")
     loop = TrainingLoop(params, optimizer, schedule, [config.learning_rate], save_every=config.save_every,
                         grad_clip=1.0, desc=f"train {config.kind}", progress=progress, dist=dist)
     compute = _step_fn(plan, rows, pad_id, device, loss_fn, optimizer, dist)
-    done = loop.run(compute, start=step, stop=plan.total, save=checkpoint, record=history.append, unrecord=unrecord,
+    done = loop.run(compute, start=step, stop=plan.total, save=checkpoint, record=history.append, unrecord=drop_if_last(history),
                     on_step=on_step)
     step, train_seconds, stopped, interrupted = done.step, done.train_seconds, done.stopped, done.interrupted
     target_tokens, all_tokens = tokens["target"], tokens["all"]
@@ -474,7 +475,7 @@ def train_sft(
         tokens_per_second=round(target_tokens / train_seconds, 2) if train_seconds else None,
     )
     if dist.is_main:
-        _export(model, out_dir, config, history, training)
+        export_adapter(model, out_dir, config, history, training)
     dist.barrier()
     return SFTResult(
         out_dir=out_dir,

@@ -165,13 +165,18 @@ def collate(rows: Sequence[dict[str, list[int]]], pad_id: int) -> dict[str, Any]
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def fingerprint(config: SFTConfig, examples: Sequence[SFTExample], warmup: Sequence[SFTExample]) -> str:
-    """Identifies a run: everything that changes the weights (not eval/save intervals)."""
-    h = hashlib.sha256()
+def weight_settings(config: SFTConfig) -> dict[str, Any]:
+    """The settings of ``config`` that change the trained weights (all but the evaluation and saving intervals)."""
     cfg = config.to_dict()
     for k in ("eval_every", "save_every", "keep_checkpoints"):
         cfg.pop(k)
-    h.update(json.dumps(cfg, sort_keys=True).encode())
+    return cfg
+
+
+def fingerprint(config: SFTConfig, examples: Sequence[SFTExample], warmup: Sequence[SFTExample]) -> str:
+    """Identifies a run: everything that changes the weights (not eval/save intervals)."""
+    h = hashlib.sha256()
+    h.update(json.dumps(weight_settings(config), sort_keys=True).encode())
     for tag, exs in ((b"M", examples), (b"W", warmup)):
         for ex in exs:
             h.update(tag + ex.source.encode() + b"\0" + ex.target.encode() + b"\1")

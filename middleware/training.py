@@ -248,6 +248,17 @@ def restore(snap: Snapshot, params: dict[str, Any], optimizer: Any) -> None:
         optimizer.state[p] = st
 
 
+def drop_if_last(history: list[dict[str, Any]]) -> Callable[[dict[str, Any]], None]:
+    """The ``unrecord`` hook of a trainer whose ``record`` is ``history.append``: it removes ``row`` when it is
+    the last one recorded (an update undone by Ctrl-C)."""
+
+    def unrecord(row: dict[str, Any]) -> None:
+        if history and history[-1] is row:
+            history.pop()
+
+    return unrecord
+
+
 @dataclass
 class LoopResult:
     """How a ``TrainingLoop.run`` ended."""

@@ -37,7 +37,7 @@ from middleware.errors import InputError
 from middleware.models import decoder_layers, load_causal_lm
 from middleware.sft import SFTResult, load_training_model, resume_run, save_adapter, train_sft, trainable_params
 from middleware.shared_base import SharedBase
-from middleware.training import BatchPlan, LossFn, LRSchedule, TrainingLoop, plot_history, split_holdout
+from middleware.training import BatchPlan, LossFn, LRSchedule, TrainingLoop, drop_if_last, plot_history, split_holdout
 from middleware.types import PreferencePair, load_pairs
 
 from .hidden import block_states, layer_indices
@@ -246,15 +246,11 @@ def train_rahf(
             history.append({"step": at, "eval_loss": last_eval[0]})
         return callback is not None and callback(row) is False
 
-    def unrecord(row: dict[str, Any]) -> None:
-        if history and history[-1] is row:
-            history.pop()
-
     schedule = LRSchedule(plan.total, warmup=max(1, round(0.03 * plan.total)), decay="linear")
     loop = TrainingLoop(params, optimizer, schedule, [config.learning_rate], save_every=config.save_every,
                         grad_clip=1.0, desc=f"fit rahf-{config.variant}", progress=progress)
     done = loop.run(_step_fn(plan, items, store, layers, pad, model, optimizer), start=step, stop=plan.total,
-                    save=checkpoint, record=history.append, unrecord=unrecord, on_step=on_step)
+                    save=checkpoint, record=history.append, unrecord=drop_if_last(history), on_step=on_step)
     seconds["fit"] = done.train_seconds
     seconds["sft_steps"] = float(sum(r.steps for r in sft.values()))
 
