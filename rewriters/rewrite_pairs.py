@@ -23,7 +23,7 @@ from .pairs import as_pairs
 from .preference_pairs import MinGap, PairReport, PairRow, Sampler, check_min_gap, decide_rows, drop, fill_candidates
 from .preference_pairs import judge_scores, resolve_sampler, sample_texts
 from .rewrite_checks import RewriteCheck, check_rewrite, clean_rewrite
-from .selection import _answer
+from .selection import answer_conversations
 from .stage import Generated, resolve_llm
 from .templates import Template
 
@@ -172,7 +172,7 @@ def _judge_answers(
                 blocks[key] = len(blocks)
                 convs += [conv] * answers
             owner.append((row.index, slot, blocks[key]))
-    texts, failures = _answer(llm, convs, caches, max_tokens=max_tokens, seed=seed, temperature=temperature,
+    texts, failures = answer_conversations(llm, convs, caches, max_tokens=max_tokens, seed=seed, temperature=temperature,
                               batch_size=batch_size, progress=progress)
     failed_blocks = {j // answers: failures[j] for j in sorted(failures, reverse=True)}
     for i, _, b in owner:

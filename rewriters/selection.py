@@ -24,7 +24,7 @@ from .stage import resolve_llm
 
 log = logging.getLogger("alignware")
 
-__all__ = ["RewardChoice", "select_by_reward"]
+__all__ = ["RewardChoice", "answer_conversations", "select_by_reward"]
 
 
 @dataclass
@@ -110,14 +110,14 @@ def select_by_reward(
     for i in order:
         for c in (list(rows[i].prompt), list(rows[i].prompt[:-1]) + [Message(role="user", content=rewrites[i])]):
             convs += [c] * samples
-    answers, errors = _answer(
+    answers, errors = answer_conversations(
         llm, convs, caches, max_tokens=max_tokens, seed=seed, temperature=temperature, batch_size=batch_size, progress=progress,
         concurrency=concurrency_for(llm, concurrency, "select_by_reward"),
     )
     return _choose(rows, rewrites, order, answers, errors, judge_obj, samples=samples, margin=margin)
 
 
-def _answer(
+def answer_conversations(
     llm: LLM,
     convs: list[list[Message]],
     caches: list[TextCache],
