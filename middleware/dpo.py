@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -180,6 +181,18 @@ def reference_logps(
     return sums, counts
 
 
+def _first_reference(
+    scorer: TargetLoss, rows: _PairRows, plan: BatchPlan, pad_id: int, device: Any, batch_size: int, *,
+    adapter_off: bool, progress: bool,
+) -> tuple[tuple[Any, Any], float, float]:
+    """The reference log-probs of a fresh run, for the pairs its steps use and the held-out ones (fewer than
+    all with ``max_steps``), the seconds that took and the share of them spent on training pairs."""
+    t0 = time.perf_counter()
+    used = {i for s in range(plan.total) for i in plan.batch(s)[2]} | set(rows.held)
+    ref = reference_logps(scorer, rows, pad_id, device, batch_size, adapter_off=adapter_off, progress=progress, only=used)
+    return ref, time.perf_counter() - t0, len(used - set(rows.held)) / len(used)
+
+
 def _metrics(losses: Any, chosen: Any, rejected: Any) -> dict[str, float]:
     return {
         "loss": float(losses.mean()),
@@ -265,8 +278,6 @@ def train_dpo(
 
     Writes the adapter files, ``alignware.json`` (``training.method = "dpo"``), ``history.json`` and ``loss.png``.
     """
-    import time
-
     import torch  # heavy: loaded when a run starts
 
     config.validate()
@@ -300,17 +311,13 @@ def train_dpo(
     step = ck.step if ck else 0
     history: list[dict[str, Any]] = list(ck.state.get("history", [])) if ck else []
     eval_untrained: dict[str, float] | None = ck.state.get("eval_untrained") if ck else None
-    ref_seconds, ref_share = 0.0, 0.0
     if ck is not None:
         saved = ck.state["reference"]
         ref = (torch.tensor(saved["sums"], dtype=torch.float32), torch.tensor(saved["counts"], dtype=torch.long))
+        ref_seconds, ref_share = 0.0, 0.0
     else:
-        t0 = time.perf_counter()
-        used = {i for s in range(plan.total) for i in plan.batch(s)[2]} | set(rows.held)  # fewer with max_steps
-        ref = reference_logps(scorer, rows, pad_id, device, config.batch_size, adapter_off=init_dir is None,
-                              progress=progress, only=used)
-        ref_seconds = time.perf_counter() - t0
-        ref_share = len(used - set(rows.held)) / len(used)
+        ref, ref_seconds, ref_share = _first_reference(scorer, rows, plan, pad_id, device, config.batch_size,
+                                                       adapter_off=init_dir is None, progress=progress)
     objective = _Objective(scorer, rows, ref, settings, pad_id, device)
 
     model.train()

@@ -179,24 +179,10 @@ def create_app(
         raw = await http.read_body(request, max_body_bytes)
         if not isinstance(raw, bytes):
             return raw
-        try:
-            body = json.loads(raw)
-            # a \uD800-\uDFFF escape: look for an unpaired surrogate
-            where = unpaired_surrogate(body) if b"\\ud" in raw or b"\\uD" in raw else None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            return _error(400, f"the request body is not valid JSON: {e}")
-        except RecursionError:
-            return _error(400, "the request body is nested too deeply")
-        if where is not None:
-            return _error(400, f"{where}: holds an unpaired UTF-16 surrogate, which is not text", param=where)
-        if isinstance(body, dict) and isinstance(body.get("messages"), list) and len(body["messages"]) > max_messages:
-            return _error(400, f"messages: {len(body['messages'])} messages; this server takes at most {max_messages}",
-                          param="messages")
-        try:
-            req = request_from_openai(body)
-            include_usage = bool(_object_field(body, "stream_options").get("include_usage"))
-        except (InputError, ValidationError) as e:
-            return _error_response(e if isinstance(e, InputError) else InputError(str(e)))
+        parsed = _chat_request(raw, max_messages)
+        if not isinstance(parsed, tuple):
+            return parsed
+        body, req, include_usage = parsed
         tracing = http.wants_trace(request, trace)
         if body.get("stream"):
             # Start the pipeline before answering: a failure before the first chunk gets its own
@@ -233,6 +219,30 @@ def create_app(
                     await _aclose(it)
 
     return app
+
+
+def _chat_request(raw: bytes, max_messages: int) -> "tuple[dict[str, Any], ChatRequest, bool] | Any":
+    """The chat request in a body: ``(body, request, include_usage)``, or the 400 that names what is wrong
+    (not JSON, nested too deeply, an unpaired surrogate, too many messages, a bad field)."""
+    try:
+        body = json.loads(raw)
+        # a \uD800-\uDFFF escape: look for an unpaired surrogate
+        where = unpaired_surrogate(body) if b"\\ud" in raw or b"\\uD" in raw else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return _error(400, f"the request body is not valid JSON: {e}")
+    except RecursionError:
+        return _error(400, "the request body is nested too deeply")
+    if where is not None:
+        return _error(400, f"{where}: holds an unpaired UTF-16 surrogate, which is not text", param=where)
+    if isinstance(body, dict) and isinstance(body.get("messages"), list) and len(body["messages"]) > max_messages:
+        return _error(400, f"messages: {len(body['messages'])} messages; this server takes at most {max_messages}",
+                      param="messages")
+    try:
+        req = request_from_openai(body)
+        include_usage = bool(_object_field(body, "stream_options").get("include_usage"))
+    except (InputError, ValidationError) as e:
+        return _error_response(e if isinstance(e, InputError) else InputError(str(e)))
+    return body, req, include_usage
 
 
 async def _aclose(it: AsyncIterator[Any]) -> None:

@@ -461,12 +461,7 @@ def train_sft(
 
     last_eval = evals[0]
     if eval_rows:
-        tail = history[-1] if history else {}
-        if tail.get("step") == step and "eval_loss" in tail:
-            last_eval = tail["eval_loss"]
-        else:
-            last_eval = _evaluate(loss_fn, eval_rows, config.batch_size, pad_id, device, dist)
-            history.append({"step": step, "eval_loss": last_eval})
+        last_eval = _final_eval(history, step, lambda: _evaluate(loss_fn, eval_rows, config.batch_size, pad_id, device, dist))
 
     training = dict(
         steps=step, total_steps=plan.total, finished=step >= plan.total, examples=len(examples),
@@ -478,17 +473,19 @@ def train_sft(
         export_adapter(model, out_dir, config, history, training)
     dist.barrier()
     return SFTResult(
-        out_dir=out_dir,
-        history=history,
-        eval_loss_untrained=eval_untrained,
-        eval_loss_final=last_eval,
-        steps=step,
+        out_dir=out_dir, history=history, eval_loss_untrained=eval_untrained, eval_loss_final=last_eval, steps=step,
         tokens_per_second=target_tokens / train_seconds if train_seconds else 0.0,
         total_tokens_per_second=all_tokens / train_seconds if train_seconds else 0.0,
-        train_seconds=train_seconds,
-        target_tokens=target_tokens,
-        resumed_from=resumed_from,
-        stopped_early=stopped,
-        total_steps=plan.total,
-        interrupted=interrupted,
+        train_seconds=train_seconds, target_tokens=target_tokens, resumed_from=resumed_from, stopped_early=stopped,
+        total_steps=plan.total, interrupted=interrupted,
     )
+
+
+def _final_eval(history: list[dict[str, Any]], step: int, evaluate: Callable[[], "float | None"]) -> "float | None":
+    """The held-out loss at ``step``: the one the history already has for it, else measured now and recorded."""
+    tail = history[-1] if history else {}
+    if tail.get("step") == step and "eval_loss" in tail:
+        return tail["eval_loss"]
+    loss = evaluate()
+    history.append({"step": step, "eval_loss": loss})
+    return loss

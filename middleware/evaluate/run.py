@@ -171,6 +171,40 @@ def _variant_names(stages: Sequence[Stage]) -> list[str]:
     return names
 
 
+def _generate(
+    the_llm: LLM, variants: list[tuple[str, list[Stage]]], generated: list[tuple[str, list[Stage]]],
+    defaults: Any, msgs: list[Any], params: dict[str, Any], *, seed: int, repeats: int, threads: int,
+    concurrency: "int | None", progress: bool,
+) -> tuple[dict[str, list[list[ChatResponse]]], dict[str, float]]:
+    """Every variant's answers, ``answers[variant][k][i]`` (repeat k's response to prompt i), and its seconds.
+    A variant with the same stages as an earlier one reuses its answers; one that cannot change between
+    seeds (greedy stages, greedy local decoding) and the safety control are generated once."""
+    from tqdm.auto import tqdm
+
+    answers: dict[str, list[list[ChatResponse]]] = {}
+    wall: dict[str, float] = {}
+    bar = tqdm(generated, desc="generating", unit="variant", disable=not progress)
+    for name, sts in bar:
+        bar.set_postfix_str(name)
+        same = next((n for n, s in variants if n in answers and [id(x) for x in s] == [id(x) for x in sts]), None)
+        if same is not None:
+            answers[name], wall[name] = answers[same], wall[same]
+            continue
+        pipe = Pipeline(the_llm, sts, defaults=defaults)
+        answers[name], wall[name] = [], 0.0
+        once = name == SAFETY_CONTROL or (
+            repeats > 1
+            and all(st.deterministic() for st in sts)
+            and all(the_llm.deterministic(pipe._request(m, {**params, "seed": seed})) for m in msgs)
+        )
+        for k in range(1 if once else repeats):
+            out, secs = _run_variant(pipe, msgs, params, seed + k, threads, concurrency)
+            answers[name].append(out)
+            wall[name] += secs
+    bar.close()
+    return answers, wall
+
+
 def evaluate_pipeline(
     config: PipelineLike,
     prompts: PromptsLike,
@@ -223,8 +257,6 @@ def evaluate_pipeline(
             deterministic upstream). A local model batches instead and ignores it. A failed prompt raises
             an error naming it, as in the batched run.
     """
-    from tqdm.auto import tqdm
-
     the_llm, stages, defaults, desc = _parts(config, llm)
     msgs, sources, references = _prompt_list(prompts, limit)
     if not msgs:
@@ -245,29 +277,8 @@ def evaluate_pipeline(
     # the safety-suffix control: the plain LLM on the suffixed prompt, one run whatever ``repeats``
     generated = variants + ([(SAFETY_CONTROL, [safety_suffix_stage()])] if control else [])
 
-    # answers[variant][k][i]: repeat k's response to prompt i
-    answers: dict[str, list[list[ChatResponse]]] = {}
-    wall: dict[str, float] = {}
-    bar = tqdm(generated, desc="generating", unit="variant", disable=not progress)
-    for name, sts in bar:
-        bar.set_postfix_str(name)
-        same = next((n for n, s in variants if n in answers and [id(x) for x in s] == [id(x) for x in sts]), None)
-        if same is not None:
-            answers[name], wall[name] = answers[same], wall[same]
-            continue
-        pipe = Pipeline(the_llm, sts, defaults=defaults)
-        answers[name], wall[name] = [], 0.0
-        # a variant that cannot change between seeds (greedy stages, greedy local decoding) is generated once
-        once = name == SAFETY_CONTROL or (
-            repeats > 1
-            and all(st.deterministic() for st in sts)
-            and all(the_llm.deterministic(pipe._request(m, {**params, "seed": seed})) for m in msgs)
-        )
-        for k in range(1 if once else repeats):
-            out, secs = _run_variant(pipe, msgs, params, seed + k, threads, limit_n)
-            answers[name].append(out)
-            wall[name] += secs
-    bar.close()
+    answers, wall = _generate(the_llm, variants, generated, defaults, msgs, params,
+                              seed=seed, repeats=repeats, threads=threads, concurrency=limit_n, progress=progress)
     # per variant: the runs it made (1 or ``repeats``), and its answers to every repeat
     made = {name: len(runs) for name, runs in answers.items()}
     answers = {name: runs * (repeats // len(runs)) for name, runs in answers.items()}
