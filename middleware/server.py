@@ -94,10 +94,24 @@ def _error_response(exc: BaseException) -> Any:
     from fastapi.responses import JSONResponse
 
     status, error = error_for(exc)
-    headers = {}
-    if status == 429 and isinstance(exc, BackendError) and exc.retry_after is not None:
+    return JSONResponse(status_code=status, content={"error": error}, headers=retry_headers(exc, status))
+
+
+def retry_headers(exc: BaseException, status: int) -> dict[str, str]:
+    """What an upstream failure tells the client about retrying. A 429 passes the upstream's ``Retry-After``
+    on. ``X-Should-Retry: false`` (read by the ``openai`` SDKs, which otherwise retry 408, 409, 429 and 5xx
+    twice on their own) where another try cannot help or has been made already: the backend retried per
+    its policy, or the failure is not one a retry mends (the upstream refusing the server's key, a bad
+    request). Without that, each client retry would start the backend's retries again: 3 x 3 upstream
+    calls for one request with the SDK's and the backend's default of 2 retries each."""
+    if not isinstance(exc, BackendError):
+        return {}
+    headers: dict[str, str] = {}
+    if status == 429 and exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))  # the upstream's wait, passed on
-    return JSONResponse(status_code=status, content={"error": error}, headers=headers)
+    if not exc.retryable or exc.attempts > 1:
+        headers["X-Should-Retry"] = "false"
+    return headers
 
 
 _object_field = object_field

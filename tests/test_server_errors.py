@@ -199,3 +199,21 @@ def test_the_upstreams_retry_after_reaches_the_client_with_one_upstream_call_per
         r = httpx.post(f"{base}/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
         assert r.status_code == 429 and r.headers["retry-after"] == "20"
         assert fake.calls("upstream-model") == 1  # a wait longer than backoff_max is the client's to make
+
+
+@pytest.mark.parametrize("upstream, calls", [(500, 3), (503, 3), (401, 1)])
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_stock_openai_client_does_not_repeat_the_servers_retries(fake: FakeOpenAI, upstream: int, calls: int, stream: bool) -> None:
+    openai = pytest.importorskip("openai")
+    options = {"api_base": fake.base, "api_key": "sk-p", "max_retries": 2, "backoff_initial": 0.01, "backoff_max": 0.02}
+    pipe = load_pipeline({"llm": "openai/upstream-model", "llm_options": options})
+    assert isinstance(pipe, Pipeline)
+    with _serve(create_app(pipe)) as base:
+        cleared(fake).script("upstream-model", fail(upstream, "upstream trouble"))
+        client = openai.OpenAI(base_url=base, api_key="unused", max_retries=2)  # the SDK's default retries
+        with pytest.raises(openai.APIStatusError) as caught:
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=stream)
+        assert caught.value.status_code == 502
+        assert caught.value.response.headers["x-should-retry"] == "false"
+        # the backend's 1 + 2 attempts (a refused key: one), not 3 x 3 with the client's own retries
+        assert fake.calls("upstream-model") == calls
