@@ -173,6 +173,9 @@ class OpenAIBackend(LiteLLMBackend):
             weakref.WeakKeyDictionary()
         )
 
+    def _unroutable(self, model: str, options: dict[str, Any]) -> str | None:
+        return None  # any name: the upstream is OpenAI-compatible whatever it calls its models
+
     def __repr__(self) -> str:
         fb = f", fallbacks={self.fallbacks}" if self.fallbacks else ""
         return f"OpenAIBackend(model={self.model!r}{fb})"

@@ -22,6 +22,7 @@ import tenacity
 from .errors import BackendError
 from .llm import LLM, OPENAI_FIELDS, ModelStages
 from .openai_format import wire_messages
+from .remote_options import check_backend_options, check_extra_options, unknown_provider
 from .remote_replies import StreamState, aclose_stream, close_stream, reply_from_litellm
 from .types import ChatChunk, ChatRequest, ChatResponse
 
@@ -246,21 +247,14 @@ class LiteLLMBackend(LLM):
         max_concurrency: int = 8,
         **litellm_kwargs: Any,
     ) -> None:
-        if not isinstance(model, str) or not model:
-            raise ValueError(f"model must be a litellm model string such as 'openai/gpt-4o-mini', got {model!r}")
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be 0 or more, got {max_retries!r}")
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
-        if backoff_initial < 0 or backoff_max < 0:
-            raise ValueError("backoff_initial and backoff_max must not be negative")
-        if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency!r}")
+        check_backend_options(model, max_retries=max_retries, timeout=timeout, fallbacks=fallbacks,
+                              backoff_initial=backoff_initial, backoff_max=backoff_max, max_concurrency=max_concurrency)
         reserved = sorted(_RESERVED_KWARGS & litellm_kwargs.keys())
         if reserved:
             raise TypeError(
                 f"LiteLLMBackend sets {', '.join(reserved)} itself; use model=, max_retries= and fallbacks= instead"
             )
+        check_extra_options(litellm_kwargs)
         self.model = model
         self.name = model
         self.max_retries = max_retries
@@ -271,6 +265,10 @@ class LiteLLMBackend(LLM):
         self.litellm_kwargs = dict(litellm_kwargs)
         self._targets = [_Target(model)] + [self._target(f, i) for i, f in enumerate(fallbacks or ())]
         self.fallbacks = [t.model for t in self._targets[1:]]
+        for i, target in enumerate(self._targets):
+            problem = self._unroutable(target.model, {**self.litellm_kwargs, **target.kwargs})
+            if problem:
+                raise ValueError(problem if i == 0 else f"fallbacks[{i - 1}]: {problem}")
         # max_retries=0: no retries inside the provider's SDK client; the retry policy is ours alone.
         self._base = {"timeout": timeout, "max_retries": 0, **self.litellm_kwargs}
         retry_args: dict[str, Any] = dict(
@@ -281,6 +279,10 @@ class LiteLLMBackend(LLM):
         )
         self._retrying = tenacity.Retrying(**retry_args)
         self._aretrying = tenacity.AsyncRetrying(**retry_args)
+
+    def _unroutable(self, model: str, options: dict[str, Any]) -> str | None:
+        """Why litellm cannot route ``model``, or ``None`` (``remote_options.unknown_provider``)."""
+        return unknown_provider(model, options)
 
     def __repr__(self) -> str:
         fb = f", fallbacks={self.fallbacks}" if self.fallbacks else ""

@@ -68,3 +68,32 @@ def test_a_stage_module_that_raises_on_import_is_an_input_error_naming_it(tmp_pa
     f.write_text("stages:\n  - type: broken_stages:Shout\n")
     with pytest.raises(InputError, match=r"broken_stages:Shout.*importing broken_stages raised RuntimeError: missing settings file"):
         load_pipeline(f, llm=echo_llm())
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("llm: nosuchprovider/m\n", r"llm: model 'nosuchprovider/m': litellm does not know the provider 'nosuchprovider'"),
+        ("llm: my-own-model\n", r"llm: model 'my-own-model': litellm does not know a bare model name"),
+        ("llm: openai/m\nllm_options: {fallbacks: [openai/a, nosuch/b]}\n", r"llm_options: fallbacks\[1\]: model 'nosuch/b'"),
+        ("llm: openai/m\nllm_options: {fallbacks: openai/a}\n", r"llm_options: fallbacks must be a list"),
+        ("llm: openai/m\nllm_options: {timeout: soon}\n", r"llm_options: timeout must be a number, got 'soon'"),
+        ("llm: openai/m\nllm_options: {max_retries: 1.5}\n", r"llm_options: max_retries must be a whole number"),
+        ("llm: openai/m\nllm_options: {time_out: 5}\n", r"llm_options: unknown option 'time_out'; did you mean 'timeout'\?"),
+        ("llm: openai/m\nllm_options: {backoff_base: 1}\n", r"llm_options: unknown option 'backoff_base'; did you mean 'backoff_max'\?"),
+        ("llm: openai/m\nstages:\n  - {type: identity_prompt, timeout: soon}\n", r"stages.0 \(identity_prompt\): timeout must be positive seconds, got 'soon'"),
+        ("llm: openai/m\nstages:\n  - {type: identity_prompt, skip_if: title}\n", r"stages.0 \(identity_prompt\): skip_if must be a function"),
+    ],
+)
+def test_a_config_that_would_fail_every_request_is_refused_when_it_loads(tmp_path, text, message):
+    f = tmp_path / "p.yaml"
+    f.write_text(text)
+    with pytest.raises(InputError, match=rf"{f}: {message}"):
+        load_pipeline(f)
+
+
+def test_provider_options_the_backend_does_not_know_still_reach_litellm(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("llm: my-model\nllm_options: {custom_llm_provider: openai, api_base: 'http://127.0.0.1:9/v1', top_k: 5}\n")
+    pipe = load_pipeline(f)
+    assert isinstance(pipe, Pipeline) and pipe.llm.litellm_kwargs["top_k"] == 5

@@ -207,7 +207,7 @@ def test_a_retry_after_longer_than_backoff_max_is_not_waited_out_but_reported(se
 def test_unauthorized_is_not_retried(server: FakeOpenAI) -> None:
     server.script("primary", fail(401, "Incorrect API key provided: sk-test"))
     with pytest.raises(BackendError) as info:
-        remote(server, fallbacks=["backup"]).complete(req())
+        remote(server, fallbacks=["openai/backup"]).complete(req())
     err = info.value
     assert err.attempts == 1 and err.status_code == 401 and err.retryable is False
     assert err.provider_message == "Incorrect API key provided: sk-test"

@@ -92,8 +92,10 @@ class Stage:
     ) -> None:
         if on_error not in ("pass", "raise"):
             raise ValueError(f"on_error must be 'pass' or 'raise', got {on_error!r}")
-        if timeout is not None and timeout <= 0:
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
             raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+        if skip_if is not None and not callable(skip_if):
+            raise ValueError(f"skip_if must be a function of the request (such as middleware.is_title_request), got {skip_if!r}")
         self.name = name or type(self).__name__
         self.on_error = on_error
         self.timeout = timeout
