@@ -9,6 +9,8 @@ back at its own position. A local model batches instead, so callers ask :func:`c
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import logging
 import threading
 from typing import Any, Awaitable, Callable, Sequence, TypeVar, Union
@@ -56,8 +58,18 @@ def _background_loop() -> asyncio.AbstractEventLoop:
         if _loop is None or _loop.is_closed():
             loop = asyncio.new_event_loop()
             threading.Thread(target=loop.run_forever, daemon=True, name="alignware-concurrency").start()
+            atexit.register(_shut_down, loop)
             _loop = loop
         return _loop
+
+
+def _shut_down(loop: asyncio.AbstractEventLoop) -> None:
+    """At exit: let the background loop close what lives on it (async generators, and through them the
+    backends' HTTP clients, ``openai_backend.close_with_loop``), then stop it."""
+    if loop.is_running():
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(timeout=5)
+        loop.call_soon_threadsafe(loop.stop)
 
 
 def run_bounded(

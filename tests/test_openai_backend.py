@@ -218,3 +218,22 @@ async def test_streams_give_their_connection_back_to_the_pool() -> None:
     finally:
         upstream.close()
         await upstream.wait_closed()
+
+
+def test_async_requests_go_through_aiohttp_and_the_loop_closes_the_clients(server: FakeOpenAI) -> None:
+    import asyncio
+
+    llm = backend(server)
+    seen: list[Any] = []
+
+    async def main() -> list[str]:
+        replies = await asyncio.gather(*(llm.acomplete(req(f"q{i}")) for i in range(5)))
+        chunks = [c.delta async for c in llm.astream(req("streamed"))]
+        seen.extend(llm._aclients[asyncio.get_running_loop()].values())
+        return [r.text for r in replies] + ["".join(chunks)]
+
+    assert asyncio.run(main()) == [f"echo: q{i}" for i in range(5)] + ["echo: streamed"]
+    assert len(seen) == 1 and isinstance(seen[0]._client, openai.DefaultAioHttpClient)
+    assert seen[0].is_closed()  # closed by asyncio.run's shutdown of async generators, on its loop
+    # a new loop gets a client of its own
+    assert asyncio.run(llm.acomplete(req("again"))).text == "echo: again"
