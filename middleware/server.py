@@ -41,6 +41,7 @@ log = logging.getLogger("alignware")
 #: Default limits of a chat request: the body's size, and how many messages it holds.
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_MESSAGES = 2048
+KEEP_ALIVE_S = 75.0  # idle keep-alive: past the usual client pools' 5-15 s and load balancers' 60 s
 
 def _error_object(message: str, kind: str, param: str | None = None) -> dict[str, Any]:
     return {"message": message, "type": kind, "param": param, "code": None}
@@ -316,6 +317,9 @@ def serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--allowed-host", action="append", dest="allowed_hosts", default=None, metavar="NAME",
                    help="without --api-key: a Host name the server answers besides the loopback names (repeatable; "
                         "'*' for any; $ALIGNWARE_ALLOWED_HOSTS, comma-separated)")
+    p.add_argument("--keep-alive", type=float, default=float(os.environ.get("ALIGNWARE_KEEP_ALIVE", KEEP_ALIVE_S)),
+                   help="seconds an idle keep-alive connection stays open (default: $ALIGNWARE_KEEP_ALIVE or "
+                        f"{KEEP_ALIVE_S:g}); longer than the clients' own idle limit, so the client always closes first")
     p.add_argument("--access-log", action="store_true", default=_env_flag("ALIGNWARE_ACCESS_LOG"),
                    help="log one line per HTTP request (default: off, or $ALIGNWARE_ACCESS_LOG=1; errors are logged either way)")
     return p
@@ -355,7 +359,7 @@ def serve_main(argv: Sequence[str]) -> int:
     """``alignware serve``: run the OpenAI-compatible server."""
     import uvicorn  # only the command needs the server itself
 
-    access_log = serve_parser().parse_args(argv).access_log
+    args = serve_parser().parse_args(argv)
     app, host, port = app_from_args(argv)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=args.access_log, timeout_keep_alive=args.keep_alive)
     return 0

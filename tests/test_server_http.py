@@ -245,3 +245,46 @@ def test_access_log_is_off_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None
     assert serve_parser().parse_args(["--access-log"]).access_log is True
     monkeypatch.setenv("ALIGNWARE_ACCESS_LOG", "1")
     assert serve_parser().parse_args([]).access_log is True
+
+
+def _idle_connection_closed(port: int, idle: float) -> bool:
+    """Send one keep-alive request on a raw socket, wait ``idle`` seconds, and tell whether the server has
+    closed the connection since."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            reply += s.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 200")
+        time.sleep(idle)
+        s.settimeout(0.2)
+        try:
+            return s.recv(1) == b""  # end of stream: closed by the server
+        except socket.timeout:
+            return False  # still open, nothing to read
+
+
+@pytest.mark.parametrize("flag, closed", [([], False), (["--keep-alive", "0.5"], True)])
+def test_serve_keeps_idle_connections_open_longer_than_client_pools_do(flag: list[str], closed: bool) -> None:
+    import subprocess
+    import sys
+
+    port = _free_port()
+    cmd = [sys.executable, "-c", "import sys; from middleware.cli import main; sys.exit(main(sys.argv[1:]))",
+           "serve", "--model", "openai/gpt-4o-mini", "--no-credential-check", "--port", str(port), *flag]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        # the default (75 s) outlasts the 5 s after which httpx and the openai SDK drop an idle connection
+        assert serve_parser().parse_args([]).keep_alive == 75.0
+        assert _idle_connection_closed(port, 1.5) is closed
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
