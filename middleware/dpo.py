@@ -20,12 +20,12 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .adapters import base_label, read_manifest, verify_adapter
 from .checkpoints import CheckpointManager, sha256
 from .dpo_data import DPOExample, check_dpo_examples
-from .distributed import current
+from .distributed import SINGLE, Dist, current
 from .dpo_loss import DPOSettings, dpo_loss, sequence_logps
 from .errors import InputError
 from .sft import TargetLoss, export_adapter, load_training_model, resume_checkpoint, trainable_params
@@ -193,14 +193,22 @@ def _first_reference(
     return ref, time.perf_counter() - t0, len(used - set(rows.held)) / len(used)
 
 
+_METRICS = ("loss", "rewards_chosen", "rewards_rejected", "rewards_margin", "rewards_accuracy")
+
+
+def _metric_sums(losses: Any, chosen: Any, rejected: Any) -> list[float]:
+    """The sums behind ``_metrics`` and the number of pairs: what processes add up to get the global means."""
+    return [float(losses.sum()), float(chosen.sum()), float(rejected.sum()), float((chosen - rejected).sum()),
+            float((chosen > rejected).sum()), float(len(losses))]
+
+
+def _means(sums: Sequence[float]) -> dict[str, float]:
+    n = max(1.0, sums[-1])
+    return {name: value / n for name, value in zip(_METRICS, sums)}
+
+
 def _metrics(losses: Any, chosen: Any, rejected: Any) -> dict[str, float]:
-    return {
-        "loss": float(losses.mean()),
-        "rewards_chosen": float(chosen.mean()),
-        "rewards_rejected": float(rejected.mean()),
-        "rewards_margin": float((chosen - rejected).mean()),
-        "rewards_accuracy": float((chosen > rejected).float().mean()),
-    }
+    return _means(_metric_sums(losses, chosen, rejected))
 
 
 class _Objective:
@@ -239,14 +247,30 @@ class _Objective:
         return {f"eval_{k}": v for k, v in _metrics(*joined).items()}
 
 
-def _step_fn(plan: BatchPlan, objective: _Objective, optimizer: Any) -> LossFn:
+def _step_fn(plan: BatchPlan, objective: _Objective, optimizer: Any, dist: Dist = SINGLE) -> LossFn:
+    """The forward pass of a step for ``TrainingLoop``: the mean DPO loss of the step's pairs and its history
+    row. Under several processes each one scores its share of the pairs (``dist.shard``) and returns their
+    summed loss over the whole batch's size, times the number of processes, so the gradients ``TrainingLoop``
+    averages are those of the whole batch's mean; the row's metrics are the whole batch's."""
+    import torch
+
     def compute(at: int) -> tuple[Any, Callable[[], dict[str, Any]]]:
         _, epoch, idx = plan.batch(at)
-        losses, cr, rr, tokens = objective(idx)
-        loss = losses.mean()
+        mine = dist.shard(idx)
+        if mine:
+            losses, cr, rr, tokens = objective(mine)
+            sums = _metric_sums(losses.detach(), cr, rr)
+        else:  # fewer pairs than processes: this one contributes nothing
+            losses, tokens, sums = torch.zeros(1, requires_grad=True), 0, [0.0] * len(_METRICS) + [0.0]
+        if dist.enabled:
+            *sums, tokens_all = dist.sum([*sums, float(tokens)])
+            loss = losses.sum() * (dist.world_size / max(1.0, sums[-1]))
+            tokens = int(tokens_all)
+        else:
+            loss = losses.mean()
 
         def make_row() -> dict[str, Any]:
-            row = {"step": at + 1, **_metrics(losses.detach(), cr, rr)}
+            row = {"step": at + 1, **_means(sums)}
             row.update(lr=optimizer.param_groups[0]["lr"], epoch=round(epoch, 4), tokens=tokens)
             return row
 
@@ -291,7 +315,8 @@ def train_dpo(
     out_dir.mkdir(parents=True, exist_ok=True)
     fp = _fingerprint(config, settings, examples, init_digest)
 
-    model, tok = load_training_model(config)
+    dist = current()
+    model, tok = load_training_model(config, device=dist.device(None))
     if init_dir is not None:
         _load_init(model, init_dir)
     device = next(model.parameters()).device
@@ -307,7 +332,7 @@ def train_dpo(
     optimizer = torch.optim.AdamW(list(params.values()), lr=config.learning_rate, weight_decay=0.0)
     scorer = TargetLoss(model)
     manager = CheckpointManager(out_dir, keep=config.keep_checkpoints)
-    ck = resume_checkpoint(manager, resume, fp, params, optimizer, plan.total)
+    ck = resume_checkpoint(manager, resume, fp, params, optimizer, plan.total, dist)
     step = ck.step if ck else 0
     history: list[dict[str, Any]] = list(ck.state.get("history", [])) if ck else []
     eval_untrained: dict[str, float] | None = ck.state.get("eval_untrained") if ck else None
@@ -343,8 +368,8 @@ def train_dpo(
 
     schedule = LRSchedule(plan.total, warmup=max(1, round(0.1 * plan.total)), decay="linear")
     loop = TrainingLoop(params, optimizer, schedule, [config.learning_rate], save_every=config.save_every,
-                        grad_clip=1.0, desc=f"train {config.kind} (DPO)", progress=progress)
-    done = loop.run(_step_fn(plan, objective, optimizer), start=step, stop=plan.total, save=checkpoint,
+                        grad_clip=1.0, desc=f"train {config.kind} (DPO)", progress=progress, dist=dist)
+    done = loop.run(_step_fn(plan, objective, optimizer, dist), start=step, stop=plan.total, save=checkpoint,
                     record=history.append, unrecord=drop_if_last(history), on_step=on_step)
 
     final = last_eval[0]
@@ -361,9 +386,10 @@ def train_dpo(
         eval_untrained=eval_untrained, eval_final=final,
         pairs_per_second=round(trained_pairs / seconds, 3) if seconds else None,
     )
-    if current().is_main:  # under accelerate launch every process holds the same weights; rank 0 writes them
+    if dist.is_main:  # under accelerate launch every process holds the same weights; rank 0 writes them
         export_adapter(model, out_dir, config, history, training, title=f"{config.kind} DPO",
                        curves=("loss", "eval_loss", "rewards_accuracy", "eval_rewards_accuracy"))
+    dist.barrier()
     return DPOResult(
         out_dir=out_dir, history=history, eval_untrained=eval_untrained, eval_final=final, steps=done.step,
         total_steps=plan.total, pairs_per_second=trained_pairs / seconds if seconds else 0.0,

@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script by the launcher: import this checkout's packages
 
 from middleware.distributed import SINGLE, Dist, current  # noqa: E402
+from middleware.dpo import train_dpo  # noqa: E402
+from middleware.dpo_data import DPOExample  # noqa: E402
 from middleware.sft import train_sft  # noqa: E402
 from middleware.sft_data import SFTConfig, SFTExample  # noqa: E402
 
@@ -29,6 +31,11 @@ STOP_AT = 3  # the 2-process run that is resumed in 1 process stops after this s
 
 def _examples() -> list[SFTExample]:
     return [SFTExample(f"question number {i} about dogs and {'cats ' * (i % 4)}", f"answer {i}: woof" + "!" * (i % 3)) for i in range(20)]
+
+
+def _pairs() -> list[DPOExample]:
+    return [DPOExample(f"question {i} about {'cats ' * (i % 3)}dogs", f"a kind answer {i}", "go away" + "!" * (i % 4), group=i)
+            for i in range(18)]
 
 
 def _config(model_dir: str) -> SFTConfig:
@@ -67,6 +74,26 @@ def main(model_dir: str, out: str) -> None:
     res = train_sft(_examples(), cfg, Path(out) / "full2", progress=False)
     (Path(out) / f"rank{dist.rank}.txt").write_text(f"{res.steps} {res.eval_loss_final!r} {res.history[-2]['loss']!r}")
     train_sft(_examples(), cfg, Path(out) / "cut2", progress=False, callback=lambda row: row["step"] < STOP_AT)
+    scored = _count_training_pairs()
+    dpo = train_dpo(_pairs(), cfg, Path(out) / "dpo2", progress=False)
+    (Path(out) / f"dpo_rank{dist.rank}.txt").write_text(repr([[r["loss"] for r in dpo.history if "loss" in r], sum(scored)]))
+
+
+def _count_training_pairs() -> list[int]:
+    """Record how many pairs each training forward pass of the DPO objective scores (held-out passes,
+    in eval mode, are left out)."""
+    from middleware import dpo
+
+    seen: list[int] = []
+    score = dpo._Objective.__call__
+
+    def counting(self: Any, idx: list[int]) -> Any:
+        if self.scorer.model.training:
+            seen.append(len(idx))
+        return score(self, idx)
+
+    dpo._Objective.__call__ = counting  # type: ignore[method-assign]
+    return seen
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +140,24 @@ def test_a_two_process_run_resumes_in_one_process(
     assert resumed.resumed_from == STOP_AT and resumed.steps == 8
     _assert_close(cut, one_process_run[0])
     assert any(not (stopped[k] == v).all() for k, v in _tensors(cut).items())  # the resumed run trained on
+
+
+def test_two_processes_train_the_dpo_weights_of_one(
+    two_process_runs: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ast
+
+    from middleware import dpo
+
+    monkeypatch.setattr(dpo._Objective, "__call__", dpo._Objective.__call__)  # restored after the test
+    scored = _count_training_pairs()
+    one = train_dpo(_pairs(), _config(str(tiny_model_dir)), tmp_path / "dpo1", progress=False)
+    _assert_close(two_process_runs / "dpo2", tmp_path / "dpo1")
+    (loss0, scored0), (loss1, scored1) = (ast.literal_eval((two_process_runs / f"dpo_rank{r}.txt").read_text()) for r in (0, 1))
+    # every rank logged the whole batch's loss, step by step: the single process's
+    assert loss0 == loss1 == pytest.approx([r["loss"] for r in one.history if "loss" in r], rel=1e-4)
+    # and each scored only its share of the training pairs: together, what the single process scored
+    assert scored0 + scored1 == sum(scored) and 0 < scored0 < sum(scored) and 0 < scored1 < sum(scored)
 
 
 def test_shards_split_a_batch_between_ranks() -> None:
