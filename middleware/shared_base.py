@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import re
 import threading
 import warnings
@@ -28,6 +29,25 @@ def _default_device() -> str:
     import torch  # heavy dependency
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class _NoLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+
+@contextlib.contextmanager
+def _without_load_report() -> Iterator[None]:
+    """Keep transformers' load report out of the log while an adapter loads: with one adapter already in the
+    model it lists that adapter's weights as missing from the next one's checkpoint (it expects every
+    adapter's keys). ``add_adapter`` checks the keys of the adapter being loaded itself."""
+    logger = logging.getLogger("transformers.integrations.peft")
+    quiet = _NoLoadReport()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 class SharedBase:
@@ -119,9 +139,12 @@ class SharedBase:
                 raise InputError(f"adapter name {name!r} is already used for {self._adapters[name]}")
             verify_adapter(folder)
             try:
-                with warnings.catch_warnings():
+                with warnings.catch_warnings(), _without_load_report():
                     warnings.filterwarnings("ignore", message=".*multiple adapters.*")
-                    self.model.load_adapter(str(folder), adapter_name=name)
+                    info = self.model.load_adapter(str(folder), adapter_name=name)
+                missing = sorted(k for k in getattr(info, "missing_keys", None) or () if f".{name}." in k)
+                if missing:
+                    raise AlignwareError(f"the checkpoint lacks {len(missing)} of the adapter's weights, such as {missing[0]}")
             except Exception as e:
                 cleanup = self._discard_adapter(name)
                 raise AlignwareError(

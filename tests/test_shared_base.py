@@ -194,3 +194,25 @@ def test_a_shared_llm_spec_chats_on_the_shared_base(tiny_model_dir: Path) -> Non
     pipe = load_pipeline({"llm": f"shared:{tiny_model_dir}", "llm_options": {"max_tokens": 2}})
     assert pipe.llm.model.unwrap is shared.model  # type: ignore[attr-defined]
     assert pipe.chat("Hello!").usage.completion_tokens <= 2
+
+
+def test_an_adapter_missing_weights_of_its_own_is_refused_and_a_second_one_loads_quietly(
+    tiny_model_dir: Path, adapters: tuple[Path, Path], tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    shared = SharedBase.get(tiny_model_dir)
+    shared.add_adapter("first", adapters[0])
+    shared.add_adapter("second", adapters[1])  # transformers would report "first"'s weights as missing here
+    assert "LOAD REPORT" not in capfd.readouterr().err
+
+    short = tmp_path / "short"
+    shutil.copytree(adapters[1], short)
+    (short / "alignware.json").unlink()  # no checksums to trip over first
+    weights = load_file(short / "adapter_model.safetensors")
+    dropped = sorted(k for k in weights if "lora_A" in k)[0]
+    del weights[dropped]
+    save_file(weights, short / "adapter_model.safetensors")
+    with pytest.raises(AlignwareError, match=r"lacks 1 of the adapter's weights, such as .*\.lora_A\.short\."):
+        shared.add_adapter("short", short)
+    assert list(shared.adapters) == ["first", "second"]
