@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from middleware.errors import InputError
 from middleware.checkpoints import CheckpointManager, write_json_atomic
+from middleware.distributed import SINGLE, Dist, current
 from middleware.training import (
     BatchPlan,
     LRSchedule,
@@ -162,8 +163,12 @@ def train_reward_model(
         "n_eval": len(held),
     }
     manager = CheckpointManager(out_dir, keep=tcfg.keep_checkpoints)
+    dist = current()
+    progress = progress and dist.is_main
     if not resume:
-        _clear_run(Path(out_dir))
+        if dist.is_main:
+            _clear_run(Path(out_dir))
+        dist.barrier()
     ckpt = latest_checkpoint(manager, resume=resume)
     if ckpt is not None:
         diff = run_differences(_saved_run(ckpt.state), run_id)
@@ -174,10 +179,10 @@ def train_reward_model(
             )
 
     torch.manual_seed(tcfg.seed)
-    rm = RewardModel.create(mcfg, device=device)
+    rm = RewardModel.create(mcfg, device=dist.device(device))
     rm.net.reset_head(tcfg.seed)
     run = _RewardRun(rm, rm.encode_pairs(train_pairs, progress=progress), rm.encode_pairs(held, progress=progress),
-                     tcfg, out_dir, manager, run_id, callbacks, progress)
+                     tcfg, out_dir, manager, run_id, callbacks, progress, dist)
     if ckpt is not None:
         rm.load_trainable_state(ckpt.model, source=str(ckpt.path))
         restore_optimizer(ckpt, run.opt)
@@ -194,8 +199,10 @@ class _RewardRun:
     def __init__(
         self, rm: RewardModel, enc_train: list[EncodedPair], enc_eval: list[EncodedPair], tcfg: TrainConfig, out_dir: Path,
         manager: CheckpointManager, run_id: dict[str, Any], callbacks: Sequence[StepCallback], progress: bool,
+        dist: Dist = SINGLE,
     ) -> None:
         self.rm, self.net, self.tcfg, self.out_dir, self.manager = rm, rm.net, tcfg, out_dir, manager
+        self.dist = dist
         self.enc_train, self.enc_eval = enc_train, enc_eval
         self.run_id, self.callbacks, self.progress = run_id, callbacks, progress
         lengths = [e.packed_length if tcfg.share_prompt else len(e.prompt) + max(len(e.chosen), len(e.rejected)) for e in enc_train]
@@ -258,12 +265,27 @@ class _RewardRun:
 
     # -- loop hooks -------------------------------------------------------------------------
     def compute(self, step: int) -> tuple[Any, Callable[[], dict[str, Any]]]:
+        """The step's Bradley-Terry loss. Under several processes each one scores its share of the step's
+        pairs (``dist.shard``) and returns their summed loss over the whole batch's size, times the number
+        of processes, so the gradients ``TrainingLoop`` averages are the whole batch's mean; the row's loss
+        and accuracy are the whole batch's."""
         idx = self.plan.batch(step)[2]
         self.batch_pairs = len(idx)
-        rc, rr = self.rewards_for(idx)
-        margin = rc - rr
-        loss = -torch.nn.functional.logsigmoid(margin).mean()
-        return loss, lambda: {"step": step + 1, "loss": float(loss.detach()), "train_acc": accuracy_from_margins(margin.detach().tolist())}
+        if not self.dist.enabled:
+            rc, rr = self.rewards_for(idx)
+            margin = rc - rr
+            loss = -torch.nn.functional.logsigmoid(margin).mean()
+            return loss, lambda: {"step": step + 1, "loss": float(loss.detach()), "train_acc": accuracy_from_margins(margin.detach().tolist())}
+        mine = self.dist.shard(idx)
+        if mine:
+            rc, rr = self.rewards_for(mine)
+            losses = -torch.nn.functional.logsigmoid(rc - rr)
+            wins = accuracy_from_margins((rc - rr).detach().tolist()) * len(mine)
+        else:  # fewer pairs than processes: this one contributes nothing
+            losses, wins = torch.zeros(1, requires_grad=True), 0.0
+        loss_sum, wins_all = self.dist.sum([float(losses.detach().sum()), wins])
+        loss = losses.sum() * (self.dist.world_size / len(idx))
+        return loss, lambda: {"step": step + 1, "loss": loss_sum / len(idx), "train_acc": wins_all / len(idx)}
 
     def on_step(self, step: int, row: dict[str, Any]) -> bool:
         self.pairs_done += self.batch_pairs
@@ -310,11 +332,12 @@ class _RewardRun:
         self.net.train()
         schedule = LRSchedule(total, warmup=int(round(total * tcfg.warmup_ratio)), decay="cosine")
         self.loop = TrainingLoop(self.params, self.opt, schedule, self.peaks, save_every=tcfg.save_every, grad_clip=tcfg.grad_clip,
-                                 desc="training reward model", progress=self.progress)
+                                 desc="training reward model", progress=self.progress, dist=self.dist)
         done = self.loop.run(self.compute, start=start, stop=stop, save=self.save, record=self.window.append,
                              unrecord=self.unrecord, on_step=self.on_step, after_save=self.after_save)
         step, train_time = done.step, done.train_seconds
-        if start < step < total and step % tcfg.save_every != 0:
+        main = self.dist.is_main  # under accelerate launch rank 0 alone writes files
+        if start < step < total and step % tcfg.save_every != 0 and main:
             if not done.interrupted:  # Ctrl-C saved its step already
                 self.save(step)
             self.plot()  # a time-boxed run (stop_after) keeps everything it did
@@ -333,12 +356,13 @@ class _RewardRun:
             "eval_acc": evals[-1]["eval_acc"] if evals else None,
             "eval_loss": evals[-1]["eval_loss"] if evals else None,
         }
-        if finished:
+        if finished and main:
             if step > start or not (self.out_dir / CONFIG_FILE).is_file():
                 self.rm.info["train_metrics"] = metrics
                 self.rm.save(self.out_dir)
             write_json_atomic(self.out_dir / METRICS_FILE, metrics)
             self.plot()
+        self.dist.barrier()
         self.net.eval()
         return TrainResult(
             model=self.rm, out_dir=self.out_dir, steps=step, total_steps=total, finished=finished, metrics=metrics,

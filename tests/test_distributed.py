@@ -77,6 +77,33 @@ def main(model_dir: str, out: str) -> None:
     scored = _count_training_pairs()
     dpo = train_dpo(_pairs(), cfg, Path(out) / "dpo2", progress=False)
     (Path(out) / f"dpo_rank{dist.rank}.txt").write_text(repr([[r["loss"] for r in dpo.history if "loss" in r], sum(scored)]))
+    judged = _count_judged_pairs()
+    rm = _train_judge(model_dir, Path(out) / "judge2")
+    (Path(out) / f"judge_rank{dist.rank}.txt").write_text(repr([[r["loss"] for r in rm.history if "loss" in r], sum(judged)]))
+
+
+def _train_judge(model_dir: str, out: Path) -> Any:
+    from judge import TrainConfig, train_reward_model
+    from judge_pairs import cfg, toy_pairs
+
+    # batch 5 over 14 training pairs: the last batch of an epoch has 4, so the processes get 2 each
+    train = TrainConfig(epochs=2, batch_size=5, learning_rate=3e-3, eval_fraction=0.2, save_every=2, seed=1)
+    return train_reward_model(toy_pairs(18), out, cfg(Path(model_dir), train="lora", train_layers=1), train, progress=False)
+
+
+def _count_judged_pairs() -> list[int]:
+    """Record how many pairs each training step of the reward trainer scores."""
+    from judge import train as judge_train
+
+    seen: list[int] = []
+    rewards_for = judge_train._RewardRun.rewards_for
+
+    def counting(self: Any, idx: list[int]) -> Any:
+        seen.append(len(idx))
+        return rewards_for(self, idx)
+
+    judge_train._RewardRun.rewards_for = counting  # type: ignore[method-assign]
+    return seen
 
 
 def _count_training_pairs() -> list[int]:
@@ -158,6 +185,37 @@ def test_two_processes_train_the_dpo_weights_of_one(
     assert loss0 == loss1 == pytest.approx([r["loss"] for r in one.history if "loss" in r], rel=1e-4)
     # and each scored only its share of the training pairs: together, what the single process scored
     assert scored0 + scored1 == sum(scored) and 0 < scored0 < sum(scored) and 0 < scored1 < sum(scored)
+
+
+def test_two_processes_train_the_reward_model_of_one(
+    two_process_runs: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ast
+
+    import torch
+
+    from judge import RewardModel
+    from judge import train as judge_train
+
+    monkeypatch.setattr(judge_train._RewardRun, "rewards_for", judge_train._RewardRun.rewards_for)  # restored after
+    judged = _count_judged_pairs()
+    one = _train_judge(str(tiny_model_dir), tmp_path / "judge1")
+    two, single = RewardModel.load(two_process_runs / "judge2"), RewardModel.load(tmp_path / "judge1")
+    a, b = two.trainable_state(), single.trainable_state()
+    assert a.keys() == b.keys() and a
+    # The head's bias adds the same to both rewards of a pair, so its true gradient is zero; what its summed
+    # gradient holds is float noise, which Adam scales into steps of its own, differently per summation order.
+    # It moves no margin: compare the margins instead.
+    for k in a.keys() - {"head.bias"}:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5), (k, float((a[k] - b[k]).abs().max()))
+    from judge_pairs import toy_pairs
+
+    assert two.pair_margins(toy_pairs(18)) == pytest.approx(single.pair_margins(toy_pairs(18)), rel=1e-4, abs=1e-5)
+    (loss0, judged0), (loss1, judged1) = (ast.literal_eval((two_process_runs / f"judge_rank{r}.txt").read_text()) for r in (0, 1))
+    assert loss0 == pytest.approx([r["loss"] for r in one.history if "loss" in r], rel=1e-4)
+    assert judged0 + judged1 == sum(judged) and 0 < judged0 < sum(judged) and 0 < judged1 < sum(judged)
+    names = sorted(p.name for p in (two_process_runs / "judge2").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "judge1").iterdir())
 
 
 def test_shards_split_a_batch_between_ranks() -> None:
