@@ -290,6 +290,7 @@ def train_dpo(
     resume: bool = True,
     progress: bool = True,
     callback: Callable[[dict[str, Any]], Any] | None = None,
+    device: str | None = None,
 ) -> DPOResult:
     """Train a LoRA adapter on preference ``examples`` by DPO (or IPO: ``settings.loss``) and save it at ``out_dir``.
 
@@ -298,7 +299,8 @@ def train_dpo(
     ``config.eval_fraction`` of the examples' groups is held out and measured before step 1, every
     ``eval_every`` steps and at the end: loss, rewards of both targets, their margin and the preference
     accuracy. Checkpoints, resume (same weights as an uninterrupted run), Ctrl-C (the last finished step
-    saved and exported) and ``callback`` (returning ``False`` stops) behave as in ``train_sft``.
+    saved and exported), ``callback`` (returning ``False`` stops), ``device`` and ``accelerate launch`` behave
+    as in ``train_sft``.
 
     Writes the adapter files, ``alignware.json`` (``training.method = "dpo"``), ``history.json`` and ``loss.png``.
     """
@@ -316,7 +318,7 @@ def train_dpo(
     fp = _fingerprint(config, settings, examples, init_digest)
 
     dist = current()
-    model, tok = load_training_model(config, device=dist.device(None))
+    model, tok = load_training_model(config, device=dist.device(device))
     if init_dir is not None:
         _load_init(model, init_dir)
     device = next(model.parameters()).device

@@ -122,7 +122,7 @@ def _train_rewriter(argv: Sequence[str]) -> int:
                 f.write(json.dumps({"source": ex.source, "target": ex.target}, ensure_ascii=False) + "\n")
         print(f"wrote {len(examples)} examples to {out / 'rewriter_data.jsonl'}")
         return EXIT_OK
-    result = train_sft(examples, config, out, resume=args.resume, progress=not args.quiet)
+    result = train_sft(examples, config, out, resume=args.resume, progress=not args.quiet, device=args.device)
     return _finished(result)
 
 
@@ -203,6 +203,7 @@ def _train_corrector(argv: Sequence[str]) -> int:
     print(f"{len(pairs)} pairs: {len(examples)} correction examples, {len(warmup)} identity warm-up examples")
     set_threads(args.threads)
     result = train_sft(
-        examples, config, Path(args.out), warmup_examples=warmup or None, resume=args.resume, progress=not args.quiet
+        examples, config, Path(args.out), warmup_examples=warmup or None, resume=args.resume, progress=not args.quiet,
+        device=args.device,
     )
     return _finished(result)

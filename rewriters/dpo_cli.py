@@ -94,7 +94,8 @@ def run_dpo(args: argparse.Namespace, argv: Sequence[str], config: SFTConfig, pa
     (out / "pairs_report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str), encoding="utf-8")
     if not examples:
         raise InputError(f"{args.data}: no preference examples (see the report above)")
-    result = train_dpo(examples, config, out, settings=settings, init=args.init, resume=args.resume, progress=not args.quiet)
+    result = train_dpo(examples, config, out, settings=settings, init=args.init, resume=args.resume, progress=not args.quiet,
+                       device=args.device)
     print(result_line(result))
     return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
 

@@ -60,7 +60,7 @@ def add_train_args(parser: Any) -> None:
                    help=f"epochs of the warm-up phase, when there is one (default {d.warmup_epochs})")
     add_training_flags(
         g, epochs=d.epochs, batch_size=d.batch_size, learning_rate=d.learning_rate, eval_fraction=d.eval_fraction,
-        eval_every=d.eval_every, save_every=d.save_every, keep_checkpoints=d.keep_checkpoints, seed=d.seed,
+        eval_every=d.eval_every, save_every=d.save_every, keep_checkpoints=d.keep_checkpoints, seed=d.seed, device=True,
     )
 
 

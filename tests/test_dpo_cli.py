@@ -44,9 +44,9 @@ def test_corrector_dpo_from_the_data_then_from_an_sft_start(tmp_path: Path, tiny
     assert ResponseCorrector.from_pretrained(out, max_new_tokens=4).mode == "model"  # loads as a stage
 
     sft = tmp_path / "sft"
-    assert train_corrector_main([*base, "--out", str(sft), "--max-steps", "2"]) == 0
+    assert train_corrector_main([*base, "--out", str(sft), "--max-steps", "2", "--device", "cpu"]) == 0
     then = tmp_path / "sft_dpo"
-    rc = train_corrector_main([*base, "--out", str(then), "--method", "dpo", "--init", str(sft), "--max-steps", "2",
+    rc = train_corrector_main([*base, "--out", str(then), "--method", "dpo", "--init", str(sft), "--max-steps", "2", "--device", "cpu",
                                "--lr", "1e-4", "--beta", "0.2", "--dpo-loss", "ipo"])
     assert rc == 0
     training = json.loads((then / "alignware.json").read_text())["training"]
