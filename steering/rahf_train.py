@@ -33,7 +33,8 @@ import torch
 from judge.encoding import PairEncoder
 from middleware.adapters import base_label
 from middleware.checkpoints import CheckpointManager, write_json_atomic
-from middleware.errors import InputError
+from middleware.distributed import SINGLE, Dist, current
+from middleware.errors import AlignwareError, InputError
 from middleware.models import decoder_layers, load_causal_lm
 from middleware.sft import SFTResult, load_training_model, resume_run, save_adapter, train_sft, trainable_params
 from middleware.shared_base import SharedBase
@@ -149,16 +150,35 @@ def _export(model: Any, tok: Any, out: Path, manifest: dict[str, Any], history: 
     return adapter_dir, merged_dir
 
 
-def _step_fn(plan: BatchPlan, items: list[FitItem], store: TargetStore, layers: list[int], pad: int, model: Any, optimizer: Any) -> LossFn:
+def _step_fn(
+    plan: BatchPlan, items: list[FitItem], store: TargetStore, layers: list[int], pad: int, model: Any, optimizer: Any,
+    dist: Dist = SINGLE,
+) -> LossFn:
+    """The fit's step: the masked L2 distance to the targets over the answer tokens. Under several processes
+    each one takes its share of the step's items (``dist.shard``) and scales its summed distance by the
+    number of processes over the token count of the whole batch, so the averaged gradients are the whole
+    batch's mean; the logged loss is the whole batch's."""
+
     def compute(at: int) -> tuple[Any, Callable[[], dict[str, Any]]]:
         _, epoch, idx = plan.batch(at)
-        ids, mask, target, answer = fit_batch(items, idx, store, layers, pad)
-        h = block_states(model, ids, mask, layers)
-        s, n = masked_l2(torch.stack([h[i] for i in layers]), target, answer)
-        loss = s / max(1, n)
+        mine = dist.shard(idx)
+        if mine:
+            ids, mask, target, answer = fit_batch(items, mine, store, layers, pad)
+            h = block_states(model, ids, mask, layers)
+            s, n = masked_l2(torch.stack([h[i] for i in layers]), target, answer)
+        else:  # fewer items than processes: this one contributes nothing
+            s, n = torch.zeros((), requires_grad=True), 0
+        if dist.enabled:
+            total, n_all = dist.sum([float(s.detach()), n])
+            n = int(n_all)
+            loss = s * (dist.world_size / max(1, n))
+            value = total / max(1, n)
+        else:
+            loss = s / max(1, n)
+            value = float(loss.detach())
 
         def row() -> dict[str, Any]:
-            return {"step": at + 1, "loss": float(loss.detach()), "lr": optimizer.param_groups[0]["lr"],
+            return {"step": at + 1, "loss": value, "lr": optimizer.param_groups[0]["lr"],
                     "epoch": round(epoch, 4), "answer_tokens": n // len(layers)}
 
         return loss, row
@@ -188,6 +208,8 @@ def train_rahf(
         config = dataclasses.replace(config, base_model=base)
     config.validate()
     pairs = _pairs(pairs)
+    dist = current()
+    progress = progress and dist.is_main
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
@@ -204,20 +226,28 @@ def train_rahf(
     fp = _fingerprint(config, base_label(config.base_model), pairs, sft_dirs)
 
     t0 = time.perf_counter()
-    shared = SharedBase(plain, tok, base_model=base_label(config.base_model))
-    for name, d in zip(sft, sft_dirs):
-        shared.add_adapter(name, d)
     store = TargetStore(out / "targets")
-    items = build_targets(shared, encoder, pairs, layers, config, store, fp, progress=progress)
+    if dist.is_main:  # under accelerate launch rank 0 builds the targets; the others read them
+        shared = SharedBase(plain, tok, base_model=base_label(config.base_model))
+        for name, d in zip(sft, sft_dirs):
+            shared.add_adapter(name, d)
+        built: list[FitItem] | None = build_targets(shared, encoder, pairs, layers, config, store, fp, progress=progress)
+        del shared
+    dist.barrier()
+    if not dist.is_main:
+        built = store.load(fp)
+    if built is None:
+        raise AlignwareError(f"{store.root}: rank 0's targets are not there")
+    items = built
     seconds["targets"] = time.perf_counter() - t0
-    del shared, plain
+    del plain
 
     # items hold both answers of a pair next to each other; hold out whole pairs
     held = set(held_idx)
     fit_idx = [k for k, it in enumerate(items) if it.pair not in held]
     eval_idx = [k for k, it in enumerate(items) if it.pair in held]
     lora_cfg = config.sft_config("rahf")
-    model, _ = load_training_model(lora_cfg, layers_to_transform=list(range(max(layers) + 1)))
+    model, _ = load_training_model(lora_cfg, layers_to_transform=list(range(max(layers) + 1)), device=dist.device(None))
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     params = trainable_params(model)
     optimizer = torch.optim.AdamW(list(params.values()), lr=config.learning_rate, weight_decay=0.0)
@@ -226,7 +256,7 @@ def train_rahf(
     if plan.total == 0:
         raise InputError("the fit has no steps: check epochs and the number of pairs left after the held-out split")
     manager = CheckpointManager(out / "fit", keep=config.keep_checkpoints)
-    step, history, eval_untrained, resumed_from = resume_run(manager, resume, fp, params, optimizer, plan.total)
+    step, history, eval_untrained, resumed_from = resume_run(manager, resume, fp, params, optimizer, plan.total, dist)
     model.train()
     if step == 0:
         eval_untrained = _evaluate(model, store, items, eval_idx, layers, config.batch_size, pad)
@@ -248,8 +278,8 @@ def train_rahf(
 
     schedule = LRSchedule(plan.total, warmup=max(1, round(0.03 * plan.total)), decay="linear")
     loop = TrainingLoop(params, optimizer, schedule, [config.learning_rate], save_every=config.save_every,
-                        grad_clip=1.0, desc=f"fit rahf-{config.variant}", progress=progress)
-    done = loop.run(_step_fn(plan, items, store, layers, pad, model, optimizer), start=step, stop=plan.total,
+                        grad_clip=1.0, desc=f"fit rahf-{config.variant}", progress=progress, dist=dist)
+    done = loop.run(_step_fn(plan, items, store, layers, pad, model, optimizer, dist), start=step, stop=plan.total,
                     save=checkpoint, record=history.append, unrecord=drop_if_last(history), on_step=on_step)
     seconds["fit"] = done.train_seconds
     seconds["sft_steps"] = float(sum(r.steps for r in sft.values()))
@@ -264,7 +294,10 @@ def train_rahf(
                      "eval_loss_untrained": eval_untrained, "eval_loss_final": last_eval[0],
                      "sft": {k: str(r.out_dir.relative_to(out)) for k, r in sft.items()}, "config": config.to_dict()},
     }
-    adapter_dir, merged_dir = _export(model, tok, out, manifest, history)
+    if dist.is_main:  # every process holds the same weights; rank 0 writes them
+        _export(model, tok, out, manifest, history)
+    dist.barrier()
+    adapter_dir, merged_dir = out / "adapter", out / "merged"
     return RAHFResult(
         out_dir=out, adapter_dir=adapter_dir, merged_dir=merged_dir, layers=layers, history=history,
         fit_loss_untrained=eval_untrained, fit_loss_final=last_eval[0], steps=done.step, total_steps=plan.total,

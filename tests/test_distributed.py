@@ -80,6 +80,36 @@ def main(model_dir: str, out: str) -> None:
     judged = _count_judged_pairs()
     rm = _train_judge(model_dir, Path(out) / "judge2")
     (Path(out) / f"judge_rank{dist.rank}.txt").write_text(repr([[r["loss"] for r in rm.history if "loss" in r], sum(judged)]))
+    fitted = _count_fit_items()
+    rahf = _train_rahf(model_dir, Path(out) / "rahf2")
+    (Path(out) / f"rahf_rank{dist.rank}.txt").write_text(repr([[r["loss"] for r in rahf.history if "loss" in r], sum(fitted)]))
+
+
+def _train_rahf(model_dir: str, out: Path) -> Any:
+    from middleware.types import PreferencePair
+    from steering.rahf import RAHFConfig
+    from steering.rahf_train import train_rahf
+
+    pairs = [PreferencePair(prompt=f"question {i} about cats", chosen=f"a kind answer number {i}.", rejected=f"go away {i}")
+             for i in range(9)]
+    config = RAHFConfig(base_model=model_dir, lora_r=4, lora_alpha=8, lora_dropout=0.0, batch_size=5, epochs=2, sft_epochs=1,
+                        eval_fraction=0.25, alpha=4.0, learning_rate=1e-2, save_every=2, layers=(0, 1))
+    return train_rahf(pairs, out, config, progress=False)
+
+
+def _count_fit_items() -> list[int]:
+    """Record how many items each step of the RAHF fit scores (through ``fit_batch``)."""
+    from steering import rahf_train
+
+    seen: list[int] = []
+    fit_batch = rahf_train.fit_batch
+
+    def counting(items: Any, idx: list[int], *rest: Any) -> Any:
+        seen.append(len(idx))
+        return fit_batch(items, idx, *rest)
+
+    rahf_train.fit_batch = counting  # type: ignore[assignment]
+    return seen
 
 
 def _train_judge(model_dir: str, out: Path) -> Any:
@@ -216,6 +246,24 @@ def test_two_processes_train_the_reward_model_of_one(
     assert judged0 + judged1 == sum(judged) and 0 < judged0 < sum(judged) and 0 < judged1 < sum(judged)
     names = sorted(p.name for p in (two_process_runs / "judge2").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "judge1").iterdir())
+
+
+def test_two_processes_fit_the_rahf_adapter_of_one(
+    two_process_runs: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ast
+
+    from steering import rahf_train
+
+    monkeypatch.setattr(rahf_train, "fit_batch", rahf_train.fit_batch)  # restored after the test
+    fitted = _count_fit_items()
+    one = _train_rahf(str(tiny_model_dir), tmp_path / "rahf1")
+    _assert_close(two_process_runs / "rahf2" / "adapter", tmp_path / "rahf1" / "adapter")
+    (loss0, fitted0), (loss1, fitted1) = (ast.literal_eval((two_process_runs / f"rahf_rank{r}.txt").read_text()) for r in (0, 1))
+    assert loss0 == loss1 == pytest.approx([r["loss"] for r in one.history if "loss" in r], rel=1e-4)
+    # held-out evaluations score every held-out item on every process; the fit's steps are shared out
+    assert fitted0 + fitted1 > sum(fitted) and fitted0 < sum(fitted) and fitted1 < sum(fitted)
+    assert (two_process_runs / "rahf2" / "merged").is_dir()
 
 
 def test_shards_split_a_batch_between_ranks() -> None:
