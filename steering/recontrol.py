@@ -42,6 +42,7 @@ from safetensors.torch import load_file, save_file
 
 from middleware.adapters import base_label
 from middleware.checkpoints import read_format_manifest, sha256, write_json_atomic
+from middleware.distributed import current
 from middleware.errors import CheckpointError, InputError
 from middleware.evaluate.judges import JudgeLike
 from middleware.models import EMBEDDED_NAME, load_causal_lm
@@ -256,7 +257,9 @@ def train_recontrol(
     held_idx = [i for i, g in enumerate(data.group) if g in held_set]
     digest = hashlib.sha256(json.dumps([label, cfg.collection(), [m["answer"] for m in metas], rewards]).encode()).hexdigest()[:16]
     run_id = {"training": cfg.training(), "data": digest, "n_train": len(train_idx), "n_eval": len(held_idx)}
-    net = ValueNet(int(data.states.shape[-1]), cfg.width, cfg.depth)
+    with torch.random.fork_rng(devices=[]):  # the same start from the same settings, whatever ran before (and on every process)
+        torch.manual_seed(cfg.seed)
+        net = ValueNet(int(data.states.shape[-1]), cfg.width, cfg.depth)
     run = ValueRun(net, data.subset(train_idx), data.subset(held_idx), cfg, out_dir, run_id, resume=resume, progress=progress, device=device)
     metrics = run.run()
     timings["train"] = time.perf_counter() - t0
@@ -269,7 +272,9 @@ def train_recontrol(
     }
     editor = ValueGuidedEditor(net.cpu(), steps=cfg.steps, step_size=cfg.step_size, max_edit_norm=cfg.max_edit_norm,
                                info={"base_model": label, "training": summary})
-    if metrics["finished"]:
-        editor.save(out_dir)
-    write_json_atomic(out_dir / "metrics.json", summary)
+    if current().is_main:  # under accelerate launch rank 0 alone writes
+        if metrics["finished"]:
+            editor.save(out_dir)
+        write_json_atomic(out_dir / "metrics.json", summary)
+    current().barrier()
     return ReControlResult(editor, out_dir, bool(metrics["finished"]), bool(metrics["interrupted"]), summary, timings)

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from middleware.checkpoints import write_json_atomic
 from middleware.decoding import Decoder, Row
+from middleware.distributed import current
 from middleware.errors import CheckpointError, InputError
 from middleware.evaluate.judges import JudgeLike, load_judge
 from middleware.local import LocalBackend
@@ -145,7 +146,34 @@ def collect_rollouts(
     replaced. A part holds ``prompts_per_part`` prompts (default: about 64 answers). Returns the rollouts'
     metadata in order (prompt, then sample); states via ``load_states``."""
     folder = Path(folder)
-    identity = {"base": base, "collection": cfg.collection(), "prompts": _fingerprint(prompts), "n_prompts": len(prompts)}
+    dist = current()
+    if dist.is_main:
+        _start_collection(folder, {"base": base, "collection": cfg.collection(), "prompts": _fingerprint(prompts),
+                                   "n_prompts": len(prompts)})
+    dist.barrier()
+    per_part = prompts_per_part or max(1, 64 // cfg.samples_per_prompt)
+    starts = list(range(0, len(prompts), per_part))
+    bar = tqdm(total=len(prompts), desc="sampling answers", unit="prompt", disable=not (progress and dist.is_main))
+    for part, a in enumerate(starts):
+        done = folder / f"part-{part:05d}.json"
+        if part % dist.world_size == dist.rank and not done.is_file():  # under accelerate launch: parts shared out
+            rolls = sample_rollouts(
+                model, tokenizer, prompts[a : a + per_part], samples=cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, batch_size=cfg.collect_batch_size, first_index=a,
+            )
+            save_file({"states": torch.cat([r.states for r in rolls]).to(torch.float16).contiguous()}, str(done.with_suffix(".safetensors")))
+            write_json_atomic(done, [r.meta() for r in rolls])
+        bar.update(min(per_part, len(prompts) - a))
+    bar.close()
+    dist.barrier()
+    metas: list[dict[str, Any]] = []
+    for part in range(len(starts)):
+        metas += json.loads((folder / f"part-{part:05d}.json").read_text(encoding="utf-8"))
+    return metas
+
+
+def _start_collection(folder: Path, identity: dict[str, Any]) -> None:
+    """Keep ``folder``'s parts when they were sampled for ``identity``; otherwise start it afresh."""
     ident_file = folder / "identity.json"
     if ident_file.is_file():
         try:
@@ -156,22 +184,6 @@ def collect_rollouts(
             shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(ident_file, identity)
-    per_part = prompts_per_part or max(1, 64 // cfg.samples_per_prompt)
-    metas: list[dict[str, Any]] = []
-    bar = tqdm(total=len(prompts), desc="sampling answers", unit="prompt", disable=not progress)
-    for part, a in enumerate(range(0, len(prompts), per_part)):
-        done = folder / f"part-{part:05d}.json"
-        if not done.is_file():
-            rolls = sample_rollouts(
-                model, tokenizer, prompts[a : a + per_part], samples=cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
-                temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, batch_size=cfg.collect_batch_size, first_index=a,
-            )
-            save_file({"states": torch.cat([r.states for r in rolls]).to(torch.float16).contiguous()}, str(done.with_suffix(".safetensors")))
-            write_json_atomic(done, [r.meta() for r in rolls])
-        metas += json.loads(done.read_text(encoding="utf-8"))
-        bar.update(min(per_part, len(prompts) - a))
-    bar.close()
-    return metas
 
 
 def load_states(folder: str | Path, metas: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, list[int]]:
@@ -193,15 +205,37 @@ def load_states(folder: str | Path, metas: Sequence[dict[str, Any]]) -> tuple[to
 def label_rollouts(
     judge: JudgeLike, prompts: Sequence[Prompt], metas: Sequence[dict[str, Any]], folder: str | Path, *, progress: bool = True,
 ) -> list[float]:
-    """The judge's reward of every rollout (cached in ``folder/rewards.json`` when the judge is a folder)."""
+    """The judge's reward of every rollout (cached in ``folder/rewards.json`` when the judge is a folder;
+    under ``accelerate launch`` rank 0 then scores them while the others wait for the cache)."""
     key = str(Path(judge).resolve()) if isinstance(judge, (str, Path)) else None
     cache = Path(folder) / "rewards.json"
     answers = [m["answer"] for m in metas]
     digest = hashlib.sha256(json.dumps(answers).encode()).hexdigest()[:16]
-    if key is not None and cache.is_file():
+    dist = current()
+    if key is not None and dist.enabled:
+        rewards = _score(judge, prompts, metas, cache, key, digest, progress=progress) if dist.is_main else None
+        dist.barrier()
+        rewards = rewards if rewards is not None else _cached(cache, key, digest)
+        if rewards is None:
+            raise CheckpointError(f"{cache}: the rewards rank 0 wrote are not there")
+        return rewards
+    return _score(judge, prompts, metas, cache, key, digest, progress=progress)
+
+
+def _cached(cache: Path, key: str, digest: str) -> list[float] | None:
+    if cache.is_file():
         saved = json.loads(cache.read_text(encoding="utf-8"))
         if saved.get("judge") == key and saved.get("answers") == digest:
             return [float(r) for r in saved["rewards"]]
+    return None
+
+
+def _score(
+    judge: JudgeLike, prompts: Sequence[Prompt], metas: Sequence[dict[str, Any]], cache: Path, key: str | None, digest: str,
+    *, progress: bool,
+) -> list[float]:
+    if key is not None and (saved := _cached(cache, key, digest)) is not None:
+        return saved
     scorer = load_judge(judge)
     items = [([m.model_dump() for m in prompts[m_["prompt_index"]]], m_["answer"]) for m_ in metas]
     takes_progress = "progress" in inspect.signature(scorer.score_batch).parameters

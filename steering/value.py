@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from middleware.checkpoints import CheckpointManager, write_json_atomic
+from middleware.distributed import current
 from middleware.errors import InputError
 from middleware.training import (
     BatchPlan,
@@ -248,8 +249,13 @@ class ValueRun:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.progress = progress
         self.manager = CheckpointManager(self.out_dir, keep=cfg.keep_checkpoints)
+        # under accelerate launch every process trains the same net on the same data (it is small next to the
+        # sampling that fed it): the averaged gradients are each one's, and rank 0 alone writes
+        self.dist = current()
         if not resume:
-            shutil.rmtree(self.out_dir / "checkpoints", ignore_errors=True)
+            if self.dist.is_main:
+                shutil.rmtree(self.out_dir / "checkpoints", ignore_errors=True)
+            self.dist.barrier()
         spe = math.ceil(len(train) / cfg.batch_size)
         self.total = cfg.max_steps if cfg.max_steps is not None else max(1, math.ceil(cfg.epochs * spe))
         self.plan = BatchPlan([Phase("main", list(range(len(train))), 0, spe, self.total)], train.lengths, cfg.batch_size, cfg.seed, window=16)
@@ -340,15 +346,17 @@ class ValueRun:
         self.net.train()
         schedule = LRSchedule(self.total, warmup=int(round(self.total * self.cfg.warmup_ratio)), decay="cosine")
         loop = TrainingLoop(self.params, self.opt, schedule, [self.cfg.learning_rate], save_every=self.cfg.save_every,
-                            grad_clip=self.cfg.grad_clip, desc="training value function", progress=self.progress)
+                            grad_clip=self.cfg.grad_clip, desc="training value function", progress=self.progress, dist=self.dist)
         done = loop.run(self.compute, start=self.start, stop=self.total, save=self.save, on_step=self.on_step)
         self.net.eval()
-        self.plot()
+        if self.dist.is_main:
+            self.plot()
         final = self.evaluate()
         metrics = {
             "steps": done.step, "total_steps": self.total, "finished": done.step >= self.total, "interrupted": done.interrupted,
             "n_train": len(self.train_set), "n_eval": len(self.held), "train_seconds_this_run": done.train_seconds,
             "train_loss": next((r["loss"] for r in reversed(self.history) if "loss" in r), None), **final,
         }
-        write_json_atomic(self.out_dir / "value_metrics.json", metrics)
+        if self.dist.is_main:
+            write_json_atomic(self.out_dir / "value_metrics.json", metrics)
         return metrics

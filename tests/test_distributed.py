@@ -83,6 +83,35 @@ def main(model_dir: str, out: str) -> None:
     fitted = _count_fit_items()
     rahf = _train_rahf(model_dir, Path(out) / "rahf2")
     (Path(out) / f"rahf_rank{dist.rank}.txt").write_text(repr([[r["loss"] for r in rahf.history if "loss" in r], sum(fitted)]))
+    sampled = _count_sampled_parts()
+    _train_recontrol(model_dir, Path(out) / "rc2", judge=Path(out) / "judge2")
+    (Path(out) / f"rc_rank{dist.rank}.txt").write_text(repr(sum(sampled)))
+
+
+def _train_recontrol(model_dir: str, out: Path, judge: Path) -> Any:
+    from judge_pairs import toy_pairs
+    from steering.recontrol import train_recontrol
+    from steering.value import ReControlConfig
+
+    # 16 answers a prompt: 4 prompts a part, so the 8 prompts make two parts, one for each process
+    cfg = ReControlConfig(samples_per_prompt=16, max_new_tokens=3, width=16, depth=1, max_steps=6, batch_size=8, save_every=3,
+                          eval_fraction=0.25, steps=2, step_size=0.5, max_edit_norm=1.0)
+    return train_recontrol(toy_pairs(8), out, cfg, judge=judge, base=Path(model_dir), progress=False, device="cpu")
+
+
+def _count_sampled_parts() -> list[int]:
+    """Record each part of the rollouts this process samples."""
+    from steering import rollouts
+
+    seen: list[int] = []
+    sample = rollouts.sample_rollouts
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        seen.append(1)
+        return sample(*args, **kwargs)
+
+    rollouts.sample_rollouts = counting  # type: ignore[assignment]
+    return seen
 
 
 def _train_rahf(model_dir: str, out: Path) -> Any:
@@ -264,6 +293,37 @@ def test_two_processes_fit_the_rahf_adapter_of_one(
     # held-out evaluations score every held-out item on every process; the fit's steps are shared out
     assert fitted0 + fitted1 > sum(fitted) and fitted0 < sum(fitted) and fitted1 < sum(fitted)
     assert (two_process_runs / "rahf2" / "merged").is_dir()
+
+
+def test_two_processes_share_out_recontrol_sampling_and_train_the_value_net_of_one(
+    two_process_runs: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ast
+    import json
+
+    from steering import rollouts
+
+    monkeypatch.setattr(rollouts, "sample_rollouts", rollouts.sample_rollouts)  # restored after the test
+    sampled = _count_sampled_parts()
+    one = _train_recontrol(str(tiny_model_dir), tmp_path / "rc1", judge=two_process_runs / "judge2")
+    two = two_process_runs / "rc2"
+    for part in ("part-00000.json", "part-00001.json"):  # the same answers, each sampled by one process
+        assert json.loads((two / "rollouts" / part).read_text()) == json.loads((tmp_path / "rc1" / "rollouts" / part).read_text())
+    # rank 0's judge scores, equal up to float rounding (the launched processes run one thread each)
+    r2, r1 = (json.loads((d / "rollouts" / "rewards.json").read_text())["rewards"] for d in (two, tmp_path / "rc1"))
+    assert r2 == pytest.approx(r1, rel=1e-5, abs=1e-6)
+    a, b = _tensors_of(two / "value.safetensors"), _tensors_of(tmp_path / "rc1" / "value.safetensors")
+    assert a.keys() == b.keys() and a
+    for k in a:
+        assert (a[k] - b[k]).abs().max() < 1e-4, k
+    assert one.finished and sum(sampled) == 2
+    assert [ast.literal_eval((two_process_runs / f"rc_rank{r}.txt").read_text()) for r in (0, 1)] == [1, 1]
+
+
+def _tensors_of(path: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
 
 
 def test_shards_split_a_batch_between_ranks() -> None:
