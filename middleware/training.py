@@ -18,10 +18,12 @@ Checkpoint files and the ``CheckpointManager`` are in ``middleware.checkpoints``
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, fields
@@ -311,8 +313,10 @@ class TrainingLoop:
         desc: str = "training",
         progress: bool = True,
         dist: Dist | None = None,
+        precision: str | None = None,
     ) -> None:
         self.dist = current() if dist is None else dist
+        self.precision = mixed_precision(precision)
         self.params = params
         self.optimizer = optimizer
         self.schedule = schedule
@@ -324,6 +328,15 @@ class TrainingLoop:
         self.bar: Any = None
         self.train_seconds = 0.0  # in training steps during ``run`` so far (no evaluation, no saving)
         self._clip_params = list(params.values())
+
+    def _precision_tools(self, torch: Any) -> tuple[Any, Any]:
+        """The forward pass's autocast context (a null one in full precision) and, for fp16, a gradient scaler."""
+        if self.precision == "no":
+            return contextlib.nullcontext(), None
+        device = next(iter(self.params.values())).device.type
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        scaler = torch.amp.GradScaler(device) if self.precision == "fp16" else None
+        return torch.autocast(device_type=device, dtype=dtype), scaler
 
     def run(
         self,
@@ -352,6 +365,7 @@ class TrainingLoop:
         row: dict[str, Any] = {}
         result = LoopResult(step=start, train_seconds=0.0)
         self.train_seconds = 0.0
+        autocast, scaler = self._precision_tools(torch)
         # in a terminal the bar redraws in place; in a log file (nohup, CI) it writes a line every 30 s instead
         tty = sys.stderr.isatty()
         self.bar = tqdm(
@@ -364,16 +378,23 @@ class TrainingLoop:
                 t0 = time.perf_counter()
                 for group, peak in zip(opt.param_groups, self.peak_lrs):
                     group["lr"] = self.schedule.lr(step, peak)
-                loss, make_row = loss_fn(step)
+                with autocast:
+                    loss, make_row = loss_fn(step)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss if scaler is None else scaler.scale(loss)).backward()
                 self.dist.average_grads(self._clip_params)
+                if scaler is not None:
+                    scaler.unscale_(opt)
                 if self.grad_clip:
                     torch.nn.utils.clip_grad_norm_(self._clip_params, self.grad_clip)
                 row = make_row()
                 snap = snapshot(self.params, opt)
                 committing = step + 1
-                opt.step()
+                if scaler is None:
+                    opt.step()
+                else:  # a step whose gradients overflowed is skipped, and the scale lowered
+                    scaler.step(opt)
+                    scaler.update()
                 record(row)
                 step += 1  # the step counts from here: weights, moments and records are those of ``step``
                 committing = None
@@ -404,6 +425,20 @@ class TrainingLoop:
             self.bar.close()
         result.step, result.train_seconds = step, self.train_seconds
         return result
+
+
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+def mixed_precision(requested: str | None = None) -> str:
+    """The precision of training's forward passes: ``requested``, else ``$ACCELERATE_MIXED_PRECISION`` (which
+    ``accelerate launch --mixed_precision bf16`` sets), else ``"no"`` (float32). ``bf16``/``fp16`` run the
+    forward pass under ``torch.autocast`` while the weights, their gradients and the optimizer stay float32;
+    ``fp16`` also scales the loss (``torch.amp.GradScaler``), skipping a step whose gradients overflow."""
+    value = (requested or os.environ.get("ACCELERATE_MIXED_PRECISION") or "no").lower()
+    if value not in PRECISIONS:
+        raise InputError(f"mixed precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
+    return value
 
 
 # -- command line --------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from middleware.training import (
     EXIT_USAGE,
     LRSchedule,
     flag_values,
+    mixed_precision,
     TrainingLoop,
     add_training_flags,
     bucket_batches,
@@ -212,3 +213,39 @@ def test_flag_values_take_the_flags_named_like_config_fields() -> None:
     args = argparse.Namespace(epochs=3.0, seed=7, data="pairs.jsonl")
     assert flag_values(Settings, args) == {"epochs": 3.0, "seed": 7}
     assert Settings(**flag_values(Settings, args, skip=("seed",))) == Settings(epochs=3.0)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_in_float32_weights_close_to_full_precision(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precision: str
+) -> None:
+    """``accelerate launch --mixed_precision`` sets ``ACCELERATE_MIXED_PRECISION``: the forward passes run under
+    autocast (fp16 with a gradient scaler), the adapter stays float32 and learns what a float32 run learns."""
+    import torch
+    from safetensors.torch import load_file
+
+    from middleware.sft import train_sft
+    from middleware.sft_data import SFTConfig, SFTExample
+
+    examples = [SFTExample(f"question number {i} about dogs", "Please improve this prompt.") for i in range(12)]
+    cfg = SFTConfig(base_model=str(tiny_model_dir), kind="rewriter", lora_r=4, lora_alpha=8, learning_rate=3e-2, epochs=3,
+                    batch_size=4, eval_fraction=0.25, save_every=100, seed=0)
+    full = train_sft(examples, cfg, tmp_path / "fp32", progress=False)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", precision)
+    seen: list[torch.dtype] = []
+    forward = torch.nn.Linear.forward
+
+    def recording(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        out = forward(self, x)
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", recording)
+    mixed = train_sft(examples, cfg, tmp_path / precision, progress=False)
+    want = torch.bfloat16 if precision == "bf16" else torch.float16
+    assert want in seen  # the training forward passes ran in the lower precision
+    assert all(t.dtype == torch.float32 for t in load_file(str(tmp_path / precision / "adapter_model.safetensors")).values())
+    assert mixed.eval_loss_final < mixed.eval_loss_untrained - 0.2  # it learned
+    assert abs(mixed.eval_loss_final - full.eval_loss_final) < 0.15 * full.eval_loss_untrained
+    with pytest.raises(InputError, match="mixed precision must be one of no, bf16, fp16"):
+        mixed_precision("int8")
