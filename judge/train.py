@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from middleware.errors import InputError
 from middleware.checkpoints import CheckpointManager, write_json_atomic
-from middleware.distributed import SINGLE, Dist, current
+from middleware.distributed import SINGLE, Dist, current, no_share
 from middleware.training import (
     BatchPlan,
     LRSchedule,
@@ -267,25 +267,20 @@ class _RewardRun:
     def compute(self, step: int) -> tuple[Any, Callable[[], dict[str, Any]]]:
         """The step's Bradley-Terry loss. Under several processes each one scores its share of the step's
         pairs (``dist.shard``) and returns their summed loss over the whole batch's size, times the number
-        of processes, so the gradients ``TrainingLoop`` averages are the whole batch's mean; the row's loss
-        and accuracy are the whole batch's."""
+        of processes (``dist.step_mean``), so the gradients ``TrainingLoop`` averages are the whole batch's
+        mean; the row's loss and accuracy are the whole batch's."""
         idx = self.plan.batch(step)[2]
         self.batch_pairs = len(idx)
-        if not self.dist.enabled:
-            rc, rr = self.rewards_for(idx)
-            margin = rc - rr
-            loss = -torch.nn.functional.logsigmoid(margin).mean()
-            return loss, lambda: {"step": step + 1, "loss": float(loss.detach()), "train_acc": accuracy_from_margins(margin.detach().tolist())}
         mine = self.dist.shard(idx)
         if mine:
             rc, rr = self.rewards_for(mine)
-            losses = -torch.nn.functional.logsigmoid(rc - rr)
-            wins = accuracy_from_margins((rc - rr).detach().tolist()) * len(mine)
+            margin = rc - rr
+            loss_sum = -torch.nn.functional.logsigmoid(margin).sum()
+            wins = accuracy_from_margins(margin.detach().tolist()) * len(mine)
         else:  # fewer pairs than processes: this one contributes nothing
-            losses, wins = torch.zeros(1, requires_grad=True), 0.0
-        loss_sum, wins_all = self.dist.sum([float(losses.detach().sum()), wins])
-        loss = losses.sum() * (self.dist.world_size / len(idx))
-        return loss, lambda: {"step": step + 1, "loss": loss_sum / len(idx), "train_acc": wins_all / len(idx)}
+            loss_sum, wins = no_share(), 0.0
+        loss, (total, n, wins_all) = self.dist.step_mean(loss_sum, len(mine), wins)
+        return loss, lambda: {"step": step + 1, "loss": total / n, "train_acc": wins_all / n}
 
     def on_step(self, step: int, row: dict[str, Any]) -> bool:
         self.pairs_done += self.batch_pairs

@@ -67,6 +67,15 @@ class Dist:
         tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
         return [float(v) for v in t.tolist()]
 
+    def step_mean(self, total: Any, count: float, *extra: float) -> tuple[Any, list[float]]:
+        """A training step's loss when this process computed ``total`` (a loss tensor summed over its share
+        of the step's items: tokens, pairs) over ``count`` of them; and the sums over all processes of
+        ``[total, count, *extra]`` (for the step's logged means). One process: ``total / count``. Several:
+        ``total`` times the number of processes over the whole step's count, so the gradients
+        ``TrainingLoop`` averages over the processes are those of the whole step's mean."""
+        sums = self.sum([float(total.detach()), count, *extra])
+        return total * (self.world_size / max(1.0, sums[1])), sums
+
     def average_grads(self, params: Sequence[Any]) -> None:
         """Replace the gradient of each of ``params`` by its mean over ranks (a missing gradient, e.g.
         from a rank with an empty share, counts as zeros), in one flat all-reduce."""
@@ -114,6 +123,14 @@ class Dist:
 
 #: A plain single process: shard keeps everything, the collectives do nothing.
 SINGLE = Dist()
+
+
+def no_share(device: Any = None) -> Any:
+    """The summed loss of a process whose share of a step is empty (fewer items than processes): zero, and
+    part of the graph, so its backward pass and the gradient averaging run as on the other processes."""
+    import torch
+
+    return torch.zeros((), device=device, requires_grad=True)
 
 
 def _cpu_requested() -> bool:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 from .adapters import base_label, read_manifest, verify_adapter
 from .checkpoints import CheckpointManager, sha256
 from .dpo_data import DPOExample, check_dpo_examples
-from .distributed import SINGLE, Dist, current
+from .distributed import SINGLE, Dist, current, no_share
 from .dpo_loss import DPOSettings, dpo_loss, sequence_logps
 from .errors import InputError
 from .sft import TargetLoss, export_adapter, load_training_model, resume_checkpoint, trainable_params
@@ -193,22 +193,21 @@ def _first_reference(
     return ref, time.perf_counter() - t0, len(used - set(rows.held)) / len(used)
 
 
-_METRICS = ("loss", "rewards_chosen", "rewards_rejected", "rewards_margin", "rewards_accuracy")
+_REWARDS = ("rewards_chosen", "rewards_rejected", "rewards_margin", "rewards_accuracy")
 
 
-def _metric_sums(losses: Any, chosen: Any, rejected: Any) -> list[float]:
-    """The sums behind ``_metrics`` and the number of pairs: what processes add up to get the global means."""
-    return [float(losses.sum()), float(chosen.sum()), float(rejected.sum()), float((chosen - rejected).sum()),
-            float((chosen > rejected).sum()), float(len(losses))]
+def _reward_sums(chosen: Any, rejected: Any) -> list[float]:
+    """The sums behind the reward metrics (``_REWARDS``): what processes add up to get the global means."""
+    return [float(chosen.sum()), float(rejected.sum()), float((chosen - rejected).sum()), float((chosen > rejected).sum())]
 
 
-def _means(sums: Sequence[float]) -> dict[str, float]:
-    n = max(1.0, sums[-1])
-    return {name: value / n for name, value in zip(_METRICS, sums)}
+def _means(loss_sum: float, n: float, reward_sums: Sequence[float]) -> dict[str, float]:
+    n = max(1.0, n)
+    return {"loss": loss_sum / n, **{name: value / n for name, value in zip(_REWARDS, reward_sums)}}
 
 
 def _metrics(losses: Any, chosen: Any, rejected: Any) -> dict[str, float]:
-    return _means(_metric_sums(losses, chosen, rejected))
+    return _means(float(losses.sum()), len(losses), _reward_sums(chosen, rejected))
 
 
 class _Objective:
@@ -251,27 +250,21 @@ def _step_fn(plan: BatchPlan, objective: _Objective, optimizer: Any, dist: Dist 
     """The forward pass of a step for ``TrainingLoop``: the mean DPO loss of the step's pairs and its history
     row. Under several processes each one scores its share of the pairs (``dist.shard``) and returns their
     summed loss over the whole batch's size, times the number of processes, so the gradients ``TrainingLoop``
-    averages are those of the whole batch's mean; the row's metrics are the whole batch's."""
-    import torch
+    averages are those of the whole batch's mean (``dist.step_mean``); the row's metrics are the whole batch's."""
 
     def compute(at: int) -> tuple[Any, Callable[[], dict[str, Any]]]:
         _, epoch, idx = plan.batch(at)
         mine = dist.shard(idx)
         if mine:
             losses, cr, rr, tokens = objective(mine)
-            sums = _metric_sums(losses.detach(), cr, rr)
+            loss_sum, rewards = losses.sum(), _reward_sums(cr, rr)
         else:  # fewer pairs than processes: this one contributes nothing
-            losses, tokens, sums = torch.zeros(1, requires_grad=True), 0, [0.0] * len(_METRICS) + [0.0]
-        if dist.enabled:
-            *sums, tokens_all = dist.sum([*sums, float(tokens)])
-            loss = losses.sum() * (dist.world_size / max(1.0, sums[-1]))
-            tokens = int(tokens_all)
-        else:
-            loss = losses.mean()
+            loss_sum, tokens, rewards = no_share(), 0, [0.0] * len(_REWARDS)
+        loss, (total, n, *summed) = dist.step_mean(loss_sum, len(mine), *rewards, tokens)
 
         def make_row() -> dict[str, Any]:
-            row = {"step": at + 1, **_means(sums)}
-            row.update(lr=optimizer.param_groups[0]["lr"], epoch=round(epoch, 4), tokens=tokens)
+            row = {"step": at + 1, **_means(total, n, summed[:-1])}
+            row.update(lr=optimizer.param_groups[0]["lr"], epoch=round(epoch, 4), tokens=int(summed[-1]))
             return row
 
         return loss, make_row

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from .adapters import ADAPTER_FILES, MANIFEST, base_label
 from .checkpoints import Checkpoint, CheckpointManager, sha256, write_json_atomic
-from .distributed import SINGLE, Dist, current
+from .distributed import SINGLE, Dist, current, no_share
 from .errors import CheckpointError, InputError
 from .models import load_causal_lm
 from .sft_data import IGNORE_INDEX, SFTConfig, SFTExample, check_examples, collate, fingerprint, prepare_rows
@@ -291,10 +291,8 @@ def _step_fn(
     its history row ``{"step", "loss", "lr", "epoch", "target_tokens", "tokens"}`` (``"warmup": 1`` in
     the warm-up phase).
 
-    Under several processes each one computes its share of the step's batch (``dist.shard``): its sum of
-    token losses over the target-token count of the whole batch (summed over the processes), times the
-    number of processes, so the gradients ``TrainingLoop`` averages are those of the whole batch's mean."""
-    import torch
+    Under several processes each one computes its share of the step's batch (``dist.shard``) and
+    ``dist.step_mean`` makes the loss whose averaged gradients are those of the whole batch's mean."""
 
     def compute(at: int) -> tuple[Any, Callable[[], dict[str, Any]]]:
         phase, epoch, idx = plan.batch(at)
@@ -304,20 +302,13 @@ def _step_fn(
             loss_sum, n = loss_fn(batch)
             n_all = int(batch["attention_mask"].sum())
         else:  # fewer rows than processes: this one contributes nothing
-            loss_sum, n, n_all = torch.zeros((), device=device, requires_grad=True), 0, 0
-        if dist.enabled:
-            total_loss, n_global, all_global = dist.sum([float(loss_sum.detach()), n, n_all])
-            n, n_all = int(n_global), int(all_global)
-            loss = loss_sum * (dist.world_size / max(1, n))
-            reported = total_loss / max(1, n)
-        else:
-            loss = loss_sum / max(1, n)
-            reported = None
+            loss_sum, n, n_all = no_share(device), 0, 0
+        loss, (total, n_sum, all_sum) = dist.step_mean(loss_sum, n, n_all)
+        n, n_all = int(n_sum), int(all_sum)
 
         def make_row() -> dict[str, Any]:
             lr = optimizer.param_groups[0]["lr"]
-            value = float(loss.detach()) if reported is None else reported
-            row = {"step": at + 1, "loss": value, "lr": lr, "epoch": round(epoch, 4), "target_tokens": n, "tokens": n_all}
+            row = {"step": at + 1, "loss": total / max(1, n), "lr": lr, "epoch": round(epoch, 4), "target_tokens": n, "tokens": n_all}
             if phase.name == "warmup":
                 row["warmup"] = 1
             return row

@@ -33,7 +33,7 @@ import torch
 from judge.encoding import PairEncoder
 from middleware.adapters import base_label
 from middleware.checkpoints import CheckpointManager, write_json_atomic
-from middleware.distributed import SINGLE, Dist, current
+from middleware.distributed import SINGLE, Dist, current, no_share
 from middleware.errors import AlignwareError, InputError
 from middleware.models import decoder_layers, load_causal_lm
 from middleware.sft import SFTResult, load_training_model, resume_run, save_adapter, train_sft, trainable_params
@@ -155,9 +155,8 @@ def _step_fn(
     dist: Dist = SINGLE,
 ) -> LossFn:
     """The fit's step: the masked L2 distance to the targets over the answer tokens. Under several processes
-    each one takes its share of the step's items (``dist.shard``) and scales its summed distance by the
-    number of processes over the token count of the whole batch, so the averaged gradients are the whole
-    batch's mean; the logged loss is the whole batch's."""
+    each one takes its share of the step's items (``dist.shard``) and ``dist.step_mean`` makes the loss
+    whose averaged gradients are the whole batch's mean; the logged loss is the whole batch's."""
 
     def compute(at: int) -> tuple[Any, Callable[[], dict[str, Any]]]:
         _, epoch, idx = plan.batch(at)
@@ -167,15 +166,10 @@ def _step_fn(
             h = block_states(model, ids, mask, layers)
             s, n = masked_l2(torch.stack([h[i] for i in layers]), target, answer)
         else:  # fewer items than processes: this one contributes nothing
-            s, n = torch.zeros((), requires_grad=True), 0
-        if dist.enabled:
-            total, n_all = dist.sum([float(s.detach()), n])
-            n = int(n_all)
-            loss = s * (dist.world_size / max(1, n))
-            value = total / max(1, n)
-        else:
-            loss = s / max(1, n)
-            value = float(loss.detach())
+            s, n = no_share(), 0
+        loss, (total, n_all) = dist.step_mean(s, n)
+        n = int(n_all)
+        value = total / max(1, n)
 
         def row() -> dict[str, Any]:
             return {"step": at + 1, "loss": value, "lr": optimizer.param_groups[0]["lr"],
