@@ -117,6 +117,16 @@ def select_by_reward(
     return _choose(rows, rewrites, order, answers, errors, judge_obj, samples=samples, margin=margin)
 
 
+def _seed_batches(todo: list[int], samples: int, batch_size: int) -> list[list[int]]:
+    """``todo`` in batches of ``batch_size`` that each hold one seed (conversation ``j`` has seed ``j % samples``:
+    a batched generation samples from one generator)."""
+    chunks: list[list[int]] = []
+    for k in range(samples):
+        js = [j for j in todo if j % samples == k]
+        chunks += [js[b : b + batch_size] for b in range(0, len(js), batch_size)]
+    return chunks
+
+
 def answer_conversations(
     llm: LLM,
     convs: list[list[Message]],
@@ -156,13 +166,7 @@ def answer_conversations(
                           on_done=None if bar is None else lambda _: bar.update(1))
         errors.update((j, failure_message(r)) for j, r in zip(todo, out) if isinstance(r, Exception))
         keep([(j, r.text) for j, r in zip(todo, out) if not isinstance(r, Exception)])
-        chunks: list[list[int]] = []
-    else:
-        chunks = []
-        for k in range(samples):  # one batch holds one seed (a batched generation samples from one generator)
-            js = [j for j in todo if j % samples == k]
-            chunks += [js[b : b + batch_size] for b in range(0, len(js), batch_size)]
-    for chunk in chunks:
+    for chunk in [] if concurrency is not None else _seed_batches(todo, samples, batch_size):
         try:
             got: list[tuple[int, str]] = [(j, r.text) for j, r in zip(chunk, llm.batch([request(j) for j in chunk]))]
         except Exception:  # one failure fails a batch: ask one by one to lose only the failed rows
