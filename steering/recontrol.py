@@ -272,9 +272,10 @@ def train_recontrol(
     }
     editor = ValueGuidedEditor(net.cpu(), steps=cfg.steps, step_size=cfg.step_size, max_edit_norm=cfg.max_edit_norm,
                                info={"base_model": label, "training": summary})
-    if current().is_main:  # under accelerate launch rank 0 alone writes
+    dist = current()
+    if dist.is_main:  # under accelerate launch rank 0 alone writes
         if metrics["finished"]:
             editor.save(out_dir)
         write_json_atomic(out_dir / "metrics.json", summary)
-    current().barrier()
+    dist.barrier()
     return ReControlResult(editor, out_dir, bool(metrics["finished"]), bool(metrics["interrupted"]), summary, timings)
