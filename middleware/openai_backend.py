@@ -3,8 +3,10 @@
 The same LLM protocol, retry and fallback policy, error mapping and request mapping as ``LiteLLMBackend``
 (it is one, with another transport): only sending a request differs. litellm's own path costs several
 milliseconds per request (its logging, cost tracking and per-chunk object building: ``benchmarks/server.py``
-measures it); this one sends with the ``openai`` client (connection pooling, its own retries off, its errors) and reads the
-reply's JSON and server-sent events itself into light objects, with no per-chunk model building.
+measures it); this one sends what the ``openai`` client sends (its URL, headers and errors; its own retries off) and
+reads the reply's JSON and server-sent events itself into light objects, with no per-chunk model building. Sync
+calls go through the client itself; async calls (the server, concurrent eval) through ``aio_transport``, which
+sends the client's requests on aiohttp without rebuilding them each time.
 
 Choose it with a model string ``"openai_compatible/NAME"`` or ``client: openai`` in ``llm_options``
 (``make_llm``); ``api_base``/``base_url``, ``api_key``, ``organization``, ``project`` and
@@ -27,6 +29,7 @@ import openai
 import openai._base_client as _openai_base
 from openai.resources.chat.completions import Completions
 
+from .aio_transport import AioUpstream
 from .remote import LiteLLMBackend
 
 __all__ = ["OpenAIBackend", "PREFIX"]
@@ -132,18 +135,6 @@ class _AsyncStream:
         await self._response.aclose()
 
 
-def async_http_client(timeout: float) -> Any:
-    """The HTTP client under an async ``openai`` client: the SDK's aiohttp transport
-    (``openai.DefaultAioHttpClient``; aiohttp comes with litellm), else ``None`` (its httpx default).
-    httpx's connection pool looks at every pooled connection on every request, which made the client the
-    bottleneck of concurrent requests on a small machine (``benchmarks/remote_concurrency.py``, 32 in flight:
-    3.4 ms of generation time a prompt with httpx against 1.9-2.2 ms with aiohttp)."""
-    try:
-        return openai.DefaultAioHttpClient(timeout=timeout)
-    except RuntimeError:  # the SDK without its aiohttp extra
-        return None
-
-
 async def _closing(clients: dict[str, Any]) -> AsyncGenerator[None, None]:
     try:
         yield
@@ -208,7 +199,7 @@ class OpenAIBackend(LiteLLMBackend):
             _check_options(target.kwargs, f"fallbacks[{i}]")
         self._lock = threading.Lock()
         self._clients: dict[str, openai.OpenAI] = {}
-        self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, openai.AsyncOpenAI]] = (
+        self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AioUpstream]] = (
             weakref.WeakKeyDictionary()
         )
         self._closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = weakref.WeakKeyDictionary()
@@ -246,9 +237,10 @@ class OpenAIBackend(LiteLLMBackend):
                 client = self._clients[key] = openai.OpenAI(max_retries=0, timeout=self.timeout, **options)
             return client
 
-    def _aclient(self, key: str, options: dict[str, Any]) -> openai.AsyncOpenAI:
-        """The async client of this event loop (an async client's connections belong to one loop), on
-        aiohttp where it is installed (``async_http_client``); the loop closes it as it shuts down."""
+    def _aclient(self, key: str, options: dict[str, Any]) -> AioUpstream:
+        """The async transport of this event loop (connections belong to one loop): the requests of an
+        ``openai.AsyncOpenAI`` client with ``options``, sent on aiohttp (``aio_transport``); the loop closes
+        it as it shuts down."""
         loop = asyncio.get_running_loop()
         clients = self._aclients.get(loop)
         if clients is None:
@@ -256,8 +248,8 @@ class OpenAIBackend(LiteLLMBackend):
             self._closers[loop] = close_with_loop(clients)
         client = clients.get(key)
         if client is None:
-            client = clients[key] = openai.AsyncOpenAI(max_retries=0, timeout=self.timeout,
-                                                       http_client=async_http_client(self.timeout), **options)
+            client = clients[key] = AioUpstream(openai.AsyncOpenAI(max_retries=0, timeout=self.timeout, **options),
+                                                _PATH, self.timeout)
         return client
 
     def _call(self, kwargs: dict[str, Any]) -> Any:
@@ -271,9 +263,7 @@ class OpenAIBackend(LiteLLMBackend):
 
     async def _acall(self, kwargs: dict[str, Any]) -> Any:
         key, options, body, request_options = self._split(kwargs)
-        client = self._aclient(key, options)
+        upstream = self._aclient(key, options)
         if body.get("stream"):
-            return _AsyncStream(await client.post(_PATH, body=body, options=request_options, cast_to=_Response,
-                                                  stream=True, stream_cls=openai.AsyncStream))
-        response = await client.post(_PATH, body=body, options=request_options, cast_to=_Response)
-        return json.loads(response.content, object_hook=_Fields)
+            return _AsyncStream(await upstream.post(body, request_options, stream=True))
+        return json.loads(await upstream.post(body, request_options), object_hook=_Fields)

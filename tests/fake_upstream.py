@@ -29,6 +29,8 @@ class FakeOpenAI:
         self.scripts: dict[str, list[dict[str, Any]]] = {}
         self.requests: list[dict[str, Any]] = []
         self.auth: list[str | None] = []  # each request's Authorization header
+        self.headers: list[dict[str, str]] = []  # each request's headers (names in lower case)
+        self.queries: list[str] = []  # each request's query string
         self.paths: list[str] = []  # each request's path (/v1/chat/completions, /v1/completions)
         self.lock = threading.Lock()
         self.base = ""
@@ -127,7 +129,9 @@ def make_handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             fake.auth.append(self.headers.get("Authorization"))
-            fake.paths.append(self.path)
+            fake.headers.append({k.lower(): v for k, v in self.headers.items()})
+            fake.paths.append(self.path.split("?")[0])
+            fake.queries.append(self.path.partition("?")[2])
             reply = fake.next_reply(body)
             model = body["model"]
             if reply.get("delay"):
@@ -161,7 +165,8 @@ def make_handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
                 self.wfile.write(reply["raw_stream"].encode())
                 return
-            if self.path.rstrip("/").endswith("/completions") and "/chat/" not in self.path:
+            path = self.path.split("?")[0]
+            if path.rstrip("/").endswith("/completions") and "/chat/" not in path:
                 self._text_completion(body, reply)
                 return
             text = reply["text"]
@@ -243,5 +248,7 @@ def cleared(fake: FakeOpenAI) -> FakeOpenAI:
         fake.scripts.clear()
         fake.requests.clear()
         fake.auth.clear()
+        fake.headers.clear()
+        fake.queries.clear()
         fake.paths.clear()
     return fake

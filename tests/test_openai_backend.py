@@ -4,19 +4,21 @@ as ``LiteLLMBackend``."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Any
+from typing import Any, AsyncIterator
 
 import pytest
 
 from middleware.errors import BackendError, InputError
 from middleware.llm import make_llm
+from middleware.aio_transport import AioUpstream, lines_of
 from middleware.openai_backend import OpenAIBackend
 from middleware.pipeline import Pipeline
 from middleware.remote import LiteLLMBackend
 from middleware.types import ChatRequest
 
-from fake_upstream import FakeOpenAI, fail, ok
+from fake_upstream import FakeOpenAI, drip, fail, ok, raw_stream
 from test_server import _serve  # noqa: E402
 
 openai = pytest.importorskip("openai")
@@ -28,15 +30,24 @@ DEAD = "http://127.0.0.1:9/v1"  # nothing listens on the discard port: connectio
 
 
 def backend(server: FakeOpenAI, model: str = "primary", **kw: Any) -> OpenAIBackend:
-    return OpenAIBackend(f"openai_compatible/{model}", api_base=server.base, api_key="sk-test", timeout=10.0, **{**FAST, **kw})
+    return OpenAIBackend(f"openai_compatible/{model}", api_base=server.base, api_key="sk-test", **{"timeout": 10.0, **FAST, **kw})
 
 
 def req(text: str = "What is the capital of France?", **params: Any) -> ChatRequest:
     return ChatRequest.build(text, **params)
 
 
-def test_text_usage_and_parameters_reach_the_upstream(server: FakeOpenAI) -> None:
-    resp = backend(server).complete(req("hello", temperature=0.3, max_tokens=20, stop="END", seed=7))
+# sync calls go through the openai client itself, async ones through ``aio_transport``: both must behave alike
+HOW = pytest.mark.parametrize("how", ["sync", "async"])
+
+
+def complete(llm: OpenAIBackend, request: ChatRequest, how: str) -> Any:
+    return llm.complete(request) if how == "sync" else asyncio.run(llm.acomplete(request))
+
+
+@HOW
+def test_text_usage_and_parameters_reach_the_upstream(server: FakeOpenAI, how: str) -> None:
+    resp = complete(backend(server), req("hello", temperature=0.3, max_tokens=20, stop="END", seed=7), how)
     assert resp.text == "echo: hello" and resp.finish_reason == "stop" and resp.model == "primary"
     assert (resp.usage.prompt_tokens, resp.usage.completion_tokens, resp.usage.total_tokens) == (5, 2, 7)
     assert resp.id == "chatcmpl-test"
@@ -47,9 +58,10 @@ def test_text_usage_and_parameters_reach_the_upstream(server: FakeOpenAI) -> Non
     assert "top_p" not in sent and "max_retries" not in sent and "timeout" not in sent
 
 
-def test_options_are_sent_with_every_request(server: FakeOpenAI) -> None:
+@HOW
+def test_options_are_sent_with_every_request(server: FakeOpenAI, how: str) -> None:
     llm = backend(server, user="app-1", extra_body={"top_k": 4})
-    llm.complete(req())
+    complete(llm, req(), how)
     assert server.requests[-1]["user"] == "app-1" and server.requests[-1]["top_k"] == 4
 
 
@@ -68,17 +80,19 @@ async def test_async_complete_and_stream(server: FakeOpenAI) -> None:
     assert "".join(c.delta for c in chunks) == "echo: stream me" and chunks[-1].usage is not None
 
 
-def test_rate_limit_with_retry_after_is_retried(server: FakeOpenAI) -> None:
+@HOW
+def test_rate_limit_with_retry_after_is_retried(server: FakeOpenAI, how: str) -> None:
     server.script("primary", fail(429, "slow down", **{"Retry-After": "0.2"}), ok(TEXT))
     t0 = time.perf_counter()
-    assert backend(server, backoff_max=1.0).complete(req()).text == TEXT
+    assert complete(backend(server, backoff_max=1.0), req(), how).text == TEXT
     assert time.perf_counter() - t0 >= 0.2 and server.calls("primary") == 2
 
 
-def test_server_errors_are_retried_then_give_up(server: FakeOpenAI) -> None:
+@HOW
+def test_server_errors_are_retried_then_give_up(server: FakeOpenAI, how: str) -> None:
     server.script("primary", fail(503, "The server is overloaded"))
     with pytest.raises(BackendError) as info:
-        backend(server, max_retries=2).complete(req())
+        complete(backend(server, max_retries=2), req(), how)
     err = info.value
     assert (err.status_code, err.retryable, err.attempts) == (503, True, 3)
     assert err.provider_message == "The server is overloaded" and "openai_compatible/primary" in str(err)
@@ -86,35 +100,39 @@ def test_server_errors_are_retried_then_give_up(server: FakeOpenAI) -> None:
 
 
 @pytest.mark.parametrize("status", [400, 401])
-def test_client_errors_are_not_retried_nor_fall_back(server: FakeOpenAI, status: int) -> None:
+@HOW
+def test_client_errors_are_not_retried_nor_fall_back(server: FakeOpenAI, status: int, how: str) -> None:
     server.script("primary", fail(status, f"client error {status}"))
     with pytest.raises(BackendError) as info:
-        backend(server, fallbacks=["openai_compatible/backup"]).complete(req())
+        complete(backend(server, fallbacks=["openai_compatible/backup"]), req(), how)
     assert (info.value.status_code, info.value.attempts, info.value.retryable) == (status, 1, False)
     assert info.value.provider_message == f"client error {status}"
     assert server.calls("primary") == 1 and server.calls("backup") == 0
 
 
-def test_fallback_after_primary_keeps_failing(server: FakeOpenAI) -> None:
+@HOW
+def test_fallback_after_primary_keeps_failing(server: FakeOpenAI, how: str) -> None:
     server.script("primary", fail(500, "overloaded"))
     server.script("backup", ok("from the backup"))
-    resp = backend(server, max_retries=1, fallbacks=["openai_compatible/backup"]).complete(req())
+    resp = complete(backend(server, max_retries=1, fallbacks=["openai_compatible/backup"]), req(), how)
     assert resp.text == "from the backup" and resp.model == "backup"
     assert server.calls("primary") == 2 and server.calls("backup") == 1
 
 
-def test_refused_connection_is_retried_then_falls_back_to_its_own_upstream(server: FakeOpenAI) -> None:
+@HOW
+def test_refused_connection_is_retried_then_falls_back_to_its_own_upstream(server: FakeOpenAI, how: str) -> None:
     llm = OpenAIBackend("openai_compatible/primary", api_base=DEAD, api_key="sk-test", max_retries=1,
                         fallbacks=[{"model": "openai_compatible/backup", "api_base": server.base}], **FAST)
-    assert llm.complete(req("hi")).text == "echo: hi"
+    assert complete(llm, req("hi"), how).text == "echo: hi"
     assert [r["model"] for r in server.requests] == ["backup"]
 
 
-def test_every_model_failing_names_them_all(server: FakeOpenAI) -> None:
+@HOW
+def test_every_model_failing_names_them_all(server: FakeOpenAI, how: str) -> None:
     server.script("primary", fail(429, "primary is rate limited"))
     server.script("backup", fail(500, "backup crashed"))
     with pytest.raises(BackendError) as info:
-        backend(server, max_retries=1, fallbacks=["openai_compatible/backup"]).complete(req())
+        complete(backend(server, max_retries=1, fallbacks=["openai_compatible/backup"]), req(), how)
     err = info.value
     assert err.attempts == 4 and err.status_code == 500 and err.provider_message == "backup crashed"
 
@@ -230,10 +248,88 @@ def test_async_requests_go_through_aiohttp_and_the_loop_closes_the_clients(serve
         replies = await asyncio.gather(*(llm.acomplete(req(f"q{i}")) for i in range(5)))
         chunks = [c.delta async for c in llm.astream(req("streamed"))]
         seen.extend(llm._aclients[asyncio.get_running_loop()].values())
+        assert not seen[0].closed
         return [r.text for r in replies] + ["".join(chunks)]
 
     assert asyncio.run(main()) == [f"echo: q{i}" for i in range(5)] + ["echo: streamed"]
-    assert len(seen) == 1 and isinstance(seen[0]._client, openai.DefaultAioHttpClient)
-    assert seen[0].is_closed()  # closed by asyncio.run's shutdown of async generators, on its loop
+    assert len(seen) == 1 and isinstance(seen[0], AioUpstream)
+    assert seen[0].url == f"{server.base}/chat/completions"
+    assert seen[0].closed and seen[0].client.is_closed()  # closed by asyncio.run's shutdown of async generators, on its loop
     # a new loop gets a client of its own
     assert asyncio.run(llm.acomplete(req("again"))).text == "echo: again"
+
+
+# -- the async transport (aio_transport) ------------------------------------------------------
+
+
+def test_both_paths_send_the_same_request(server: FakeOpenAI) -> None:
+    llm = backend(server, organization="org-1", project="proj-1", default_headers={"X-App": "a"},
+                  extra_headers={"X-Req": "r"}, extra_query={"api-version": "2024"})
+    complete(llm, req("hi", temperature=0.5), "sync")
+    complete(llm, req("hi", temperature=0.5), "async")
+    assert server.requests[0] == server.requests[1] and server.paths == ["/v1/chat/completions"] * 2
+    assert server.queries == ["api-version=2024"] * 2
+    sync, aio = server.headers
+    for name in ("authorization", "openai-organization", "openai-project", "x-app", "x-req", "content-type", "accept",
+                 "x-stainless-lang", "x-stainless-package-version"):
+        assert aio[name] == sync[name], name
+    assert aio["authorization"] == "Bearer sk-test" and aio["x-req"] == "r"
+    assert aio["content-length"] == sync["content-length"]  # the same JSON, byte for byte
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_dripping_upstream_cannot_hold_an_async_attempt_open(server: FakeOpenAI, streamed: bool) -> None:
+    server.script("primary", drip(6.0))
+    llm = backend(server, timeout=1.0, max_retries=0)
+    t0 = time.perf_counter()
+    with pytest.raises(BackendError) as info:
+        if streamed:
+            [c async for c in llm.astream(req())]
+        else:
+            await llm.acomplete(req())
+    assert time.perf_counter() - t0 < 4.0  # the drip goes on for 6 s
+    assert info.value.status_code == 408 and info.value.retryable
+
+
+async def test_a_stream_that_starts_then_drips_ends_with_an_error(server: FakeOpenAI) -> None:
+    server.script("primary", drip(6.0, first="Paris"))
+    got: list[str] = []
+    with pytest.raises(BackendError) as info:
+        async for chunk in backend(server, timeout=1.0, max_retries=0).astream(req()):
+            got.append(chunk.delta)
+    assert "".join(got) == "Paris" and "no next chunk within the timeout" in str(info.value)
+
+
+EVENT = ('data: {"id": "c", "object": "chat.completion.chunk", "model": "primary", '
+         '"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": null}]}')
+
+
+@pytest.mark.parametrize("end", ["\n", "\r\n", "\r"])
+async def test_events_with_any_line_end_are_read(server: FakeOpenAI, end: str) -> None:
+    server.script("primary", raw_stream(f"{EVENT}{end}{end}: a comment{end}{end}data: [DONE]{end}{end}"))
+    chunks = [c async for c in backend(server, max_retries=0).astream(req())]
+    assert "".join(c.delta for c in chunks) == "Hi" and chunks[-1].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("body", ["data: [DONE]\n\n", "", "this is not server-sent events\n"])
+async def test_an_empty_async_stream_is_retried_then_reported(server: FakeOpenAI, body: str) -> None:
+    server.script("primary", raw_stream(body), ok(TEXT))
+    chunks = [c async for c in backend(server).astream(req())]
+    assert "".join(c.delta for c in chunks) == TEXT and server.calls("primary") == 2
+    server.script("primary", raw_stream(body))
+    with pytest.raises(BackendError) as info:
+        [c async for c in backend(server, max_retries=1).astream(req())]
+    assert "without a single event" in str(info.value) and info.value.attempts == 2
+
+
+async def _pieces(data: bytes, size: int) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+async def test_lines_are_the_same_whatever_the_chunk_boundaries() -> None:
+    text = "data: é1\r\n\r\ndata: 2\n\ndata: 3\r\rdata: ü4\r\n: last without an end"
+    want = ["data: é1", "", "data: 2", "", "data: 3", "", "data: ü4", ": last without an end"]
+    for size in range(1, 12):  # every boundary, inside "\r\n" and inside a two-byte character included
+        assert [line async for line in lines_of(_pieces(text.encode(), size))] == want, size
+    assert [line async for line in lines_of(_pieces(b"a\r", 1))] == ["a"]
