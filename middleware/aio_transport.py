@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import functools
 import json
 import re
+import ssl
 from typing import Any, AsyncIterator
 
 import aiohttp
@@ -30,6 +32,16 @@ __all__ = ["AioStream", "AioUpstream", "lines_of"]
 _http: Any = getattr(_openai_base, "httpx2", None) or getattr(_openai_base, "httpx")
 _EOL = re.compile(r"\r\n|\r|\n")  # server-sent events end lines with any of the three
 _MAX_CONNECTIONS = 1000  # the openai client's own pool limit (aiohttp's default is 100)
+
+
+@functools.lru_cache(maxsize=1)
+def _ssl_context() -> ssl.SSLContext:
+    """The certificates the openai client trusts (certifi's bundle, as httpx), else the system's."""
+    try:
+        import certifi  # installed with httpx, which the openai client needs
+    except ImportError:
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 def _headers(client: openai.AsyncOpenAI) -> dict[str, str]:
@@ -68,7 +80,7 @@ class AioUpstream:
 
     def _open_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=_MAX_CONNECTIONS, limit_per_host=0)
+            connector = aiohttp.TCPConnector(limit=_MAX_CONNECTIONS, limit_per_host=0, ssl=_ssl_context())
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
         return self._session
 
