@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import functools
 import json
 import re
 import ssl
-from typing import Any, AsyncIterator
+from typing import Any, AsyncGenerator, AsyncIterator
 
 import aiohttp
 import openai
@@ -134,7 +135,7 @@ class AioUpstream:
         await self.client.close()
 
 
-async def lines_of(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+async def lines_of(chunks: AsyncIterator[bytes]) -> AsyncGenerator[str, None]:
     """The lines of a UTF-8 byte stream as they complete, without their ends (``\\r\\n``, ``\\n`` or ``\\r``,
     as server-sent events allow), whatever the chunk boundaries; a last line without an end too."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -161,6 +162,7 @@ class AioStream:
         self._resp = resp
         self._upstream = upstream
         self.request = upstream.request
+        self._lines: AsyncGenerator[str, None] | None = None
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         try:
@@ -170,7 +172,11 @@ class AioStream:
             raise self._upstream._transport_error(e) from e
 
     def aiter_lines(self) -> AsyncIterator[str]:
-        return lines_of(self._chunks())
+        self._lines = lines_of(self._chunks())
+        return self._lines
 
     async def aclose(self) -> None:
+        if self._lines is not None:  # a reader stopped early: end its generator now, not when collected
+            with contextlib.suppress(Exception):
+                await self._lines.aclose()
         self._resp.release()
