@@ -23,6 +23,7 @@ import pytest
 
 from middleware.errors import BackendError, InputError, StageError
 from middleware.pipeline import Pipeline
+from middleware.openai_backend import OpenAIBackend
 from middleware.remote import LiteLLMBackend, is_retryable
 from middleware.stages import PromptStage, ResponseStage
 from middleware.types import ChatRequest, ChatResponse, load_pairs
@@ -36,6 +37,15 @@ FAST = {"backoff_initial": 0.01, "backoff_max": 0.05}
 # the loopback upstream: the ``server`` fixture of conftest.py (tests/fake_upstream.py)
 def remote(server: FakeOpenAI, model: str = "primary", **kw: Any) -> LiteLLMBackend:
     return LiteLLMBackend(f"openai/{model}", api_base=server.base, api_key="sk-test", **{"timeout": 10.0, **FAST, **kw})
+
+
+def through_openai(server: FakeOpenAI, model: str = "primary", **kw: Any) -> OpenAIBackend:
+    """``remote``'s backend with the other transport (``OpenAIBackend``: the openai client, aio_transport)."""
+    return OpenAIBackend(f"openai_compatible/{model}", api_base=server.base, api_key="sk-test", **{"timeout": 10.0, **FAST, **kw})
+
+
+#: the fault tests below run on both transports
+BACKENDS = pytest.mark.parametrize("make", [remote, through_openai], ids=["litellm", "openai"])
 
 
 def req(text: str = "What is the capital of France?", **params: Any) -> ChatRequest:
@@ -298,13 +308,16 @@ def test_an_empty_stream_is_a_failed_attempt_not_an_empty_answer(server: FakeOpe
     assert "without a single event" in str(info.value) and info.value.attempts == 2
 
 
-async def test_an_empty_async_stream_is_retried_then_reported(server: FakeOpenAI) -> None:
-    server.script("primary", raw_stream("data: [DONE]\n\n"), ok(MOCK_TEXT))
-    chunks = [c async for c in remote(server).astream(req())]
+@BACKENDS
+@pytest.mark.parametrize("body", ["data: [DONE]\n\n", "", "this is not server-sent events\n"])
+async def test_an_empty_async_stream_is_retried_then_reported(server: FakeOpenAI, body: str, make: Any) -> None:
+    server.script("primary", raw_stream(body), ok(MOCK_TEXT))
+    chunks = [c async for c in make(server).astream(req())]
     assert "".join(c.delta for c in chunks) == MOCK_TEXT and server.calls("primary") == 2
-    server.script("primary", raw_stream("data: [DONE]\n\n"))
-    with pytest.raises(BackendError):
-        [c async for c in remote(server, max_retries=1).astream(req())]
+    server.script("primary", raw_stream(body))
+    with pytest.raises(BackendError) as info:
+        [c async for c in make(server, max_retries=1).astream(req())]
+    assert "without a single event" in str(info.value) and info.value.attempts == 2
 
 
 async def test_astream_retried_then_streams(server: FakeOpenAI) -> None:
@@ -446,10 +459,11 @@ def test_sync_pipeline_passes_tool_calls_and_every_choice(server: FakeOpenAI) ->
     assert e.value.field == "n"
 
 
+@BACKENDS
 @pytest.mark.parametrize("streamed", [False, True])
-async def test_a_dripping_upstream_cannot_hold_an_async_attempt_open(server: FakeOpenAI, streamed: bool) -> None:
+async def test_a_dripping_upstream_cannot_hold_an_async_attempt_open(server: FakeOpenAI, streamed: bool, make: Any) -> None:
     server.script("primary", drip(6.0))
-    backend = remote(server, timeout=1.0, max_retries=0)
+    backend = make(server, timeout=1.0, max_retries=0)
     t0 = time.perf_counter()
     with pytest.raises(BackendError) as info:
         if streamed:
@@ -460,12 +474,13 @@ async def test_a_dripping_upstream_cannot_hold_an_async_attempt_open(server: Fak
     assert "AttemptTimeout" in str(info.value) and info.value.status_code == 408
 
 
-async def test_a_stream_that_starts_then_drips_ends_with_an_error_within_the_timeout(server: FakeOpenAI) -> None:
+@BACKENDS
+async def test_a_stream_that_starts_then_drips_ends_with_an_error_within_the_timeout(server: FakeOpenAI, make: Any) -> None:
     server.script("primary", drip(6.0, first="Paris"))
     got: list[str] = []
     t0 = time.perf_counter()
     with pytest.raises(BackendError) as info:
-        async for chunk in remote(server, timeout=1.0, max_retries=0).astream(req()):
+        async for chunk in make(server, timeout=1.0, max_retries=0).astream(req()):
             got.append(chunk.delta)
     assert "".join(got) == "Paris" and time.perf_counter() - t0 < 4.0
     assert "no next chunk within the timeout" in str(info.value)
