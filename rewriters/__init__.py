@@ -8,7 +8,8 @@
 - ``RewriteCheck`` / ``check_rewrite`` and ``CorrectionCheck`` / ``check_correction``: their safeguards.
 - ``build_rewriter_data`` / ``build_corrector_data``: SFT examples from preference pairs;
   ``select_by_reward``: keep the rewrites that raise a judge's reward of the target's answer.
-- ``build_rewrite_pairs`` / ``build_correction_pairs``: DPO examples without a teacher (``PairReport``).
+- ``build_rewrite_pairs`` / ``build_correction_pairs``: DPO examples without a teacher (``PairReport``);
+  ``build_keep_pairs``: the corrector's changes of answers that needed none, as rejected (``KeepReport``).
 - ``train_sft``, ``SFTExample``, ``SFTResult`` (from ``middleware.sft``): the one LoRA SFT trainer behind both;
   ``SFTConfig``: its settings with the stages' kinds and templates. ``train_dpo``, ``DPOExample``,
   ``DPOSettings``, ``DPOResult`` (from ``middleware.dpo``): preference optimisation of the same adapters.
@@ -37,6 +38,7 @@ from middleware.shared_base import SharedBase
 
 from .correction_checks import CorrectionCheck, check_correction, degeneration
 from .correction_pairs import build_correction_pairs
+from .keep_pairs import KeepReport, build_keep_pairs
 from .corrector_data import build_corrector_data
 from .generator import Generation, TextGenerator
 from .preference_pairs import PairReport
@@ -58,7 +60,7 @@ __all__ = [
     "flatten_question", "split_sentences", "split_chunks", "ChunkSplitter",
     "build_rewriter_data", "RewriterDataReport", "build_corrector_data", "select_by_reward", "RewardChoice",
     "parse_teacher_output", "teacher_prompt", "bpo_filter",
-    "build_rewrite_pairs", "build_correction_pairs", "PairReport",
+    "build_rewrite_pairs", "build_correction_pairs", "PairReport", "build_keep_pairs", "KeepReport",
     "train_sft", "SFTConfig", "SFTExample", "SFTResult", "train_dpo", "DPOExample", "DPOSettings", "DPOResult",
     "TextGenerator", "Generation", "SharedBase",
     "Template", "get_template", "register_template", "list_templates",

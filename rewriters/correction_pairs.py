@@ -24,7 +24,7 @@ from .sentences import flatten_question
 from .stage import Generated
 from .templates import Template, get_template
 
-__all__ = ["build_correction_pairs"]
+__all__ = ["build_correction_pairs", "usable_correction"]
 
 
 def build_correction_pairs(
@@ -136,7 +136,7 @@ def _own_pairs(
         cache_dir=cache_dir, label="corrector", progress=progress, names=good,
     )
     report.rows = [PairRow(i, rows[i].question) for i in good]
-    fill_candidates(report, gens, errors, lambda row, g: _usable_correction(questions[row.index], answers[row.index], g, check),
+    fill_candidates(report, gens, errors, lambda row, g: usable_correction(questions[row.index], answers[row.index], g, check),
                     "corrections")
     # every candidate and the answer as it is (the last slot), judged against the conversation
     items = [(row, slot) for row in report.rows if row.reason is None for slot in range(len(row.candidates) + 1)]
@@ -160,7 +160,7 @@ def _own_pairs(
     return {row.index: row for row in report.rows}
 
 
-def _usable_correction(question: str, answer: str, g: Generated, check: CorrectionCheck | None) -> str | None:
+def usable_correction(question: str, answer: str, g: Generated, check: CorrectionCheck | None) -> str | None:
     """The correction as the stage would use it, or ``None`` when the stage would keep the answer (the
     question is the context whose terms a correction may repeat)."""
     text = g.text.strip()
