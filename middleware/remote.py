@@ -76,9 +76,17 @@ class AttemptTimeout(TimeoutError):
     status_code = 408
 
 
+_timeout = getattr(asyncio, "timeout", None)  # Python 3.11+: a deadline on the running task, no task of its own
+
+
 async def within(awaitable: Awaitable[Any], seconds: float, what: str) -> Any:
-    """``await awaitable``, or ``AttemptTimeout`` naming ``what`` once ``seconds`` have passed."""
+    """``await awaitable``, or ``AttemptTimeout`` naming ``what`` once ``seconds`` have passed. On Python 3.11+
+    the wait runs in the calling task (``asyncio.timeout``) instead of a task made for it (``wait_for``): a
+    streamed reply waits so once per chunk."""
     try:
+        if _timeout is not None:
+            async with _timeout(seconds):
+                return await awaitable
         return await asyncio.wait_for(awaitable, seconds)
     except asyncio.TimeoutError:
         raise AttemptTimeout(f"{what} within the timeout of {seconds:g}s") from None
