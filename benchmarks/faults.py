@@ -3,7 +3,8 @@ within its deadline; none hangs, none is lost or answered twice, none is an empt
 
 A loopback upstream answers each attempt correctly or, with probability ``--fault-rate``, with one of
 the faults below (chosen at random per attempt, so a retry may meet another one). ``alignware serve``'s
-app (``LiteLLMBackend``, ``timeout`` and ``max_retries`` as given) runs under uvicorn on loopback; async
+app (``LiteLLMBackend``, or with ``--client openai`` ``OpenAIBackend``; ``timeout`` and ``max_retries`` as given)
+runs under uvicorn on loopback; async
 httpx clients send ``--requests`` requests, ``--concurrency`` at a time, every other one streamed, each with
 a client deadline. Then the figures: requests, faults injected by kind, answers, errors by status or kind,
 and the four counts that must be 0 (hung, lost, duplicated, empty-or-wrong success).
@@ -13,6 +14,7 @@ a stall (no answer at all), a dropped connection, a truncated stream (some event
 closes), an empty stream (only ``[DONE]``), a body that is not JSON, bytes that are not UTF-8.
 
 Usage: python benchmarks/faults.py [--requests 1000] [--fault-rate 0.3] [--concurrency 20] [--seed 0]
+       [--client litellm|openai]
 """
 
 from __future__ import annotations
@@ -215,6 +217,8 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=1.0, help="the backend's timeout per attempt (s)")
     p.add_argument("--max-retries", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--client", choices=["litellm", "openai"], default="litellm",
+                   help="the backend: LiteLLMBackend (litellm) or OpenAIBackend (the openai client's requests on aiohttp)")
     args = p.parse_args()
     FaultyUpstream.rng = random.Random(args.seed)
     FaultyUpstream.rate = args.fault_rate
@@ -223,7 +227,8 @@ def main() -> int:
     upstream.daemon_threads = True
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     options = {"api_base": f"http://127.0.0.1:{upstream.server_address[1]}/v1", "api_key": "sk-faults",
-               "timeout": args.timeout, "max_retries": args.max_retries, "backoff_initial": 0.05, "backoff_max": 0.5}
+               "timeout": args.timeout, "max_retries": args.max_retries, "backoff_initial": 0.05, "backoff_max": 0.5,
+               "client": args.client}
     pipe = load_pipeline({"llm": "openai/faulty", "llm_options": options, "stages": [{"type": "identity_prompt"}, {"type": "identity_response"}]})
     assert isinstance(pipe, Pipeline)
     with socket.socket() as s:
@@ -248,7 +253,7 @@ def main() -> int:
     lost = args.requests - len(ids)
     duplicated = sum(c - 1 for c in ids.values() if c > 1)
     print(f"{args.requests} requests (half streamed), {args.concurrency} at a time, in {elapsed:.1f} s; "
-          f"backend timeout {args.timeout:g}s, max_retries {args.max_retries}; client deadline {deadline:g}s")
+          f"backend {args.client}, timeout {args.timeout:g}s, max_retries {args.max_retries}; client deadline {deadline:g}s")
     attempts = sum(FaultyUpstream.injected.values())
     print(f"faults injected: {attempts} ({', '.join(f'{k} {v}' for k, v in sorted(FaultyUpstream.injected.items()))})")
     print(f"answers: {outcomes['answer']}; errors: {outcomes['error']} "

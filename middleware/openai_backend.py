@@ -83,6 +83,33 @@ def _event(line: str, request: Any) -> Any:
     return chunk
 
 
+def _finishes(chunk: Any) -> bool:
+    """Whether ``chunk`` gives a choice's finish reason."""
+    choices = chunk.get("choices") if isinstance(chunk, dict) else None
+    return isinstance(choices, list) and any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
+
+
+def _cut_off(request: Any) -> openai.APIConnectionError:
+    """A stream that began and then ended with neither ``[DONE]`` nor a finish reason: the connection closed
+    in the middle of the answer (a close-delimited body ends without an HTTP error), which must not read as a
+    complete answer."""
+    return openai.APIConnectionError(message="the stream ended in the middle of the answer (no [DONE], no finish reason)",
+                                     request=request)
+
+
+def _reply(content: bytes, request: Any) -> Any:
+    """A non-streamed answer's JSON. A body that is not JSON, or not an object with a list of ``choices``, is a
+    broken answer (a proxy's error page, a cut body): ``openai.APIConnectionError``, retried like a dropped
+    connection, as litellm's path does."""
+    try:
+        reply = json.loads(content, object_hook=_Fields)
+    except ValueError as e:  # also a body that is not UTF-8
+        raise openai.APIConnectionError(message=f"the answer is not JSON ({e})", request=request) from None
+    if not isinstance(reply, dict) or not isinstance(reply.get("choices"), list):
+        raise openai.APIConnectionError(message=f"the answer has no list of choices: {content[:80]!r}", request=request)
+    return reply
+
+
 class _Stream:
     """The chunks of one streamed reply, read from the raw HTTP response; ``close()`` releases it."""
 
@@ -90,6 +117,7 @@ class _Stream:
         self._response = response
         self._lines: Iterator[str] = response.iter_lines()
         self._done = False
+        self._started = self._finished = False
 
     def __iter__(self) -> "_Stream":
         return self
@@ -102,7 +130,11 @@ class _Stream:
             if chunk is _DONE:
                 self._done = True
             elif chunk is not None:
+                self._started = True
+                self._finished = self._finished or _finishes(chunk)
                 return chunk
+        if self._started and not (self._done or self._finished):
+            raise _cut_off(self._response.request)
         raise StopIteration
 
     def close(self) -> None:
@@ -116,6 +148,7 @@ class _AsyncStream:
         self._response = response
         self._lines: AsyncIterator[str] = response.aiter_lines()
         self._done = False
+        self._started = self._finished = False
 
     def __aiter__(self) -> "_AsyncStream":
         return self
@@ -128,7 +161,11 @@ class _AsyncStream:
             if chunk is _DONE:
                 self._done = True
             elif chunk is not None:
+                self._started = True
+                self._finished = self._finished or _finishes(chunk)
                 return chunk
+        if self._started and not (self._done or self._finished):
+            raise _cut_off(self._response.request)
         raise StopAsyncIteration
 
     async def aclose(self) -> None:
@@ -258,12 +295,12 @@ class OpenAIBackend(LiteLLMBackend):
         if body.get("stream"):
             return _Stream(client.post(_PATH, body=body, options=request_options, cast_to=_Response,
                                        stream=True, stream_cls=openai.Stream))
-        return json.loads(client.post(_PATH, body=body, options=request_options, cast_to=_Response).content,
-                          object_hook=_Fields)
+        response = client.post(_PATH, body=body, options=request_options, cast_to=_Response)
+        return _reply(response.content, response.request)
 
     async def _acall(self, kwargs: dict[str, Any]) -> Any:
         key, options, body, request_options = self._split(kwargs)
         upstream = self._aclient(key, options)
         if body.get("stream"):
             return _AsyncStream(await upstream.post(body, request_options, stream=True))
-        return json.loads(await upstream.post(body, request_options), object_hook=_Fields)
+        return _reply(await upstream.post(body, request_options), upstream.request)

@@ -99,6 +99,11 @@ def raw_stream(body: str) -> dict[str, Any]:
     return {"status": 200, "raw_stream": body}
 
 
+def raw_body(body: bytes) -> dict[str, Any]:
+    """A non-streamed 200 whose body is ``body`` as it is (not JSON, not UTF-8, JSON without choices)."""
+    return {"status": 200, "raw_body": body}
+
+
 def fail(status: int, message: str, **headers: str) -> dict[str, Any]:
     return {"status": status, "message": message, "headers": headers}
 
@@ -158,6 +163,13 @@ def make_handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                         time.sleep(0.2)
                 except OSError:  # the client gave up: what a dripping upstream sees
                     pass
+                return
+            if "raw_body" in reply:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply["raw_body"])))
+                self.end_headers()
+                self.wfile.write(reply["raw_body"])
                 return
             if "raw_stream" in reply:  # a 200 event stream with exactly this body (``"data: [DONE]\n\n"``, junk)
                 self.send_response(200)

@@ -28,7 +28,7 @@ from middleware.remote import LiteLLMBackend, is_retryable
 from middleware.stages import PromptStage, ResponseStage
 from middleware.types import ChatRequest, ChatResponse, load_pairs
 
-from fake_upstream import FakeOpenAI, drip, fail, ok, raw_stream
+from fake_upstream import FakeOpenAI, drip, fail, ok, raw_body, raw_stream
 
 MOCK_TEXT = "Paris is the capital of France."
 FAST = {"backoff_initial": 0.01, "backoff_max": 0.05}
@@ -484,3 +484,38 @@ async def test_a_stream_that_starts_then_drips_ends_with_an_error_within_the_tim
             got.append(chunk.delta)
     assert "".join(got) == "Paris" and time.perf_counter() - t0 < 4.0
     assert "no next chunk within the timeout" in str(info.value)
+
+
+CUT_EVENT = ('data: {"id": "c", "object": "chat.completion.chunk", "model": "primary", '
+             '"choices": [{"index": 0, "delta": {"content": "Paris is"}, "finish_reason": null}]}\n\n')
+
+
+@BACKENDS
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_a_stream_cut_off_mid_answer_is_an_error_not_a_short_answer(server: FakeOpenAI, make: Any, asynchronous: bool) -> None:
+    # a close-delimited body that stops after a piece: no [DONE], no finish reason, no HTTP error either
+    server.script("primary", raw_stream(CUT_EVENT))
+    got: list[str] = []
+    with pytest.raises(BackendError) as info:
+        if asynchronous:
+            async for chunk in make(server, max_retries=0).astream(req()):
+                got.append(chunk.delta)
+        else:
+            for chunk in make(server, max_retries=0).stream(req()):
+                got.append(chunk.delta)
+    assert "".join(got) == "Paris is" and "stream" in str(info.value)
+
+
+@BACKENDS
+@pytest.mark.parametrize("body", [b"{not json", b'{"choices": "\xff\xfe"}', b"{}"], ids=["not-json", "not-utf8", "no-choices"])
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_a_broken_answer_is_retried_then_reported(server: FakeOpenAI, make: Any, body: bytes, asynchronous: bool) -> None:
+    async def ask(llm: Any) -> Any:
+        return await llm.acomplete(req()) if asynchronous else llm.complete(req())
+
+    server.script("primary", raw_body(body), ok(MOCK_TEXT))
+    assert (await ask(make(server))).text == MOCK_TEXT and server.calls("primary") == 2
+    server.script("primary", raw_body(body))
+    with pytest.raises(BackendError) as info:
+        await ask(make(server, max_retries=1))
+    assert info.value.status_code is None or info.value.status_code >= 500
