@@ -53,7 +53,7 @@ def _headers(client: openai.AsyncOpenAI) -> dict[str, str]:
 
 
 class AioUpstream:
-    """One OpenAI-compatible upstream, reached from one event loop: ``post`` sends to ``PATH``.
+    """One OpenAI-compatible upstream, reached from one event loop: ``post`` sends to ``url`` (``base_url`` + ``path``).
 
     Args:
         client: the ``openai.AsyncOpenAI`` client whose requests this sends (not used to send).
