@@ -32,6 +32,8 @@ __all__ = ["AioStream", "AioUpstream", "lines_of"]
 # The client's HTTP library (httpx, or httpx2 from openai 3 on): its Request and Response carry the SDK's errors.
 _http: Any = getattr(_openai_base, "httpx2", None) or getattr(_openai_base, "httpx")
 _EOL = re.compile(r"\r\n|\r|\n")  # server-sent events end lines with any of the three
+#: what aiohttp raises when the connection fails, breaks or times out (``AioUpstream._transport_error`` maps them)
+_TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 _MAX_CONNECTIONS = 1000  # the openai client's own pool limit (aiohttp's default is 100)
 
 
@@ -98,7 +100,7 @@ class AioUpstream:
         try:
             resp = await session.post(self.url, data=json.dumps(body, separators=(",", ":")).encode(), headers=headers,
                                       params=options.get("params"), timeout=self._timeout(options.get("timeout")))
-        except Exception as e:
+        except _TRANSPORT_ERRORS as e:
             raise self._transport_error(e) from e
         if resp.status >= 400:
             raise await self._status_error(resp)
@@ -106,18 +108,16 @@ class AioUpstream:
             return AioStream(resp, self)
         try:
             return await resp.read()
-        except Exception as e:
+        except _TRANSPORT_ERRORS as e:
             raise self._transport_error(e) from e
         finally:
             resp.release()
 
-    def _transport_error(self, exc: Exception) -> Exception:
-        """``exc`` (aiohttp's) as the openai client reports it; anything else unchanged."""
+    def _transport_error(self, exc: BaseException) -> openai.APIConnectionError:
+        """``exc`` (one of ``_TRANSPORT_ERRORS``) as the openai client reports it."""
         if isinstance(exc, asyncio.TimeoutError):  # aiohttp's connect and read timeouts
             return openai.APITimeoutError(request=self.request)
-        if isinstance(exc, aiohttp.ClientError):
-            return openai.APIConnectionError(message=f"{type(exc).__name__}: {exc}", request=self.request)
-        return exc
+        return openai.APIConnectionError(message=f"{type(exc).__name__}: {exc}", request=self.request)
 
     async def _status_error(self, resp: aiohttp.ClientResponse) -> Exception:
         try:
@@ -168,7 +168,7 @@ class AioStream:
         try:
             async for data in self._resp.content.iter_any():
                 yield data
-        except Exception as e:
+        except _TRANSPORT_ERRORS as e:
             raise self._upstream._transport_error(e) from e
 
     def aiter_lines(self) -> AsyncIterator[str]:
