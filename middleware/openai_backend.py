@@ -110,62 +110,71 @@ def _reply(content: bytes, request: Any) -> Any:
     return reply
 
 
-class _Stream:
-    """The chunks of one streamed reply, read from the raw HTTP response; ``close()`` releases it."""
+class _Events:
+    """What the sync and async readers of a streamed reply share: a line's chunk (``None`` for a line that is
+    not one: a comment, ``[DONE]``, anything after ``[DONE]``, which is still read so that a connection whose
+    body was read whole goes back to the pool), and the end of the lines (``_cut_off`` when the stream began
+    and ended with neither ``[DONE]`` nor a finish reason)."""
 
     def __init__(self, response: Any) -> None:
         self._response = response
+        self._done = self._started = self._finished = False
+
+    def _take(self, line: str) -> Any:
+        if self._done:
+            return None
+        chunk = _event(line, self._response.request)
+        if chunk is _DONE:
+            self._done = True
+            return None
+        if chunk is not None:
+            self._started = True
+            self._finished = self._finished or _finishes(chunk)
+        return chunk
+
+    def _check_end(self) -> None:
+        if self._started and not (self._done or self._finished):
+            raise _cut_off(self._response.request)
+
+
+class _Stream(_Events):
+    """The chunks of one streamed reply, read from the raw HTTP response; ``close()`` releases it."""
+
+    def __init__(self, response: Any) -> None:
+        super().__init__(response)
         self._lines: Iterator[str] = response.iter_lines()
-        self._done = False
-        self._started = self._finished = False
 
     def __iter__(self) -> "_Stream":
         return self
 
     def __next__(self) -> Any:
         for line in self._lines:
-            if self._done:
-                continue  # read to the end: a connection whose body was read whole goes back to the pool
-            chunk = _event(line, self._response.request)
-            if chunk is _DONE:
-                self._done = True
-            elif chunk is not None:
-                self._started = True
-                self._finished = self._finished or _finishes(chunk)
+            chunk = self._take(line)
+            if chunk is not None:
                 return chunk
-        if self._started and not (self._done or self._finished):
-            raise _cut_off(self._response.request)
+        self._check_end()
         raise StopIteration
 
     def close(self) -> None:
         self._response.close()
 
 
-class _AsyncStream:
+class _AsyncStream(_Events):
     """Async ``_Stream``; ``aclose()`` releases the connection."""
 
     def __init__(self, response: Any) -> None:
-        self._response = response
+        super().__init__(response)
         self._lines: AsyncIterator[str] = response.aiter_lines()
-        self._done = False
-        self._started = self._finished = False
 
     def __aiter__(self) -> "_AsyncStream":
         return self
 
     async def __anext__(self) -> Any:
         async for line in self._lines:
-            if self._done:
-                continue  # read to the end: a connection whose body was read whole goes back to the pool
-            chunk = _event(line, self._response.request)
-            if chunk is _DONE:
-                self._done = True
-            elif chunk is not None:
-                self._started = True
-                self._finished = self._finished or _finishes(chunk)
+            chunk = self._take(line)
+            if chunk is not None:
                 return chunk
-        if self._started and not (self._done or self._finished):
-            raise _cut_off(self._response.request)
+        self._check_end()
         raise StopAsyncIteration
 
     async def aclose(self) -> None:
