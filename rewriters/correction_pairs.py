@@ -24,7 +24,7 @@ from .sentences import flatten_question
 from .stage import Generated
 from .templates import Template, get_template
 
-__all__ = ["build_correction_pairs", "usable_correction"]
+__all__ = ["build_correction_pairs", "resolve_corrector", "usable_correction"]
 
 
 def build_correction_pairs(
@@ -77,13 +77,7 @@ def build_correction_pairs(
     if corrector is not None and min_gap == "auto" and samples < 2:
         raise InputError("min_gap='auto' measures the spread between two corrections of one answer: use samples >= 2")
     rows = as_pairs(pairs)
-    model, tmpl = None, get_template(template if template is not None else "aligner-v1.0")
-    if corrector is not None:
-        model, tmpl = resolve_sampler(corrector, kind="corrector", template=template, default="aligner-v1.0")
-    if set(tmpl.fields) != {"question", "answer"}:
-        raise InputError(f"template {tmpl.name!r} takes fields {list(tmpl.fields)}; a corrector template takes question and answer")
-    if judge is not None and not isinstance(judge, (str, os.PathLike)):
-        load_judge(judge)  # a judge object without score_batch fails before any generation
+    model, tmpl = resolve_corrector(corrector, template, judge)
     report = PairReport(kind="correction", prompts=len(rows))
     questions = [flatten_question(r.prompt) for r in rows]
     answers = [r.rejected.strip() for r in rows]
@@ -158,6 +152,20 @@ def _own_pairs(
     groups = [[c.reward for c in row.candidates] for row in report.rows if row.reason is None]
     decide_rows(report, min_gap, noise_k, groups)
     return {row.index: row for row in report.rows}
+
+
+def resolve_corrector(corrector: Sampler | None, template: "str | Template | None", judge: Any = None) -> tuple[Any, Template]:
+    """The corrector model (``None`` without one) and the template its sources are rendered with
+    (``resolve_sampler``); ``InputError`` for a template that does not take a question and an answer, and
+    for a judge object without ``score_batch``, before any generation."""
+    model, tmpl = None, get_template(template if template is not None else "aligner-v1.0")
+    if corrector is not None:
+        model, tmpl = resolve_sampler(corrector, kind="corrector", template=template, default="aligner-v1.0")
+    if set(tmpl.fields) != {"question", "answer"}:
+        raise InputError(f"template {tmpl.name!r} takes fields {list(tmpl.fields)}; a corrector template takes question and answer")
+    if judge is not None and not isinstance(judge, (str, os.PathLike)):
+        load_judge(judge)
+    return model, tmpl
 
 
 def usable_correction(question: str, answer: str, g: Generated, check: CorrectionCheck | None) -> str | None:

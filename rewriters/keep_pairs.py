@@ -22,8 +22,8 @@ from middleware.models import cache_dir as cache_root
 from middleware.types import MessagesLike, to_messages
 
 from .correction_checks import CorrectionCheck
-from .correction_pairs import usable_correction
-from .preference_pairs import Sampler, judge_scores, resolve_sampler, sample_texts
+from .correction_pairs import resolve_corrector, usable_correction
+from .preference_pairs import Sampler, judge_scores, sample_texts
 from .sentences import flatten_question
 from .templates import Template
 
@@ -98,9 +98,7 @@ def build_keep_pairs(
     for i, (_, answer) in enumerate(rows):
         if not isinstance(answer, str):
             raise InputError(f"items[{i}]: the answer must be a string, got {type(answer).__name__}")
-    model, tmpl = resolve_sampler(corrector, kind="corrector", template=template, default="aligner-v1.0")
-    if set(tmpl.fields) != {"question", "answer"}:
-        raise InputError(f"template {tmpl.name!r} takes fields {list(tmpl.fields)}; a corrector template takes question and answer")
+    model, tmpl = resolve_corrector(corrector, template, judge)
     report = KeepReport(answers=len(rows))
     todo = [i for i, (_, answer) in enumerate(rows) if answer]
     report.skipped = len(rows) - len(todo)
