@@ -3,10 +3,9 @@ within its deadline; none hangs, none is lost or answered twice, none is an empt
 
 A loopback upstream answers each attempt correctly or, with probability ``--fault-rate``, with one of
 the faults below (chosen at random per attempt, so a retry may meet another one). ``alignware serve``'s
-app (``LiteLLMBackend``, or with ``--client openai`` ``OpenAIBackend``; ``timeout`` and ``max_retries`` as given)
-runs under uvicorn on loopback; async
-httpx clients send ``--requests`` requests, ``--concurrency`` at a time, every other one streamed, each with
-a client deadline. Then the figures: requests, faults injected by kind, answers, errors by status or kind,
+app (``LiteLLMBackend``, or with ``--client openai`` ``OpenAIBackend``; ``timeout`` and ``max_retries`` as
+given) runs under uvicorn on loopback; async httpx clients send ``--requests`` requests, ``--concurrency`` at a
+time, every other one streamed, each with a client deadline. Then the figures: requests, faults injected by kind, answers, errors by status or kind,
 and the four counts that must be 0 (hung, lost, duplicated, empty-or-wrong success).
 
 Faults: 429 with and without ``Retry-After``, 500, 503, a slow drip (a byte or an SSE comment every 0.2 s),
