@@ -85,3 +85,7 @@ def test_bad_arguments_are_refused_with_what_is_wrong(tmp_path: Path) -> None:
         build_keep_pairs(ITEMS, corrector, min_gap=-1.0, cache_dir=tmp_path, progress=False)
     with pytest.raises(InputError, match="question and answer"):
         build_keep_pairs(ITEMS, corrector, template="bpo", cache_dir=tmp_path, progress=False)
+    asked: list[str] = []
+    with pytest.raises(InputError, match="score_batch"):  # before the corrector is asked anything
+        build_keep_pairs(ITEMS, lambda q, a: asked.append(a) or [a], object(), cache_dir=tmp_path, progress=False)
+    assert asked == []
