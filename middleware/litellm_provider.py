@@ -41,7 +41,7 @@ from litellm.types.utils import GenericStreamingChunk, ModelResponse
 from .config import PipelineConfig
 from .errors import BackendError, InputError
 from .pipeline import Pipeline
-from .server import error_for
+from .error_status import error_for
 from .types import ChatChunk, ChatRequest, ChatResponse, StageTrace, Usage
 
 __all__ = ["PROVIDER", "AlignwareLLM", "handler", "install", "pipeline_for", "register", "unregister"]

@@ -12,111 +12,26 @@ Endpoints: ``POST /v1/chat/completions`` (JSON, or server-sent events with ``"st
 OpenAI-shaped answers to unknown routes are in ``server_http.py``.
 
 Errors use OpenAI's body, ``{"error": {"message", "type", "param", "code"}}``, with the status
-``error_for`` maps: a stream that fails before its first chunk answers with that status; one that
+``error_status.error_for`` maps: a stream that fails before its first chunk answers with that status; one that
 fails later ends with a single ``data: {"error": ...}`` event and ``data: [DONE]``.
 """
 
-
-
+# No ``from __future__ import annotations``: FastAPI reads the route functions' annotations (``Request``,
+# imported inside ``create_app``) at run time.
 import argparse
-import json
-import logging
-import math
 import os
-import secrets
 import time
-from typing import Any, AsyncIterator, Sequence
-
-from pydantic import ValidationError
+from typing import Any, Sequence
 
 from .config import PipelineConfig
-from .errors import AlignwareError, BackendError, InputError
+from .errors import InputError
 from .llm import make_llm
-from .openai_format import completion_body, object_field, request_from_openai, sse_events, unpaired_surrogate
 from .pipeline import Pipeline
-from .types import ChatChunk, ChatRequest
-
-log = logging.getLogger("alignware")
 
 #: Default limits of a chat request: the body's size, and how many messages it holds.
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_MESSAGES = 2048
 KEEP_ALIVE_S = 75.0  # idle keep-alive: past the usual client pools' 5-15 s and load balancers' 60 s
-
-def _error_object(message: str, kind: str, param: str | None = None) -> dict[str, Any]:
-    return {"message": message, "type": kind, "param": param, "code": None}
-
-
-def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None) -> Any:
-    from fastapi.responses import JSONResponse
-
-    return JSONResponse(status_code=status, content={"error": _error_object(message, kind, param)})
-
-
-#: Upstream statuses about the server's own set-up (its provider key, its model name), not the client's request.
-_UPSTREAM_CONFIG_ERRORS = {401: "authentication failed", 403: "permission denied", 404: "model or route not found"}
-
-
-def error_for(exc: BaseException) -> tuple[int, dict[str, Any]]:
-    """The HTTP status and the OpenAI ``error`` object for an exception; both paths (JSON and stream) use it.
-
-    ``InputError`` → 400 ``invalid_request_error`` (``param``: its ``field``);
-    ``BackendError`` → ``upstream_error`` with a status that tells the client whose problem it is: 429 for
-    the upstream's rate limit, 504 for its timeouts, 502 for its 5xx and for everything it said about our
-    own credentials or model name (401, 403, 404: the client's request was fine, and the message names
-    neither the provider's key nor the upstream model), the upstream's own status for its other 4xx (a
-    context too long, say: the client's request); anything else (``StageError``, other
-    ``AlignwareError``s, any exception) → 500 ``server_error``, with the traceback logged on the
-    ``alignware`` logger.
-    """
-    if isinstance(exc, InputError):
-        return 400, _error_object(str(exc), "invalid_request_error", exc.field)
-    if isinstance(exc, BackendError):
-        code = exc.status_code
-        message = str(exc)
-        if code in _UPSTREAM_CONFIG_ERRORS:
-            status = 502
-            message = (f"the upstream model refused the server's request ({_UPSTREAM_CONFIG_ERRORS[code]}); "
-                       "the server's operator can find the details in its log")
-        elif code == 408:
-            status = 504
-        elif code == 429 or (code is not None and 400 <= code < 500):
-            status = code
-        else:
-            status = 502
-        log.warning("upstream error (answered %d): %s", status, exc)
-        return status, _error_object(message, "upstream_error")
-    log.error("chat completion failed", exc_info=exc)
-    message = str(exc) if isinstance(exc, AlignwareError) else f"internal error: {type(exc).__name__}: {exc}"
-    return 500, _error_object(message, "server_error")
-
-
-def _error_response(exc: BaseException) -> Any:
-    from fastapi.responses import JSONResponse
-
-    status, error = error_for(exc)
-    return JSONResponse(status_code=status, content={"error": error}, headers=retry_headers(exc, status))
-
-
-def retry_headers(exc: BaseException, status: int) -> dict[str, str]:
-    """What an upstream failure tells the client about retrying. A 429 passes the upstream's ``Retry-After``
-    on. ``X-Should-Retry: false`` (read by the ``openai`` SDKs, which otherwise retry 408, 409, 429 and 5xx
-    twice on their own) where another try cannot help or has been made already: the backend retried per
-    its policy, or the failure is not one a retry mends (the upstream refusing the server's key, a bad
-    request). Without that, each client retry would start the backend's retries again: 3 x 3 upstream
-    calls for one request with the SDK's and the backend's default of 2 retries each."""
-    if not isinstance(exc, BackendError):
-        return {}
-    headers: dict[str, str] = {}
-    if status == 429 and exc.retry_after is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))  # the upstream's wait, passed on
-    if not exc.retryable or exc.attempts > 1:
-        headers["X-Should-Retry"] = "false"
-    return headers
-
-
-_object_field = object_field
-
 
 def create_app(
     pipeline: Pipeline,
@@ -144,9 +59,11 @@ def create_app(
     one is set (``/docs`` is then off: it cannot send one).
     """
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import JSONResponse
+    from starlette.routing import Route
 
     from . import server_http as http
+    from .server_chat import ChatEndpoint
 
     keyed = bool(api_key)
     app = FastAPI(title="alignware", version="0.1.0", docs_url=None if keyed else "/docs", redoc_url=None,
@@ -187,100 +104,11 @@ def create_app(
                                      param="model", code="model_not_found")
         return model_card
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Any:
-        if (denied := refused(request)) is not None:
-            return denied
-        raw = await http.read_body(request, max_body_bytes)
-        if not isinstance(raw, bytes):
-            return raw
-        parsed = _chat_request(raw, max_messages)
-        if not isinstance(parsed, tuple):
-            return parsed
-        body, req, include_usage = parsed
-        tracing = http.wants_trace(request, trace)
-        if body.get("stream"):
-            # Start the pipeline before answering: a failure before the first chunk gets its own
-            # HTTP status and JSON body, not a 200 with an error event.
-            chunks = pipeline.astream(req)
-            try:
-                first: ChatChunk | None = await chunks.__anext__()
-            except StopAsyncIteration:
-                first = None
-            except Exception as e:
-                await _aclose(chunks)
-                return _error_response(e)
-            events = _sse(chunks, first, model_name, include_usage, tracing)
-            return EventStream(events, closing=(events, chunks))
-        try:
-            resp = await pipeline.achat(req)
-        except Exception as e:
-            return _error_response(e)
-        return JSONResponse(completion_body(resp, model_name, trace=tracing))
-
-    class EventStream(StreamingResponse):
-        """Server-sent events that close the event generator and the pipeline's stream however the
-        response ends: finished, failed, or cut short by a client that went away."""
-
-        def __init__(self, events: AsyncIterator[str], *, closing: Sequence[AsyncIterator[Any]]) -> None:
-            super().__init__(events, media_type="text/event-stream")
-            self._closing = closing
-
-        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-            try:
-                await super().__call__(scope, receive, send)
-            finally:
-                for it in self._closing:
-                    await _aclose(it)
-
+    app.router.routes.append(Route("/v1/chat/completions", ChatEndpoint(
+        pipeline, model_name=model_name, refused=refused, trace=trace, max_body_bytes=max_body_bytes,
+        max_messages=max_messages), methods=["POST"]))
+    http.document_chat_route(app, "/v1/chat/completions")
     return app
-
-
-def _chat_request(raw: bytes, max_messages: int) -> "tuple[dict[str, Any], ChatRequest, bool] | Any":
-    """The chat request in a body: ``(body, request, include_usage)``, or the 400 that names what is wrong
-    (not JSON, nested too deeply, an unpaired surrogate, too many messages, a bad field)."""
-    try:
-        body = json.loads(raw)
-        # a \uD800-\uDFFF escape: look for an unpaired surrogate
-        where = unpaired_surrogate(body) if b"\\ud" in raw or b"\\uD" in raw else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        return _error(400, f"the request body is not valid JSON: {e}")
-    except RecursionError:
-        return _error(400, "the request body is nested too deeply")
-    if where is not None:
-        return _error(400, f"{where}: holds an unpaired UTF-16 surrogate, which is not text", param=where)
-    if isinstance(body, dict) and isinstance(body.get("messages"), list) and len(body["messages"]) > max_messages:
-        return _error(400, f"messages: {len(body['messages'])} messages; this server takes at most {max_messages}",
-                      param="messages")
-    try:
-        req = request_from_openai(body)
-        include_usage = bool(_object_field(body, "stream_options").get("include_usage"))
-    except (InputError, ValidationError) as e:
-        return _error_response(e if isinstance(e, InputError) else InputError(str(e)))
-    return body, req, include_usage
-
-
-async def _aclose(it: AsyncIterator[Any]) -> None:
-    """Close an async generator (its ``finally`` blocks run now, not whenever it is collected); a
-    failure while closing is logged, not raised: the answer is already complete or already lost."""
-    aclose = getattr(it, "aclose", None)
-    if aclose is None:
-        return
-    try:
-        await aclose()
-    except Exception:
-        log.warning("closing the stream failed", exc_info=True)
-
-
-async def _sse(
-    chunks: AsyncIterator[ChatChunk], first: ChatChunk | None, model: str, include_usage: bool, trace: bool
-) -> AsyncIterator[str]:
-    """The events of one streamed completion (``openai_format.sse_events``); closes ``chunks`` however it ends."""
-    try:
-        async for event in sse_events(chunks, first, model, include_usage, error_for, trace=trace):
-            yield event
-    finally:
-        await _aclose(chunks)
 
 
 def _env_list(name: str) -> list[str]:

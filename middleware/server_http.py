@@ -143,6 +143,30 @@ def install_error_handlers(app: FastAPI) -> None:
         return openai_error(400, message, param=param)
 
 
+def document_chat_route(app: FastAPI, path: str) -> None:
+    """List the chat route (a plain ASGI app on the router, which FastAPI does not describe) in ``/openapi.json``."""
+    default = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = app.openapi_schema
+        if schema is None:
+            schema = default()
+            schema.setdefault("paths", {})[path] = {"post": {
+                "summary": "Chat completions (OpenAI's API)",
+                "operationId": "chat_completions",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["messages"],
+                    "properties": {"model": {"type": "string"}, "messages": {"type": "array", "items": {"type": "object"}},
+                                   "stream": {"type": "boolean"}},
+                }}}},
+                "responses": {"200": {"description": "a chat.completion object; with stream: true, server-sent "
+                                                     "chat.completion.chunk events ending with data: [DONE]"}},
+            }}
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 # -- the opt-in trace ----------------------------------------------------------------------
 def wants_trace(request: Request, default: bool) -> bool:
     """Whether this reply carries ``alignware_trace``: the ``X-Alignware-Trace`` header when it says

@@ -15,7 +15,7 @@ from fake_upstream import FakeOpenAI, cleared, ok
 from middleware import BackendError, InputError, Pipeline, PromptStage
 from middleware.litellm_provider import ENV_PIPELINES, PROVIDER, pipeline_for, register, unregister
 from middleware.remote import LiteLLMBackend
-from middleware.server import error_for
+from middleware.error_status import error_for
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "litellm_proxy"
 sys.path.insert(0, str(EXAMPLE))
