@@ -19,6 +19,7 @@ import litellm
 import openai
 import tenacity
 
+from .deadlines import ChunkWatch, within
 from .errors import BackendError
 from .llm import LLM, OPENAI_FIELDS, ModelStages
 from .openai_format import wire_messages
@@ -66,30 +67,6 @@ _MISSING_CREDENTIALS = re.compile(r"missing credentials|api_key client option mu
 def missing_credentials(exc: BaseException) -> bool:
     """Whether ``exc`` says that the provider's API key was not given at all (a set-up error)."""
     return bool(_MISSING_CREDENTIALS.search(str(exc)))
-
-
-class AttemptTimeout(TimeoutError):
-    """An async attempt that had no answer (or, streamed, no next chunk) within the backend's ``timeout``:
-    the bound is on the whole wait, so an upstream that drips a byte or an SSE comment at a time cannot
-    hold a request open. Retryable; answered 504 by the server (``status_code`` 408, as litellm's timeouts)."""
-
-    status_code = 408
-
-
-_timeout = getattr(asyncio, "timeout", None)  # Python 3.11+: a deadline on the running task, no task of its own
-
-
-async def within(awaitable: Awaitable[Any], seconds: float, what: str) -> Any:
-    """``await awaitable``, or ``AttemptTimeout`` naming ``what`` once ``seconds`` have passed. On Python 3.11+
-    the wait runs in the calling task (``asyncio.timeout``) instead of a task made for it (``wait_for``): a
-    streamed reply waits so once per chunk."""
-    try:
-        if _timeout is not None:
-            async with _timeout(seconds):
-                return await awaitable
-        return await asyncio.wait_for(awaitable, seconds)
-    except asyncio.TimeoutError:
-        raise AttemptTimeout(f"{what} within the timeout of {seconds:g}s") from None
 
 
 def _status(exc: BaseException) -> int | None:
@@ -512,14 +489,15 @@ class LiteLLMBackend(LLM):
 
         (raw, state, first), target = await self._arun(open_stream)
         attempts = len(attempts_box)
+        watch = ChunkWatch(self.timeout)  # each next chunk within the timeout: a dripping upstream cannot hold it open
         try:
             if first is not None:
                 yield first
                 chunks = aiter(raw)
                 try:
                     while True:
-                        try:  # each next chunk within the timeout: a dripping upstream cannot hold the stream open
-                            chunk = await within(anext(chunks), self.timeout, "no next chunk")
+                        try:
+                            chunk = await watch.next(chunks)
                         except StopAsyncIteration:
                             break
                         piece = state.take(chunk)
@@ -529,6 +507,7 @@ class LiteLLMBackend(LLM):
                     raise self._midstream_error(target, e, attempts) from e
             yield state.closing()
         finally:
+            watch.close()
             await aclose_stream(raw)
 
     @staticmethod
