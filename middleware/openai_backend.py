@@ -49,19 +49,9 @@ _PATH = "/chat/completions"
 _Response: Any = (getattr(_openai_base, "httpx2", None) or getattr(_openai_base, "httpx")).Response
 
 
-class _Fields(dict):  # type: ignore[type-arg]
-    """A JSON object whose keys also read as attributes (``None`` when absent), the way the backend's
-    mapping code reads the SDK's objects, without building a pydantic model per chunk."""
-
-    __slots__ = ()
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return self.get(name)
-
-    def model_dump(self, **_: Any) -> dict[str, Any]:
-        return json.loads(json.dumps(self))  # type: ignore[no-any-return]
+#: JSON objects come back as plain dicts: the backend's mapping code (``remote_replies``) reads dicts and
+#: the SDK's objects alike, so no object is built per chunk. One decoder for every event.
+_decode = json.JSONDecoder().decode
 
 
 _DONE = object()
@@ -75,7 +65,7 @@ def _event(line: str, request: Any) -> Any:
     data = line[5:].strip()
     if data == "[DONE]":
         return _DONE
-    chunk = json.loads(data, object_hook=_Fields)
+    chunk = _decode(data)
     if isinstance(chunk, dict) and "error" in chunk and not chunk.get("choices"):
         error = chunk["error"]
         message = error.get("message") if isinstance(error, dict) else None
@@ -102,7 +92,7 @@ def _reply(content: bytes, request: Any) -> Any:
     broken answer (a proxy's error page, a cut body): ``openai.APIConnectionError``, retried like a dropped
     connection, as litellm's path does."""
     try:
-        reply = json.loads(content, object_hook=_Fields)
+        reply = json.loads(content)
     except ValueError as e:  # also a body that is not UTF-8
         raise openai.APIConnectionError(message=f"the answer is not JSON ({e})", request=request) from None
     if not isinstance(reply, dict) or not isinstance(reply.get("choices"), list):

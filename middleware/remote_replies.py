@@ -98,6 +98,9 @@ async def aclose_stream(stream: Any) -> None:
             pass
 
 
+_NOT_PLAIN = object()
+
+
 class EmptyStreamError(ConnectionError):
     """A streamed reply that ended before any event that counts (text, a tool call, a finish reason): an
     empty body, only ``[DONE]``, or a body that is not server-sent events. Retried like a dropped connection."""
@@ -114,25 +117,50 @@ class StreamState:
         self.usage: Usage | None = None
 
     def take(self, chunk: Any) -> ChatChunk | None:
-        """Record a raw litellm chunk's metadata; return what it carries for the client (text, tool-call
-        deltas, logprobs) as a ``ChatChunk``, or ``None`` when it carries none of them."""
-        if getattr(chunk, "model", None):
-            self.model = chunk.model
-        usage = getattr(chunk, "usage", None)
+        """Record a raw chunk's metadata (a litellm object, or an event's JSON as a dict); return what it
+        carries for the client (text, tool-call deltas, logprobs) as a ``ChatChunk``, or ``None`` when it
+        carries none of them."""
+        if type(chunk) is dict:
+            piece = self._text_event(chunk)
+            if piece is not _NOT_PLAIN:
+                return piece  # type: ignore[return-value]
+        model = field(chunk, "model")
+        if model:
+            self.model = model
+        usage = field(chunk, "usage")
         if usage is not None:
             self.usage = _usage(usage)
-        choices = getattr(chunk, "choices", None)
+        choices = field(chunk, "choices")
         if not choices:
             return None
         choice = choices[0]
-        if choice.finish_reason:
-            self.finish_reason = choice.finish_reason
-        delta = getattr(choice, "delta", None)
-        content = getattr(delta, "content", None) if delta is not None else None
+        finish = field(choice, "finish_reason")
+        if finish:
+            self.finish_reason = finish
+        delta = field(choice, "delta")
+        content = field(delta, "content") if delta is not None else None
         tool_calls, logprobs = chunk_extras(choice, delta)
         if tool_calls is None and logprobs is None:
             return ChatChunk.piece(content, self.model) if content else None
         return ChatChunk(delta=content or "", model=self.model, tool_calls=tool_calls, logprobs=logprobs)
+
+    def _text_event(self, chunk: dict[str, Any]) -> "ChatChunk | None | object":
+        """The usual event of a stream, read in one pass: one choice whose delta is text only (no finish
+        reason, usage, tool calls or logprobs). ``_NOT_PLAIN`` for any other event, which ``take`` reads in full."""
+        choices = chunk.get("choices")
+        if type(choices) is not list or len(choices) != 1 or chunk.get("usage") is not None:
+            return _NOT_PLAIN
+        choice = choices[0]
+        if type(choice) is not dict or choice.get("finish_reason") or choice.get("logprobs"):
+            return _NOT_PLAIN
+        delta = choice.get("delta")
+        if type(delta) is not dict or delta.get("tool_calls"):
+            return _NOT_PLAIN
+        model = chunk.get("model")
+        if model:
+            self.model = model
+        content = delta.get("content")
+        return ChatChunk.piece(content, self.model) if content else None
 
     def check_started(self) -> None:
         """Called when a stream ended before its first piece (text, tool call, logprobs): raise
