@@ -4,8 +4,10 @@ Three kinds of process, so that no two share a GIL: a fast loopback upstream (``
 chat-completion JSON and SSE, tens of µs per request), one real ``alignware serve`` process per backend
 (``serve_main`` with a pipeline file: the no-op ``identity_prompt`` and ``identity_response`` stages,
 which answer async calls without a worker thread and pass a stream on piece by piece), and this client (httpx async; the
-``openai`` client for one streamed arm). Arms: the upstream directly, and the server with each backend
-(``litellm``: ``LiteLLMBackend``; ``openai``: ``OpenAIBackend``).
+``openai`` client for one streamed arm). Arms: the upstream directly, ``floor`` (``floor_proxy.py``: a
+pass-through proxy on the same uvicorn, no parsing and no pipeline: what one more hop through a Python server
+costs on this machine, which no Python server goes below; ``--no-floor`` leaves it out), and the server with
+each backend (``litellm``: ``LiteLLMBackend``; ``openai``: ``OpenAIBackend``).
 
 One client: each round calls every arm once (rotating which goes first), non-streamed (total time) and
 streamed (time to first token, time to the last); "added" is the median (and p99) over rounds of the
@@ -14,7 +16,7 @@ paired difference server − direct, which stays meaningful on a shared, noisy m
 errors, p50/p99 of the whole request and requests/s per arm. All of it in one run.
 
 Usage: python benchmarks/server.py [--rounds 300] [--warmup 30] [--clients 100] [--load-seconds 3]
-       [--load-rounds 2] [--backends litellm,openai] [--profile DIR]
+       [--load-rounds 2] [--backends litellm,openai] [--no-floor] [--profile DIR]
 ``--profile DIR`` runs each server under cProfile and writes DIR/server-BACKEND.prof (its figures are then
 not the plain server's). ``--serve CONFIG PORT`` is the server process itself (used by the benchmark).
 """
@@ -47,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 GOAL_MS = 1.0
 BACKENDS = {"litellm": "openai/bench-model", "openai": "openai_compatible/bench-model"}
+FLOOR = "floor"  # the arm of floor_proxy.py: a pass-through proxy, the least one more hop through Python adds
 
 
 # -- processes ------------------------------------------------------------------------------------
@@ -73,17 +76,21 @@ def _free_port() -> int:
 
 
 def start_server(backend: str, upstream: str, workdir: Path, profile: Path | None) -> tuple[subprocess.Popen[str], str]:
-    """``alignware serve --pipeline CONFIG`` (its own process) in front of ``upstream``."""
-    config = workdir / f"pipeline-{backend}.json"
-    config.write_text(json.dumps({
-        "llm": BACKENDS[backend],
-        "llm_options": {"api_base": upstream, "api_key": "sk-bench"},
-        "stages": [{"type": "identity_prompt"}, {"type": "identity_response"}],  # no-ops; both stream, no threads
-    }))
+    """``alignware serve --pipeline CONFIG`` (its own process) in front of ``upstream``; for ``floor``, the
+    pass-through proxy of ``floor_proxy.py``."""
     port = _free_port()
-    prof = ["-m", "cProfile", "-o", str(profile / f"server-{backend}.prof")] if profile else []
     log = Path(tempfile.gettempdir()) / f"alignware-bench-server-{backend}.log"
-    proc = _start([sys.executable, *prof, str(Path(__file__).resolve()), "--serve", str(config), str(port)], log)
+    if backend == FLOOR:
+        proc = _start([sys.executable, str(ROOT / "benchmarks" / "floor_proxy.py"), upstream, str(port)], log)
+    else:
+        config = workdir / f"pipeline-{backend}.json"
+        config.write_text(json.dumps({
+            "llm": BACKENDS[backend],
+            "llm_options": {"api_base": upstream, "api_key": "sk-bench"},
+            "stages": [{"type": "identity_prompt"}, {"type": "identity_response"}],  # no-ops; both stream, no threads
+        }))
+        prof = ["-m", "cProfile", "-o", str(profile / f"server-{backend}.prof")] if profile else []
+        proc = _start([sys.executable, *prof, str(Path(__file__).resolve()), "--serve", str(config), str(port)], log)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -286,7 +293,7 @@ def report(times: dict[str, dict[str, list[float]]], loaded: dict[str, dict[str,
                 d = paired(xs, times["direct"][key])
                 med = statistics.median(d)
                 line += f"        {ms(med)} {ms(p99(d))}"
-                if key in ("plain", "ttft", "last"):
+                if key in ("plain", "ttft", "last") and name != FLOOR:
                     verdicts[name] = verdicts.get(name, True) and med * 1e3 <= GOAL_MS
             print(line)
     for name, t in times.items():
@@ -302,14 +309,15 @@ def report(times: dict[str, dict[str, list[float]]], loaded: dict[str, dict[str,
         lat, errs = o["lat"], sum(o["errors"].values())
         if not lat:
             print(f"{name:8s} {0:9d} {errs:7d}  (no request succeeded) {o['errors']}")
-            verdicts[name] = False
+            if name != FLOOR:
+                verdicts[name] = False
             continue
         added = "" if name == "direct" else ms(statistics.median(lat) - statistics.median(loaded["direct"]["lat"]))
         cpu = "" if name == "direct" else (f"  {ms(o['cpu'] / o['done'])}   RSS MiB "
                                            + ", ".join(f"{a:.0f}->{b:.0f}" for a, b in o["rss"]))
         print(f"{name:8s} {o['done']:9d} {errs:7d} {o['done'] / o['elapsed']:8.1f} {ms(statistics.median(lat))} {ms(p99(lat))} | {added:>9s}{cpu}"
               + (f"  errors: {o['errors']} (server log: {tempfile.gettempdir()}/alignware-bench-server-{name}.log)" if errs else ""))
-        if name != "direct" and errs:
+        if name not in ("direct", FLOOR) and errs:
             verdicts[name] = False
     for name, ok in verdicts.items():
         print(f"goal (<= {GOAL_MS:g} ms median added, non-streamed and streamed; zero errors under load), "
@@ -324,6 +332,7 @@ def main() -> None:
     parser.add_argument("--load-seconds", type=float, default=3.0)
     parser.add_argument("--load-rounds", type=int, default=2)
     parser.add_argument("--backends", default="litellm,openai", help="comma-separated: litellm, openai")
+    parser.add_argument("--no-floor", action="store_true", help="leave out the floor arm (floor_proxy.py)")
     parser.add_argument("--profile", type=Path, default=None, help="run the servers under cProfile, stats into this folder")
     parser.add_argument("--serve", nargs=2, metavar=("CONFIG", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -343,7 +352,7 @@ def main() -> None:
         bases = {"direct": upstream_base}
         pids: dict[str, int | None] = {"direct": None}
         with tempfile.TemporaryDirectory() as tmp:
-            for b in backends:
+            for b in ([] if args.no_floor else [FLOOR]) + backends:
                 proc, base = start_server(b, upstream_base, Path(tmp), args.profile)
                 procs.append(proc)
                 bases[b] = base
