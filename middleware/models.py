@@ -3,6 +3,7 @@ finding the parts of a loaded one (its decoder blocks)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -11,7 +12,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: conversions there are not serialised between processes
+    fcntl = None  # type: ignore[assignment]
 
 from .errors import AlignwareError, InputError
 
@@ -120,11 +126,35 @@ def _move_into_place(tmp: Path, out: Path, gguf: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on the file ``path`` (created) for the block; other processes wait for it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def converted(gguf: Path, out: Path) -> Path:
+    """``out`` holding a complete conversion of ``gguf``: as it is, or converted now. One process converts at a
+    time (a lock file beside ``out``) and each checks again once it holds the lock, so commands started together
+    convert once, and none replaces a good conversion that another is loading."""
+    if _conversion_ok(out, gguf):
+        return out
+    with _locked(out.with_name(out.name + ".lock")):
+        if _conversion_ok(out, gguf):  # another process converted it while this one waited
+            return out
+        return convert_gguf(gguf, out)
+
+
 def embedded_model_dir() -> Path:
     """The embedded model as a plain checkpoint folder, converted from GGUF on first use."""
-    out = cache_dir() / "models" / EMBEDDED_NAME
-    gguf = embedded_gguf_path()
-    return out if _conversion_ok(out, gguf) else convert_gguf(gguf, out)
+    return converted(embedded_gguf_path(), cache_dir() / "models" / EMBEDDED_NAME)
 
 
 def resolve_model_path(path: "str | os.PathLike[str] | None") -> Path:
@@ -136,8 +166,7 @@ def resolve_model_path(path: "str | os.PathLike[str] | None") -> Path:
         if not p.is_file():
             raise AlignwareError(f"{p}: no such GGUF file")
         digest = hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:10]
-        out = cache_dir() / "models" / f"{p.stem}-{digest}"
-        return out if _conversion_ok(out, p) else convert_gguf(p, out)
+        return converted(p, cache_dir() / "models" / f"{p.stem}-{digest}")
     if not p.is_dir():
         raise AlignwareError(f"{p}: not a model folder or .gguf file")
     if not (p / "config.json").is_file():

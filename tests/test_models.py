@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,24 @@ def test_a_broken_conversion_in_the_way_is_an_error(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(models, "_conversion_ok", lambda folder, gguf: False)
     with pytest.raises(OSError):
         models._move_into_place(_folder(tmp_path / "tmp-1", "ours"), out, tmp_path / "x.gguf")
+
+
+def test_processes_started_together_convert_once_and_keep_the_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two commands needing the same model at once: one converts, the other waits and loads that conversion
+    (before, the second replaced the first's folder while the first was loading it)."""
+    out, gguf = tmp_path / "model", tmp_path / "x.gguf"
+    calls: list[int] = []
+
+    def slow_convert(g: Path, o: Path) -> Path:
+        calls.append(1)
+        time.sleep(0.3)
+        _folder(o, f"conversion {len(calls)}")
+        return o
+
+    monkeypatch.setattr(models, "convert_gguf", slow_convert)
+    monkeypatch.setattr(models, "_conversion_ok", lambda folder, g: (folder / "weights").is_file())
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # flock also excludes two open files of one process
+        got = list(pool.map(lambda _: models.converted(gguf, out), range(2)))
+    assert got == [out, out] and calls == [1]
+    assert (out / "weights").read_text() == "conversion 1"
+    assert models.converted(gguf, out) == out and calls == [1]  # a good conversion is used as it is
