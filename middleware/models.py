@@ -65,14 +65,34 @@ def _source_stamp(gguf: Path) -> dict[str, Any]:
     return {"gguf": str(gguf.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _same_source(recorded: Any, gguf: Path) -> bool:
+    """Whether ``recorded`` (a conversion's ``source``) describes ``gguf``: the same path, size and modification
+    time, or else the same size and content (another virtual environment's copy of the same file, which would
+    otherwise convert again every time the two take turns)."""
+    if not isinstance(recorded, dict):
+        return False
+    stamp = _source_stamp(gguf)
+    if all(recorded.get(k) == v for k, v in stamp.items()):
+        return True
+    return recorded.get("size") == stamp["size"] and isinstance(recorded.get("sha256"), str) and recorded["sha256"] == _digest(gguf)
+
+
 def _conversion_ok(out: Path, gguf: Path) -> bool:
-    """Whether ``out`` is a complete conversion of ``gguf`` as it is now: the same file (path, size and
-    modification time) and weight files of the sizes written. A replaced GGUF or a truncated cache converts again."""
+    """Whether ``out`` is a complete conversion of ``gguf`` as it is now: the same file (``_same_source``) and
+    weight files of the sizes written. A replaced GGUF or a truncated cache converts again."""
     if not _is_checkpoint(out):
         return False
     try:
         meta = json.loads((out / SOURCE_FILE).read_text(encoding="utf-8"))
-        if not isinstance(meta, dict) or meta.get("source") != _source_stamp(gguf):
+        if not isinstance(meta, dict) or not _same_source(meta.get("source"), gguf):
             return False
         sizes = meta.get("sizes")
         return isinstance(sizes, dict) and bool(sizes) and all((out / n).stat().st_size == s for n, s in sizes.items())
@@ -98,7 +118,8 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         sizes = {f.name: f.stat().st_size for f in tmp.glob("*.safetensors")}
-        (tmp / SOURCE_FILE).write_text(json.dumps({"source": _source_stamp(gguf), "sizes": sizes}, indent=2), encoding="utf-8")
+        source = {**_source_stamp(gguf), "sha256": _digest(gguf)}
+        (tmp / SOURCE_FILE).write_text(json.dumps({"source": source, "sizes": sizes}, indent=2), encoding="utf-8")
         _move_into_place(tmp, out, gguf)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

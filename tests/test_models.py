@@ -72,3 +72,18 @@ def test_processes_started_together_convert_once_and_keep_the_result(tmp_path: P
     assert got == [out, out] and calls == [1]
     assert (out / "weights").read_text() == "conversion 1"
     assert models.converted(gguf, out) == out and calls == [1]  # a good conversion is used as it is
+
+
+def test_a_copy_of_the_same_gguf_elsewhere_uses_the_conversion(tmp_path: Path) -> None:
+    """Two virtual environments (a CI clone and a checkout) hold the same GGUF at different paths and times:
+    the conversion of one serves the other; a different file does not."""
+    first, second, other = tmp_path / "a" / "m.gguf", tmp_path / "b" / "m.gguf", tmp_path / "c" / "m.gguf"
+    for path, data in ((first, b"weights"), (second, b"weights"), (other, b"weighTs")):
+        path.parent.mkdir()
+        path.write_bytes(data)
+    os.utime(second, ns=(1, 1))
+    recorded = {**models._source_stamp(first), "sha256": models._digest(first)}
+    assert models._same_source(recorded, first)
+    assert models._same_source(recorded, second)
+    assert not models._same_source(recorded, other)  # same size, other content
+    assert not models._same_source({k: v for k, v in recorded.items() if k != "sha256"}, second)  # an old stamp
