@@ -20,6 +20,14 @@ import uvicorn
 _session: aiohttp.ClientSession | None = None
 
 
+async def close() -> None:
+    """Close the shared upstream session (the server does on shutdown; an in-process caller when done)."""
+    global _session
+    if _session is not None:
+        await _session.close()
+        _session = None
+
+
 def make_app(upstream: str) -> Any:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         global _session
@@ -29,8 +37,7 @@ def make_app(upstream: str) -> Any:
                 if message["type"] == "lifespan.startup":
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
-                    if _session is not None:
-                        await _session.close()
+                    await close()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         if scope["path"] == "/health":
