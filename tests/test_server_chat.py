@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -51,6 +51,21 @@ class Stalls(LLM):
         yield ChatChunk(delta="never", model=self.name)
 
 
+def _client(leaves: asyncio.Event) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """The ASGI ``receive`` of a client that sends a streamed chat request, then stays until ``leaves`` is set
+    (uvicorn answers ``http.disconnect`` also once the response is complete)."""
+    received: list[bool] = []
+
+    async def receive() -> dict[str, Any]:
+        if not received:
+            received.append(True)
+            return {"type": "http.request", "body": STREAM, "more_body": False}
+        await leaves.wait()
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
 def _pipeline(llm: LLM) -> Tracked:
     pipe = Tracked(llm)
     pipe.closed = []
@@ -63,14 +78,7 @@ async def test_client_disconnect_closes_the_pipeline_stream() -> None:
     pipe = _pipeline(FunctionLLM(lambda m: "some content"))
     app = create_app(pipe)
     gone = asyncio.Event()
-    received = []
-
-    async def receive() -> dict[str, Any]:
-        if not received:
-            received.append(True)
-            return {"type": "http.request", "body": STREAM, "more_body": False}
-        await gone.wait()
-        return {"type": "http.disconnect"}
+    receive = _client(gone)
 
     async def send(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.body" and b"some content" in message.get("body", b""):
@@ -88,15 +96,8 @@ async def test_client_leaving_while_the_upstream_is_quiet_ends_the_stream_at_onc
     pipe = _pipeline(Stalls())
     app = create_app(pipe)
     gone = asyncio.Event()
-    received: list[bool] = []
+    receive = _client(gone)
     sent: list[bytes] = []
-
-    async def receive() -> dict[str, Any]:
-        if not received:
-            received.append(True)
-            return {"type": "http.request", "body": STREAM, "more_body": False}
-        await gone.wait()
-        return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message.get("body", b""))
@@ -115,15 +116,8 @@ async def test_the_servers_own_cancellation_is_not_taken_for_a_client_leaving() 
     cancellation goes on up, while the client is still connected."""
     pipe = _pipeline(Stalls())
     app = create_app(pipe)
-    received: list[bool] = []
     first = asyncio.Event()
-
-    async def receive() -> dict[str, Any]:
-        if not received:
-            received.append(True)
-            return {"type": "http.request", "body": STREAM, "more_body": False}
-        await asyncio.Event().wait()  # the client stays
-        return {"type": "http.disconnect"}
+    receive = _client(asyncio.Event())  # the client stays
 
     async def send(message: dict[str, Any]) -> None:
         if b"first piece" in message.get("body", b""):
@@ -142,16 +136,9 @@ async def test_a_finished_stream_leaves_nothing_running() -> None:
     """After a complete stream the watch on the client is gone: no task of the request is left pending."""
     pipe = _pipeline(FunctionLLM(lambda m: "whole answer"))
     app = create_app(pipe)
-    received: list[bool] = []
     complete = asyncio.Event()
+    receive = _client(complete)
     bodies: list[bytes] = []
-
-    async def receive() -> dict[str, Any]:
-        if not received:
-            received.append(True)
-            return {"type": "http.request", "body": STREAM, "more_body": False}
-        await complete.wait()  # as uvicorn: answered once the response is complete
-        return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
         bodies.append(message.get("body", b""))
