@@ -90,8 +90,10 @@ async def send_events(events: AsyncIterator[str], closing: Sequence[AsyncIterato
     task = asyncio.current_task()
     finished = cancelled_here = False
 
-    def went_away(_: Any) -> None:
+    def went_away(listening: "asyncio.Future[Any]") -> None:
         nonlocal cancelled_here
+        if not listening.cancelled():
+            listening.exception()  # a receive() that failed (the connection is gone): seen, not logged as unretrieved
         if not finished and task is not None:
             cancelled_here = True
             task.cancel()
