@@ -21,8 +21,8 @@ def test_embedded_model_knows_the_capital_of_france() -> None:
 
 @pytest.mark.integration
 def test_gguf_conversion_is_cached_and_redone_when_damaged(tmp_path, monkeypatch) -> None:
-    """A .gguf file converts once into a cached checkpoint; a truncated weight file, or a GGUF replaced at
-    the same path, converts again instead of failing on every load."""
+    """A .gguf file converts once into a cached checkpoint; a truncated weight file, or another GGUF at the
+    same path, converts again instead of failing on every load; the same file touched does not."""
     import os
     import shutil
 
@@ -43,6 +43,10 @@ def test_gguf_conversion_is_cached_and_redone_when_damaged(tmp_path, monkeypatch
     assert model.config.num_hidden_layers > 0
 
     stamp = next(out.glob("*.safetensors")).stat().st_mtime_ns
-    os.utime(gguf, ns=(gguf.stat().st_atime_ns, gguf.stat().st_mtime_ns + 10**9))  # the file was replaced
+    os.utime(gguf, ns=(gguf.stat().st_atime_ns, gguf.stat().st_mtime_ns + 10**9))  # the same file, touched (copied again)
+    resolve_model_path(gguf)
+    assert next(out.glob("*.safetensors")).stat().st_mtime_ns == stamp  # same content: the conversion stands
+    with gguf.open("ab") as f:
+        f.write(b"\0" * 64)  # another file at the same path (GGUF readers go by offsets: it still loads)
     resolve_model_path(gguf)
     assert next(out.glob("*.safetensors")).stat().st_mtime_ns != stamp
