@@ -107,7 +107,8 @@ async def send_events(events: AsyncIterator[str], closing: Sequence[AsyncIterato
         finished = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     except asyncio.CancelledError:
-        if not (cancelled_here and task is not None and task.uncancel() == 0):
+        uncancel = getattr(task, "uncancel", None)  # Python 3.11+
+        if not (cancelled_here and (uncancel is None or uncancel() == 0)):
             raise  # the server's own cancellation (shutting down), not the client's leaving
     finally:
         finished = True
