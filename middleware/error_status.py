@@ -18,9 +18,9 @@ log = logging.getLogger("alignware")
 _UPSTREAM_CONFIG_ERRORS = {401: "authentication failed", 403: "permission denied", 404: "model or route not found"}
 
 
-def error_object(message: str, kind: str, param: str | None = None) -> dict[str, Any]:
+def error_object(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     """OpenAI's error object: ``{"message", "type", "param", "code"}``."""
-    return {"message": message, "type": kind, "param": param, "code": None}
+    return {"message": message, "type": kind, "param": param, "code": code}
 
 
 def error_for(exc: BaseException) -> tuple[int, dict[str, Any]]:

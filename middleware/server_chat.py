@@ -22,20 +22,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from .error_status import error_for, error_object, retry_headers
+from .error_status import error_for, retry_headers
 from .errors import InputError
 from .openai_format import completion_body, object_field, request_from_openai, sse_events, unpaired_surrogate
 from .pipeline import Pipeline
-from .server_http import read_body, wants_trace
+from .server_http import openai_error, read_body, wants_trace
 from .types import ChatChunk, ChatRequest
 
 log = logging.getLogger("alignware")
 
 _SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8")]
-
-
-def error_json(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": error_object(message, kind, param)})
 
 
 def error_response(exc: BaseException) -> JSONResponse:
@@ -52,13 +48,13 @@ def parse_chat_request(raw: bytes, max_messages: int) -> "tuple[dict[str, Any], 
         # a \uD800-\uDFFF escape: look for an unpaired surrogate
         where = unpaired_surrogate(body) if b"\\ud" in raw or b"\\uD" in raw else None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        return error_json(400, f"the request body is not valid JSON: {e}")
+        return openai_error(400, f"the request body is not valid JSON: {e}")
     except RecursionError:
-        return error_json(400, "the request body is nested too deeply")
+        return openai_error(400, "the request body is nested too deeply")
     if where is not None:
-        return error_json(400, f"{where}: holds an unpaired UTF-16 surrogate, which is not text", param=where)
+        return openai_error(400, f"{where}: holds an unpaired UTF-16 surrogate, which is not text", param=where)
     if isinstance(body, dict) and isinstance(body.get("messages"), list) and len(body["messages"]) > max_messages:
-        return error_json(400, f"messages: {len(body['messages'])} messages; this server takes at most {max_messages}",
+        return openai_error(400, f"messages: {len(body['messages'])} messages; this server takes at most {max_messages}",
                           param="messages")
     try:
         req = request_from_openai(body)

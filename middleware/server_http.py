@@ -16,6 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .error_status import error_object
 from .llm import LLM
 
 #: The request header that asks for the per-stage trace in the reply (``1``/``true``/``yes``; ``0``/
@@ -28,8 +29,8 @@ _OFF = frozenset({"0", "false", "no", "off"})
 def openai_error(status: int, message: str, kind: str = "invalid_request_error", *, param: str | None = None,
                  code: str | None = None, headers: Mapping[str, str] | None = None) -> JSONResponse:
     """A JSON response with OpenAI's error body, ``{"error": {"message", "type", "param", "code"}}``."""
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(status_code=status, content=body, headers=dict(headers or {}))
+    return JSONResponse(status_code=status, content={"error": error_object(message, kind, param, code)},
+                        headers=dict(headers or {}))
 
 
 # -- authentication ----------------------------------------------------------------------
