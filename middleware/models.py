@@ -4,6 +4,7 @@ finding the parts of a loaded one (its decoder blocks)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -66,6 +67,13 @@ def _source_stamp(gguf: Path) -> dict[str, Any]:
 
 
 def _digest(path: Path) -> str:
+    """The sha256 of a file, read once per process for each path, size and modification time."""
+    st = path.stat()
+    return _digest_of(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _digest_of(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
