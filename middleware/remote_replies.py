@@ -98,7 +98,17 @@ async def aclose_stream(stream: Any) -> None:
             pass
 
 
-_NOT_PLAIN = object()
+def _text_only(chunk: dict[str, Any]) -> bool:
+    """Whether an event's JSON has one choice whose delta is text only: no finish reason, usage, tool calls or
+    logprobs (``StreamState.take`` reads any other event field by field)."""
+    choices = chunk.get("choices")
+    if type(choices) is not list or len(choices) != 1 or chunk.get("usage") is not None:
+        return False
+    choice = choices[0]
+    if type(choice) is not dict or choice.get("finish_reason") or choice.get("logprobs"):
+        return False
+    delta = choice.get("delta")
+    return type(delta) is dict and not delta.get("tool_calls")
 
 
 class EmptyStreamError(ConnectionError):
@@ -120,10 +130,12 @@ class StreamState:
         """Record a raw chunk's metadata (a litellm object, or an event's JSON as a dict); return what it
         carries for the client (text, tool-call deltas, logprobs) as a ``ChatChunk``, or ``None`` when it
         carries none of them."""
-        if type(chunk) is dict:
-            piece = self._text_event(chunk)
-            if piece is not _NOT_PLAIN:
-                return piece  # type: ignore[return-value]
+        if type(chunk) is dict and _text_only(chunk):  # the usual event of a stream, read in one pass
+            model = chunk.get("model")
+            if model:
+                self.model = model
+            content = chunk["choices"][0]["delta"].get("content")
+            return ChatChunk.piece(content, self.model) if content else None
         model = field(chunk, "model")
         if model:
             self.model = model
@@ -143,24 +155,6 @@ class StreamState:
         if tool_calls is None and logprobs is None:
             return ChatChunk.piece(content, self.model) if content else None
         return ChatChunk(delta=content or "", model=self.model, tool_calls=tool_calls, logprobs=logprobs)
-
-    def _text_event(self, chunk: dict[str, Any]) -> "ChatChunk | None | object":
-        """The usual event of a stream, read in one pass: one choice whose delta is text only (no finish
-        reason, usage, tool calls or logprobs). ``_NOT_PLAIN`` for any other event, which ``take`` reads in full."""
-        choices = chunk.get("choices")
-        if type(choices) is not list or len(choices) != 1 or chunk.get("usage") is not None:
-            return _NOT_PLAIN
-        choice = choices[0]
-        if type(choice) is not dict or choice.get("finish_reason") or choice.get("logprobs"):
-            return _NOT_PLAIN
-        delta = choice.get("delta")
-        if type(delta) is not dict or delta.get("tool_calls"):
-            return _NOT_PLAIN
-        model = chunk.get("model")
-        if model:
-            self.model = model
-        content = delta.get("content")
-        return ChatChunk.piece(content, self.model) if content else None
 
     def check_started(self) -> None:
         """Called when a stream ended before its first piece (text, tool call, logprobs): raise
