@@ -5,7 +5,7 @@ comment at a time cannot hold a request open."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Awaitable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 __all__ = ["AttemptTimeout", "ChunkWatch", "within"]
 
@@ -50,6 +50,7 @@ class ChunkWatch:
         self._handle: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._cancelling: Callable[[], int] | None = None
 
     async def next(self, chunks: AsyncIterator[Any]) -> Any:
         """The next item of ``chunks`` (``StopAsyncIteration`` at its end), or ``AttemptTimeout``."""
@@ -57,9 +58,10 @@ class ChunkWatch:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
             self._task = asyncio.current_task()
+            self._cancelling = getattr(self._task, "cancelling", None)  # Python 3.11+
             self._handle = loop.call_at(loop.time() + self.seconds, self._check)
         task = self._task
-        base = task.cancelling() if task is not None and hasattr(task, "cancelling") else 0
+        base = self._cancelling() if self._cancelling is not None else 0
         self._since = loop.time()
         try:
             return await chunks.__anext__()
